@@ -1,0 +1,299 @@
+"""``transferkit.train``: data + model source + strategy in, a finished run folder out.
+
+Order of work: validate everything (config, data, model) before the run folder exists, then train,
+then write the final weights and ``transferkit.json`` last. A failure before the first checkpoint
+removes the new folder; a failure after it leaves a resumable run (``--resume``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from .data.images import ImageDataset, build_transforms
+from .data.sources import ImageData, load_training_data
+from .data.splits import take_per_class
+from .errors import TransferKitError, bad_value
+from .evaluate import compute_metrics
+from .models.sources import load_model
+from .predict import TrainedModel
+from .runfolder import (WEIGHTS, append_metrics, check_new_run_dir, create_run_dir, finish_run, has_checkpoint,
+                        is_finished, read_config, write_metrics)
+from .strategies import STRATEGIES, build_phases, uses_pretrained_weights
+from .train.callbacks import Callback
+from .train.checkpoint import save_weights
+from .train.loop import FitConfig, fit
+
+logger = logging.getLogger(__name__)
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; saved as ``config.json`` in the run folder (what ``--resume`` reads).
+
+    See ``transferkit train --help`` for each field; defaults follow the usual rules of thumb.
+    """
+
+    data: str
+    model: str = "efficientnet_lite0"
+    strategy: str = "two-stage"
+    out: str | None = None
+    weights: str | None = None
+    epochs: int = 10
+    head_epochs: int = 3
+    lr: float | None = None
+    head_lr: float | None = None
+    batch_size: int = 32
+    image_size: int | None = None
+    augment: str = "light"
+    dropout: float = 0.2
+    hidden: int = 0
+    val_fraction: float = 0.2
+    per_class: int | None = None
+    test_per_class: int | None = None
+    seed: int = 0
+    patience: int = 3
+    label_smoothing: float = 0.0
+    class_weights: str = "none"
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    workers: int | None = None
+    skip_bad_images: bool = False
+    mixed_precision: str = "auto"
+    cpu: bool = False
+    overwrite: bool = False
+    evaluate_test: bool = True
+
+    def validate(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise bad_value("strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
+        _positive("batch_size", self.batch_size)
+        _positive("epochs", self.epochs)
+        _positive("head_epochs", self.head_epochs)
+        if self.per_class is not None:
+            _positive("per_class", self.per_class)
+        if self.test_per_class is not None:
+            _positive("test_per_class", self.test_per_class)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise bad_value("val_fraction", self.val_fraction, "a float in (0, 1)", "Pass e.g. --val-fraction 0.2.")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise bad_value("patience", self.patience, "a non-negative integer (0 turns early stopping off)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise bad_value("label_smoothing", self.label_smoothing, "a float in [0, 1)")
+        if self.class_weights not in ("none", "auto"):
+            raise bad_value("class_weights", self.class_weights, "'none' or 'auto'")
+        if self.weight_decay < 0:
+            raise bad_value("weight_decay", self.weight_decay, "a non-negative float")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise bad_value("mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
+        if self.workers is not None and self.workers < 0:
+            raise bad_value("workers", self.workers, "a non-negative integer")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: where the run is, how it went, and the trained model."""
+
+    run_dir: Path
+    best_epoch: int
+    val_accuracy: float
+    seconds: float
+    history: list[dict[str, Any]]
+    test: dict[str, Any] | None
+    model: TrainedModel
+    data_description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def train(data: str | Path | None = None, *, resume: str | Path | None = None, callbacks: Sequence[Callback] = (),
+          progress: bool = True, **options: Any) -> TrainResult:
+    """Fine-tune a pre-trained model on ``data`` and write a run folder.
+
+    Args:
+        data: ``builtin:NAME``, an image-folder tree, a folder of class folders, or a CSV manifest.
+        resume: an interrupted run folder to continue (its saved configuration is used).
+        callbacks: observers of the training loop.
+        progress: show progress bars.
+        **options: any :class:`TrainConfig` field, e.g. ``model="efficientnet_lite0"``, ``strategy="two-stage"``,
+            ``epochs=10``, ``out="runs/pets"``.
+
+    Returns:
+        A :class:`TrainResult`; ``result.model.predict([...])`` runs inference.
+    """
+    _console_logging()
+    config, run_dir = _resolve_config(data, resume, options)
+    set_seed(config.seed)
+    image_data = load_training_data(config.data, val_fraction=config.val_fraction, per_class=config.per_class,
+                                    seed=config.seed, skip_bad_images=config.skip_bad_images)
+    model = load_model(config.model, len(image_data.classes), weights=config.weights,
+                       pretrained=uses_pretrained_weights(config.strategy), dropout=config.dropout,
+                       hidden=config.hidden, image_size=config.image_size)
+    groups = model.layer_groups()
+    phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
+                          lr=config.lr, head_lr=config.head_lr)
+    train_loader, val_loader = _loaders(image_data, model, config)
+    logger.info("Data: %s — %d train, %d val images, %d classes", image_data.description, len(image_data.train),
+                len(image_data.val), len(image_data.classes))
+    logger.info("Preprocessing: %s", model.preprocessing.describe())
+    logger.info("Strategy %s: %s", config.strategy, "; ".join(
+        f"{p.name} × {p.epochs} epochs ({len(p.lrs)} of {len(groups)} groups train)" for p in phases))
+
+    if resume is None:
+        create_run_dir(run_dir, asdict(config), config.overwrite)
+    else:
+        write_metrics(run_dir, _checkpoint_history(run_dir))
+    fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
+                           label_smoothing=config.label_smoothing, class_weights=_class_weights(image_data, config),
+                           patience=config.patience or None, mixed_precision=_mixed_precision(config),
+                           cpu=config.cpu, progress=progress)
+    try:
+        result = fit(model, train_loader, val_loader, phases, fit_config, run_dir=run_dir,
+                     resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks])
+    except BaseException:
+        if resume is None and not has_checkpoint(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+    save_weights(run_dir / WEIGHTS, model.state_dict())
+    trained = TrainedModel(model, image_data.classes)
+    test = _test_metrics(trained, image_data, config) if config.evaluate_test else None
+    info = {
+        "status": "complete", "model": asdict(model.spec), "head": model.head_config.to_dict(),
+        "preprocessing": model.preprocessing.to_dict(), "classes": image_data.classes,
+        "strategy": config.strategy, "phases": [p.to_dict() for p in phases],
+        "layer_groups": [{"name": g.name, "params": len(g.param_names)} for g in groups],
+        "data": {"description": image_data.description, "train": len(image_data.train), "val": len(image_data.val),
+                 "skipped_images": len(image_data.skipped), "class_counts": image_data.train.class_counts()},
+        "config": asdict(config),
+        "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
+                    "epochs_run": len(result.history), "seconds": round(result.seconds, 2), "test": test},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    finish_run(run_dir, info)
+    trained = TrainedModel(model, image_data.classes, info, run_dir)
+    return TrainResult(run_dir, result.best_epoch, result.best_val_accuracy, result.seconds, result.history, test,
+                       trained, image_data.description)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _resolve_config(data: str | Path | None, resume: str | Path | None,
+                    options: dict[str, Any]) -> tuple[TrainConfig, Path]:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TransferKitError(f"Unknown option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+    if resume is not None:
+        run_dir = Path(resume)
+        saved = read_config(run_dir)
+        if is_finished(run_dir):
+            raise TransferKitError(f"{run_dir} already finished; nothing to resume. Fix: load it with "
+                                   "transferkit.load, or start a new run with another --out.")
+        if not has_checkpoint(run_dir):
+            raise TransferKitError(f"{run_dir} has no checkpoint (it stopped before the first epoch ended). "
+                                   f"Fix: start again with --overwrite --out {run_dir}.")
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+        return config, run_dir
+    if data is None:
+        raise bad_value("data", None, "a folder, a CSV manifest or builtin:NAME", "Pass --data.")
+    config = TrainConfig(data=str(data), **options)
+    config.validate()
+    if config.out is None:
+        short = config.model.split(":")[-1].split("/")[-1]
+        config.out = str(Path("runs") / f"{short}-{config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(config.out)
+    check_new_run_dir(run_dir, config.overwrite)
+    return config, run_dir
+
+
+def _loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
+    workers = config.workers if config.workers is not None else _default_workers()
+    common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
+              "persistent_workers": workers > 0}
+    train = DataLoader(ImageDataset(data.train, train_tf), shuffle=True,
+                       drop_last=len(data.train) > config.batch_size, **common)
+    val = DataLoader(ImageDataset(data.val, eval_tf), shuffle=False, **common)
+    return train, val
+
+
+def _default_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus <= 2 else min(8, cpus - 1)
+
+
+def _class_weights(data: ImageData, config: TrainConfig) -> list[float] | None:
+    if config.class_weights != "auto":
+        return None
+    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)
+    return (counts.sum() / (len(counts) * counts)).tolist()
+
+
+def _mixed_precision(config: TrainConfig) -> str:
+    if config.mixed_precision != "auto":
+        return config.mixed_precision
+    if config.cpu or not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _test_metrics(trained: TrainedModel, data: ImageData, config: TrainConfig) -> dict[str, Any] | None:
+    if data.test is None or len(data.test) == 0:
+        return None
+    test = data.test
+    if config.test_per_class is not None:
+        test, _ = take_per_class(test, config.test_per_class, seed=0)
+    if torch.cuda.is_available() and not config.cpu:
+        trained.model.cuda()
+    probabilities = trained._probabilities(test.items, batch_size=max(64, config.batch_size))
+    trained.model.cpu()
+    return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
+
+
+def _checkpoint_history(run_dir: Path) -> list[dict[str, Any]]:
+    from .train.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir).state["train"]["history"]
+
+
+class _MetricsWriter(Callback):
+    """Appends each epoch's record to ``metrics.jsonl`` and logs a one-line summary."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
+        append_metrics(self.run_dir, record)
+        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s | %.0f s%s",
+                    record["epoch"], record["phase"], record["train_loss"], record["train_accuracy"],
+                    record["val_loss"], record["val_accuracy"], record["train_samples_per_s"], record["seconds"],
+                    " *" if record["best_epoch"] == record["epoch"] else "")
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_value(name, value, "a positive integer", f"Pass e.g. --{name.replace('_', '-')} 8.")
+
+
+def _console_logging() -> None:
+    """Show transferkit's progress messages when the caller has not configured logging."""
+    package = logging.getLogger("transferkit")
+    if not package.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)

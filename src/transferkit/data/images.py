@@ -1,0 +1,119 @@
+"""Image samples, image loading, and the transforms built from a model's preprocessing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from ..errors import TransferKitError, bad_value
+from ..models.preprocessing import Preprocessing
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUGMENTATIONS = ("none", "light", "heavy")
+
+ImageItem = Path | np.ndarray
+
+
+@dataclass
+class ImageSamples:
+    """A list of images (files or in-memory uint8 arrays) with integer labels into ``classes``."""
+
+    items: list[ImageItem]
+    labels: list[int]
+    classes: list[str]
+    names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            self.names = [str(it) if isinstance(it, Path) else f"#{i}" for i, it in enumerate(self.items)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def subset(self, indices: list[int] | np.ndarray) -> ImageSamples:
+        return ImageSamples([self.items[i] for i in indices], [self.labels[i] for i in indices],
+                            self.classes, [self.names[i] for i in indices])
+
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(self.labels)
+        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
+
+
+def open_image(item: ImageItem) -> Image.Image:
+    """Open a file or array as a 3-channel RGB image (greyscale is repeated, alpha is composited on white)."""
+    if isinstance(item, np.ndarray):
+        image = Image.fromarray(item)
+    else:
+        try:
+            image = Image.open(item)
+            image.load()
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise TransferKitError(
+                f"Cannot read image {item}: {exc}. Fix: remove or replace the file, or pass "
+                "--skip-bad-images to skip unreadable images.") from exc
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB")
+
+
+def is_readable_image(path: Path) -> bool:
+    """Cheap integrity check: the header parses and the format's own verifier passes."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except Exception:  # PIL raises many types for corrupt files
+        return False
+
+
+class ImageDataset(Dataset):
+    """``(tensor, label)`` pairs: opens each image and applies ``transform``."""
+
+    def __init__(self, samples: ImageSamples, transform: T.Transform) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = open_image(self.samples.items[index])
+        return self.transform(image), self.samples.labels[index]
+
+
+def build_transforms(preprocessing: Preprocessing, augment: str = "light") -> tuple[T.Transform, T.Transform]:
+    """The training and evaluation transforms for a model's preprocessing.
+
+    Args:
+        preprocessing: mean, std, size, crop and interpolation of the pre-training.
+        augment: ``none`` (training sees the evaluation transform), ``light`` (random resized crop and
+            horizontal flip) or ``heavy`` (plus rotation, colour jitter and RandAugment).
+    """
+    if augment not in AUGMENTATIONS:
+        raise bad_value("augment", augment, f"one of {', '.join(AUGMENTATIONS)}", "Pass e.g. --augment light.")
+    interpolation = InterpolationMode(preprocessing.interpolation)
+    to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True),
+                 T.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
+    size = preprocessing.input_size
+    evaluation = T.Compose([T.Resize(preprocessing.resize_size, interpolation=interpolation, antialias=True),
+                            T.CenterCrop(size), *to_tensor])
+    if augment == "none":
+        return evaluation, evaluation
+    if augment == "light":
+        train = [T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=interpolation, antialias=True),
+                 T.RandomHorizontalFlip()]
+    else:
+        train = [T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
+                 T.RandomHorizontalFlip(), T.RandomRotation(15, interpolation=interpolation),
+                 T.ColorJitter(0.3, 0.3, 0.3, 0.05), T.RandAugment(num_ops=2, magnitude=9)]
+    return T.Compose([*train, *to_tensor]), evaluation

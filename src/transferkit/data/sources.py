@@ -1,0 +1,252 @@
+"""Where images come from: a folder tree, a single class-folder, a CSV manifest, or a built-in dataset.
+
+``load_training_data`` returns train/val(/test) splits with class names; ``load_eval_data`` returns the
+images to evaluate, with labels mapped onto the classes a run was trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import TransferKitError
+from .builtin import load_builtin
+from .images import IMAGE_EXTENSIONS, ImageSamples, is_readable_image
+from .splits import stratified_split, take_per_class
+
+logger = logging.getLogger(__name__)
+
+VAL_NAMES = ("val", "valid", "validation")
+
+
+@dataclass
+class ImageData:
+    """Training data, split and labelled."""
+
+    classes: list[str]
+    train: ImageSamples
+    val: ImageSamples
+    test: ImageSamples | None
+    description: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def load_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_class: int | None = None,
+                       seed: int = 0, skip_bad_images: bool = False) -> ImageData:
+    """Resolve ``--data`` for training.
+
+    Args:
+        spec: ``builtin:NAME``, a folder with ``train/`` (and ``val/``, ``test/``), a folder with one
+            sub-folder per class (split into train/val), or a CSV manifest with ``path,label`` columns.
+        val_fraction: share of each class held out for validation when no validation split is given.
+        per_class: keep only this many training images per class (seeded).
+        seed: seed for splitting and subsampling.
+        skip_bad_images: skip unreadable images (and count them) instead of failing.
+    """
+    skipped: list[str] = []
+    text = str(spec)
+    if text.startswith("builtin:"):
+        data = _builtin_training(text.removeprefix("builtin:"), val_fraction, per_class, seed)
+    else:
+        path = _existing(text)
+        if path.suffix.lower() in (".csv", ".tsv"):
+            splits, classes = _read_manifest(path, skipped, skip_bad_images)
+            desc = f"CSV manifest {path}"
+        elif (path / "train").is_dir():
+            classes = _class_folders(path / "train")
+            splits = {"train": _scan_classes(path / "train", classes, skipped, skip_bad_images)}
+            val_dir = next((path / n for n in VAL_NAMES if (path / n).is_dir()), None)
+            if val_dir is not None:
+                splits["val"] = _scan_classes(val_dir, classes, skipped, skip_bad_images, split="val")
+            if (path / "test").is_dir():
+                splits["test"] = _scan_classes(path / "test", classes, skipped, skip_bad_images, split="test")
+            desc = f"image folders {path}/{{{', '.join(splits)}}}"
+        else:
+            classes = _class_folders(path)
+            splits = {"train": _scan_classes(path, classes, skipped, skip_bad_images)}
+            desc = f"class folders in {path}"
+        data = _assemble(splits, classes, val_fraction, per_class, seed, desc)
+    data.skipped = skipped
+    if skipped:
+        logger.warning("Skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
+    _check_trainable(data)
+    return data
+
+
+def load_eval_data(spec: str | Path, classes: list[str], *, skip_bad_images: bool = False) -> ImageSamples:
+    """Images to evaluate, labelled with indices into the run's ``classes``.
+
+    A tree's ``test/`` (else ``val/``), a class-folder, a CSV (its ``test`` rows if it has a ``split``
+    column), or a built-in dataset's test split. A label the run never saw is an error.
+    """
+    text = str(spec)
+    skipped: list[str] = []
+    if text.startswith("builtin:"):
+        samples = load_builtin(text.removeprefix("builtin:")).test
+        found = samples.classes
+        return _relabel(samples, found, classes, text)
+    path = _existing(text)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        splits, found = _read_manifest(path, skipped, skip_bad_images)
+        samples = splits.get("test") or _concat([s for s in splits.values()], found)
+    else:
+        folder = path
+        for name in ("test", *VAL_NAMES):
+            if (path / "train").is_dir() and (path / name).is_dir():
+                folder = path / name
+                break
+        found = _class_folders(folder, allow_single=True)
+        samples = _scan_classes(folder, found, skipped, skip_bad_images)
+    if skipped:
+        logger.warning("Skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
+    return _relabel(samples, samples.classes, classes, text)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _existing(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise TransferKitError(f"Data not found: {path}. Fix: pass --data with an existing folder, a CSV "
+                               "manifest, or a built-in dataset (builtin:fashion-mnist, builtin:lfw-faces, "
+                               "builtin:digits).")
+    return path
+
+
+def _class_folders(folder: Path, allow_single: bool = False) -> list[str]:
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise TransferKitError(f"No class sub-folders in {folder}. Fix: put each class's images in its own "
+                               f"sub-folder ({folder}/<class>/image.jpg), or pass a CSV manifest (path,label).")
+    if len(classes) < 2 and not allow_single:
+        raise TransferKitError(f"Only one class ('{classes[0]}') in {folder}: a classifier needs at least two. "
+                               "Fix: add a sub-folder per class.")
+    return classes
+
+
+def _scan_classes(folder: Path, classes: list[str], skipped: list[str], skip_bad: bool,
+                  split: str = "train") -> ImageSamples:
+    items: list[Path] = []
+    labels: list[int] = []
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in names:
+        if name not in classes:
+            raise TransferKitError(f"Class '{name}' in {folder} is not among the training classes "
+                                   f"({', '.join(classes)}). Fix: rename or remove {folder / name}.")
+        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files and split == "train":
+            raise TransferKitError(f"Class folder {folder / name} has no images ({', '.join(IMAGE_EXTENSIONS)}). "
+                                   "Fix: add images or remove the folder.")
+        for file in files:
+            if _usable(file, skipped, skip_bad):
+                items.append(file)
+                labels.append(classes.index(name))
+    return ImageSamples(items, labels, list(classes))
+
+
+def _usable(file: Path, skipped: list[str], skip_bad: bool) -> bool:
+    if is_readable_image(file):
+        return True
+    if not skip_bad:
+        raise TransferKitError(f"Cannot read image {file}. Fix: remove or replace it, or pass "
+                               "--skip-bad-images to skip unreadable images.")
+    skipped.append(str(file))
+    return False
+
+
+def _read_manifest(path: Path, skipped: list[str], skip_bad: bool) -> tuple[dict[str, ImageSamples], list[str]]:
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        columns = reader.fieldnames or []
+        if "path" not in columns or "label" not in columns:
+            raise TransferKitError(f"CSV manifest {path} needs columns 'path' and 'label' (optional 'split'); "
+                                   f"found {columns}. Fix: add a header line: path,label")
+        rows = [r for r in reader if r.get("path")]
+    if not rows:
+        raise TransferKitError(f"CSV manifest {path} has no rows. Fix: add one line per image: path,label")
+    classes = sorted({r["label"] for r in rows if (r.get("split") or "train") == "train"})
+    grouped: dict[str, tuple[list[Path], list[int]]] = {}
+    for row in rows:
+        split = (row.get("split") or "train").strip().lower()
+        split = "val" if split in VAL_NAMES else split
+        if split not in ("train", "val", "test"):
+            raise TransferKitError(f"CSV manifest {path}: split '{split}' for {row['path']} must be train, val "
+                                   "or test.")
+        file = Path(row["path"])
+        file = file if file.is_absolute() else path.parent / file
+        if row["label"] not in classes:
+            raise TransferKitError(f"CSV manifest {path}: label '{row['label']}' ({split}) never appears in the "
+                                   f"training rows. Fix: add training images for it or drop those rows.")
+        if not file.is_file():
+            if not skip_bad:
+                raise TransferKitError(f"CSV manifest {path}: image {file} does not exist. Fix: correct the path "
+                                       "(relative paths are relative to the CSV's folder) or pass "
+                                       "--skip-bad-images.")
+            skipped.append(str(file))
+            continue
+        if _usable(file, skipped, skip_bad):
+            items, labels = grouped.setdefault(split, ([], []))
+            items.append(file)
+            labels.append(classes.index(row["label"]))
+    return {k: ImageSamples(v[0], v[1], classes) for k, v in grouped.items()}, classes
+
+
+def _builtin_training(name: str, val_fraction: float, per_class: int | None, seed: int) -> ImageData:
+    dataset = load_builtin(name)
+    if per_class is not None:
+        train, rest = take_per_class(dataset.pool, per_class, seed)
+        n_val = max(1, int(round(per_class * val_fraction / (1.0 - val_fraction))))
+        val, _ = take_per_class(rest, n_val, seed + 1)
+    else:
+        train, val = stratified_split(dataset.pool, val_fraction, seed)
+    return ImageData(dataset.pool.classes, train, val, dataset.test, dataset.description)
+
+
+def _assemble(splits: dict[str, ImageSamples], classes: list[str], val_fraction: float, per_class: int | None,
+              seed: int, description: str) -> ImageData:
+    train = splits.get("train")
+    if train is None or len(train) == 0:
+        raise TransferKitError(f"No training images in {description}. Fix: add images (or rows with split=train).")
+    val = splits.get("val")
+    if val is None or len(val) == 0:
+        train, val = stratified_split(train, val_fraction, seed)
+        description += f"; {val_fraction:.0%} of each class held out for validation (seed {seed})"
+    if per_class is not None:
+        train, _ = take_per_class(train, per_class, seed)
+    return ImageData(classes, train, val, splits.get("test"), description)
+
+
+def _check_trainable(data: ImageData) -> None:
+    counts = data.train.class_counts()
+    empty = [name for name, n in counts.items() if n == 0]
+    if empty:
+        raise TransferKitError(f"No training images for class(es) {', '.join(empty)}. Fix: add images for them "
+                               "or remove the classes.")
+    if len(data.val) == 0:
+        raise TransferKitError("The validation split is empty: every class needs at least two images so one can "
+                               "be held out. Fix: add images or provide a val/ folder.")
+
+
+def _relabel(samples: ImageSamples, found: list[str], classes: list[str], label: str) -> ImageSamples:
+    unknown = sorted({found[i] for i in samples.labels} - set(classes))
+    if unknown:
+        raise TransferKitError(f"Label(s) {', '.join(repr(u) for u in unknown)} in {label} were not seen in "
+                               f"training; the run knows {', '.join(classes)}. Fix: evaluate on data with "
+                               "the training classes only.")
+    if len(samples) == 0:
+        raise TransferKitError(f"No images to evaluate in {label}.")
+    labels = [classes.index(found[i]) for i in samples.labels]
+    return ImageSamples(samples.items, labels, list(classes), samples.names)
+
+
+def _concat(parts: list[ImageSamples], classes: list[str]) -> ImageSamples:
+    items, labels, names = [], [], []
+    for part in parts:
+        items += part.items
+        labels += part.labels
+        names += part.names
+    return ImageSamples(items, labels, classes, names)

@@ -1,0 +1,170 @@
+"""``TransferModel``: a pre-trained body, a new head, its layer groups and its preprocessing."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import bad_value
+from .preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """The new task head: ``dropout -> [Linear(hidden) -> ReLU -> dropout] -> Linear(num_classes)``."""
+
+    num_features: int
+    num_classes: int
+    dropout: float = 0.0
+    hidden: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise bad_value("num_classes", self.num_classes, "at least 2",
+                            "A classifier needs two or more classes in the training data.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise bad_value("dropout", self.dropout, "a float in [0, 1)", "Pass e.g. --dropout 0.2.")
+        if self.hidden < 0:
+            raise bad_value("hidden", self.hidden, "0 (no hidden layer) or a positive integer",
+                            "Pass e.g. --hidden 512.")
+
+    def build(self) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        width = self.num_features
+        if self.dropout:
+            layers.append(nn.Dropout(self.dropout))
+        if self.hidden:
+            layers += [nn.Linear(width, self.hidden), nn.ReLU(inplace=True)]
+            if self.dropout:
+                layers.append(nn.Dropout(self.dropout))
+            width = self.hidden
+        layers.append(nn.Linear(width, self.num_classes))
+        return nn.Sequential(*layers)
+
+    def describe(self) -> str:
+        parts = [f"Dropout({self.dropout})"] if self.dropout else []
+        if self.hidden:
+            parts.append(f"Linear({self.num_features}→{self.hidden}) → ReLU")
+            parts.append(f"Linear({self.hidden}→{self.num_classes})")
+        else:
+            parts.append(f"Linear({self.num_features}→{self.num_classes})")
+        return " → ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Parameters that train together, named for the user (e.g. ``stem``, ``blocks.3``, ``head``)."""
+
+    name: str
+    param_names: tuple[str, ...]
+
+
+@dataclass
+class ModelSpec:
+    """How to rebuild the architecture without downloading anything (saved with every run).
+
+    Attributes:
+        kind: ``timm``, ``torchvision`` or ``builtin``.
+        name: architecture name for that source (e.g. ``tf_efficientnet_lite0``).
+        spec: what the user typed (e.g. ``efficientnet_lite0``).
+        weights: where the starting weights came from (``pretrained``, a file path, ``random``).
+        replaced: the pre-trained classifier that the new head replaced, for the report.
+    """
+
+    kind: str
+    name: str
+    spec: str
+    weights: str
+    replaced: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TransferModel(nn.Module):
+    """A backbone that maps images to pooled features, and a head that maps features to classes.
+
+    Args:
+        backbone: the pre-trained body; ``backbone(x)`` returns pooled features ``(N, num_features)``.
+        head_config: the new head's shape.
+        preprocessing: what inputs must look like (from the weights).
+        spec: how to rebuild this architecture offline.
+        backbone_groups: the backbone's parameter names grouped from input to output.
+    """
+
+    def __init__(self, backbone: nn.Module, head_config: HeadConfig, preprocessing: Preprocessing,
+                 spec: ModelSpec, backbone_groups: list[LayerGroup]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head_config.build()
+        self.head_config = head_config
+        self.preprocessing = preprocessing
+        self.spec = spec
+        self._backbone_groups = backbone_groups
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+    @property
+    def num_classes(self) -> int:
+        return self.head_config.num_classes
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Parameter groups from input to output; the new head is always the last one."""
+        groups = [LayerGroup(g.name, tuple(f"backbone.{n}" for n in g.param_names))
+                  for g in self._backbone_groups]
+        groups.append(LayerGroup("head", tuple(f"head.{n}" for n, _ in self.head.named_parameters())))
+        return groups
+
+    def describe_head(self) -> str:
+        replaced = f"replaced {self.spec.replaced}" if self.spec.replaced else "no pre-trained classifier"
+        return f"Head: {replaced} with new {self.head_config.describe()}"
+
+
+def group_timm_backbone(backbone: nn.Module) -> list[LayerGroup]:
+    """Coarse groups from timm's ``group_matcher`` (stem, stages/blocks, final norm)."""
+    from timm.models import group_parameters
+
+    try:
+        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    except (AttributeError, NotImplementedError):
+        return group_by_children(backbone)
+    names = [param_names for _, param_names in sorted(grouped.items())]
+    return [LayerGroup(_group_name(i, n), tuple(n)) for i, n in enumerate(names) if n]
+
+
+def group_by_children(module: nn.Module) -> list[LayerGroup]:
+    """Fallback for any ``nn.Module``: its top-level children with parameters, in registration order."""
+    groups = []
+    for child_name, child in module.named_children():
+        names = tuple(f"{child_name}.{n}" for n, _ in child.named_parameters())
+        if names:
+            groups.append(LayerGroup(child_name, names))
+    direct = tuple(n for n, _ in module.named_parameters(recurse=False))
+    if direct:
+        groups.insert(0, LayerGroup("stem", direct))
+    return groups
+
+
+def _group_name(index: int, param_names: list[str]) -> str:
+    prefix = os.path.commonprefix([n.split(".") for n in param_names])
+    if prefix and len(prefix) < len(param_names[0].split(".")):
+        # name a stage, not a block inside it: "blocks.0", not "blocks.0.0"
+        return ".".join(prefix[:2] if len(prefix) > 1 and prefix[1].isdigit() else prefix[:1])
+    if index == 0:
+        return "stem"
+    tops: list[str] = []
+    for name in param_names:
+        parts = name.split(".")
+        top = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+        if top not in tops:
+            tops.append(top)
+    return "+".join(tops[:3])

@@ -1,0 +1,142 @@
+"""A finished run, loaded back: ``transferkit.load(run).predict([...])`` and ``.evaluate(data)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.images import IMAGE_EXTENSIONS, ImageSamples, build_transforms, open_image
+from .data.sources import load_eval_data
+from .errors import TransferKitError
+from .evaluate import compute_metrics
+from .models.model import TransferModel
+from .models.sources import rebuild_model
+from .runfolder import WEIGHTS, read_info
+from .train.checkpoint import load_weights
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Top-k labels with probabilities for one input."""
+
+    source: str
+    label: str
+    probability: float
+    top_k: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "label": self.label, "probability": self.probability,
+                "top_k": [{"label": lab, "probability": p} for lab, p in self.top_k]}
+
+
+class TrainedModel:
+    """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference."""
+
+    def __init__(self, model: TransferModel, classes: list[str], info: dict[str, Any] | None = None,
+                 run_dir: Path | None = None) -> None:
+        self.model = model.eval()
+        self.classes = list(classes)
+        self.info = info or {}
+        self.run_dir = run_dir
+        _, self.transform = build_transforms(model.preprocessing, "none")
+
+    @property
+    def preprocessing(self):
+        return self.model.preprocessing
+
+    @torch.no_grad()
+    def predict_proba(self, inputs: Iterable[Any], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities, shape (N, C), for image paths, folders, PIL images or uint8 arrays."""
+        items = expand_inputs(inputs)
+        return self._probabilities([it for _, it in items], batch_size)
+
+    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+        """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays."""
+        items = expand_inputs(inputs)
+        probabilities = self._probabilities([it for _, it in items], batch_size)
+        k = max(1, min(top_k, len(self.classes)))
+        results = []
+        for (name, _), row in zip(items, probabilities, strict=True):
+            order = np.argsort(-row)[:k]
+            top = [(self.classes[i], float(row[i])) for i in order]
+            results.append(Prediction(name, top[0][0], top[0][1], top))
+        return results
+
+    def evaluate(self, data: str | Path | ImageSamples, batch_size: int = 64,
+                 skip_bad_images: bool = False) -> dict[str, Any]:
+        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data."""
+        samples = data if isinstance(data, ImageSamples) else load_eval_data(
+            data, self.classes, skip_bad_images=skip_bad_images)
+        probabilities = self._probabilities(samples.items, batch_size)
+        return compute_metrics(np.asarray(samples.labels), probabilities, self.classes)
+
+    def _probabilities(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        chunks = []
+        for start in range(0, len(items), batch_size):
+            batch = torch.stack([self.transform(_as_image(it)) for it in items[start:start + batch_size]])
+            with torch.no_grad():
+                chunks.append(torch.softmax(self.model(batch.to(device)).float(), dim=1).cpu().numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+
+def load(run_dir: str | Path) -> TrainedModel:
+    """Load a finished run folder; checks that the weights fit the saved architecture and labels."""
+    run_dir = Path(run_dir)
+    info = read_info(run_dir)
+    classes = info["classes"]
+    if len(classes) != info["head"]["num_classes"]:
+        raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "
+                               "classes. The run folder is inconsistent; retrain it.")
+    model = rebuild_model(info["model"], info["head"], info["preprocessing"])
+    state = load_weights(run_dir / WEIGHTS)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problems = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
+                   ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+                   ([f"wrong shapes: {'; '.join(wrong[:3])}"] if wrong else [])
+        raise TransferKitError(f"{run_dir / WEIGHTS} does not fit the model described in transferkit.json: "
+                               f"{', '.join(problems)}. Fix: the files come from different runs; retrain.")
+    model.load_state_dict(state)
+    return TrainedModel(model, classes, info, run_dir)
+
+
+def expand_inputs(inputs: Iterable[Any]) -> list[tuple[str, Any]]:
+    """(name, item) pairs: folders are searched recursively for images; missing paths are an error."""
+    if isinstance(inputs, (str, Path, Image.Image, np.ndarray)):
+        inputs = [inputs]
+    result: list[tuple[str, Any]] = []
+    for i, item in enumerate(inputs):
+        if isinstance(item, (str, Path)):
+            path = Path(item)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+                if not files:
+                    raise TransferKitError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}.")
+                result += [(str(f), f) for f in files]
+            elif path.is_file():
+                result.append((str(path), path))
+            else:
+                raise TransferKitError(f"Input not found: {path}. Fix: pass image files or folders that exist.")
+        elif isinstance(item, (Image.Image, np.ndarray)):
+            result.append((f"#{i}", item))
+        else:
+            raise TransferKitError(f"Cannot predict on {type(item).__name__}: pass paths, PIL images or arrays.")
+    return result
+
+
+def _as_image(item: Any) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    return open_image(item)

@@ -1,0 +1,171 @@
+"""The training loop: phases of epochs on Hugging Face Accelerate, with early stopping and checkpoints.
+
+Accelerate owns devices, mixed precision and distribution (``accelerate launch`` / ``torchrun``);
+this file owns only the order of things, and reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..models.model import TransferModel
+from ..strategies import Phase, apply_phase, param_groups, set_train_mode, warmup_cosine
+from .callbacks import Callback, EarlyStopping
+from .checkpoint import cpu_state_dict, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """Optimisation settings shared by every phase."""
+
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    label_smoothing: float = 0.0
+    class_weights: list[float] | None = None
+    patience: int | None = 3
+    mixed_precision: str = "no"
+    cpu: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainState:
+    """Where training stands; saved in every checkpoint so ``--resume`` continues exactly there."""
+
+    epoch: int = 0
+    phase_index: int = 0
+    phase_epoch: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stop_requested: bool = False
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_accuracy: float
+    seconds: float
+
+
+def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
+        config: FitConfig, *, run_dir: Path | None = None, resume: bool = False,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
+    """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights."""
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    groups = model.layer_groups()
+    state, stopper, best, optimizer_state = TrainState(), EarlyStopping(config.patience), None, None
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+        state = TrainState(**checkpoint.state["train"])
+        stopper.load_state_dict(checkpoint.state["early_stopping"])
+        model.load_state_dict(checkpoint.model)
+        best, optimizer_state = checkpoint.best, checkpoint.optimizer
+    weight = torch.tensor(config.class_weights) if config.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
+    train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+    clock = time.perf_counter() - state.seconds
+
+    while state.phase_index < len(phases):
+        phase = phases[state.phase_index]
+        apply_phase(model, groups, phase)
+        optimizer = torch.optim.AdamW(param_groups(model, groups, phase, config.weight_decay))
+        scheduler = LambdaLR(optimizer, warmup_cosine(phase.epochs * len(train_loader), config.warmup))
+        if optimizer_state is not None and state.phase_epoch > 0:
+            optimizer.load_state_dict(optimizer_state["optimizer"])
+            scheduler.load_state_dict(optimizer_state["scheduler"])
+        # Wrap again for each phase: DDP registers only the parameters that train at wrap time.
+        net, optimizer, scheduler = accelerator.prepare(
+            accelerator.unwrap_model(model, keep_fp32_wrapper=False), optimizer, scheduler)
+        while state.phase_epoch < phase.epochs and not state.stop_requested:
+            for callback in callbacks:
+                callback.on_epoch_start(state)
+            set_seed(config.seed + state.epoch)
+            label = f"epoch {state.epoch + 1} [{phase.name} {state.phase_epoch + 1}/{phase.epochs}]"
+            train_metrics = train_one_epoch(model, net, train_loader, optimizer, scheduler, loss_fn,
+                                            accelerator, label, config.progress)
+            val_metrics = evaluate_loss(net, val_loader, loss_fn, accelerator)
+            state.epoch, state.phase_epoch = state.epoch + 1, state.phase_epoch + 1
+            if stopper.update(val_metrics["accuracy"], val_metrics["loss"], state.epoch):
+                best = cpu_state_dict(model)
+            record = {"epoch": state.epoch, "phase": phase.name, **{f"train_{k}": v for k, v in train_metrics.items()},
+                      **{f"val_{k}": v for k, v in val_metrics.items()},
+                      "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}, "best_epoch": stopper.best_epoch,
+                      "seconds": round(time.perf_counter() - clock, 3)}
+            state.history.append(record)
+            state.seconds = record["seconds"]
+            for callback in callbacks:
+                callback.on_epoch_end(record, state)
+            phase_over = stopper.should_stop or state.phase_epoch >= phase.epochs
+            if phase_over:
+                if stopper.should_stop and state.phase_epoch < phase.epochs:
+                    logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.patience)
+                state.phase_index, state.phase_epoch = state.phase_index + 1, 0
+                stopper.new_phase()
+            if run_dir is not None and accelerator.is_main_process:
+                save_checkpoint(run_dir, state={"train": asdict(state), "early_stopping": stopper.state_dict()},
+                                model=cpu_state_dict(model), best=best if stopper.best_epoch == state.epoch else None,
+                                optimizer=None if phase_over else {"optimizer": optimizer.state_dict(),
+                                                                   "scheduler": scheduler.state_dict()})
+            if phase_over:
+                break
+        optimizer_state = None
+        if state.stop_requested:
+            break
+
+    if best is not None:
+        model.load_state_dict(best)
+    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock)
+
+
+def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any,
+                    loss_fn: nn.Module, accelerator: Accelerator, label: str, progress: bool) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, accuracy and throughput."""
+    set_train_mode(model)
+    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=label, leave=False, disable=not (progress and accelerator.is_local_main_process))
+    for images, labels in bar:
+        logits = net(images)
+        loss = loss_fn(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * labels.size(0)
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += labels.size(0)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
+            "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+
+
+@torch.no_grad()
+def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator) -> dict[str, float]:
+    """Mean loss and accuracy over ``loader`` (gathered across processes)."""
+    net.eval()
+    losses, hits = [], []
+    for images, labels in loader:
+        logits = net(images)
+        per_sample = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+        per_sample, labels, logits = accelerator.gather_for_metrics((per_sample, labels, logits))
+        losses.append(per_sample.cpu())
+        hits.append((logits.argmax(dim=1) == labels).cpu())
+    loss = torch.cat(losses).mean().item()
+    return {"loss": loss, "accuracy": torch.cat(hits).float().mean().item()}
