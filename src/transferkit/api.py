@@ -30,10 +30,10 @@ from .models.sources import load_model
 from .predict import TrainedModel
 from .runfolder import (WEIGHTS, append_metrics, check_new_run_dir, create_run_dir, finish_run, has_checkpoint,
                         is_finished, read_config, write_metrics)
-from .strategies import STRATEGIES, build_phases, uses_pretrained_weights
-from .train.callbacks import Callback
-from .train.checkpoint import save_weights
-from .train.loop import FitConfig, fit
+from .strategies import BN_POLICIES, STRATEGIES, build_phases, resolve_bn_policy, uses_pretrained_weights
+from .training.callbacks import Callback
+from .training.checkpoint import save_weights
+from .training.loop import FitConfig, fit
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class TrainConfig:
     test_per_class: int | None = None
     seed: int = 0
     patience: int = 3
+    bn: str = "auto"
     label_smoothing: float = 0.0
     class_weights: str = "none"
     weight_decay: float = 0.01
@@ -97,6 +98,7 @@ class TrainConfig:
             raise bad_value("class_weights", self.class_weights, "'none' or 'auto'")
         if self.weight_decay < 0:
             raise bad_value("weight_decay", self.weight_decay, "a non-negative float")
+        resolve_bn_policy(self.bn, self.strategy, self.batch_size)
         if self.mixed_precision not in MIXED_PRECISION:
             raise bad_value("mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
         if self.workers is not None and self.workers < 0:
@@ -144,12 +146,14 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     groups = model.layer_groups()
     phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
                           lr=config.lr, head_lr=config.head_lr)
+    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
     train_loader, val_loader = _loaders(image_data, model, config)
     logger.info("Data: %s — %d train, %d val images, %d classes", image_data.description, len(image_data.train),
                 len(image_data.val), len(image_data.classes))
     logger.info("Preprocessing: %s", model.preprocessing.describe())
     logger.info("Strategy %s: %s", config.strategy, "; ".join(
         f"{p.name} × {p.epochs} epochs ({len(p.lrs)} of {len(groups)} groups train)" for p in phases))
+    logger.info("BatchNorm: %s%s — %s", bn, " (chosen by --bn auto)" if config.bn == "auto" else "", BN_POLICIES[bn])
 
     if resume is None:
         create_run_dir(run_dir, asdict(config), config.overwrite)
@@ -157,7 +161,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         write_metrics(run_dir, _checkpoint_history(run_dir))
     fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                            label_smoothing=config.label_smoothing, class_weights=_class_weights(image_data, config),
-                           patience=config.patience or None, mixed_precision=_mixed_precision(config),
+                           patience=config.patience or None, bn=bn, mixed_precision=_mixed_precision(config),
                            cpu=config.cpu, progress=progress)
     try:
         result = fit(model, train_loader, val_loader, phases, fit_config, run_dir=run_dir,
@@ -173,7 +177,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     info = {
         "status": "complete", "model": asdict(model.spec), "head": model.head_config.to_dict(),
         "preprocessing": model.preprocessing.to_dict(), "classes": image_data.classes,
-        "strategy": config.strategy, "phases": [p.to_dict() for p in phases],
+        "strategy": config.strategy, "bn_policy": bn, "phases": [p.to_dict() for p in phases],
         "layer_groups": [{"name": g.name, "params": len(g.param_names)} for g in groups],
         "data": {"description": image_data.description, "train": len(image_data.train), "val": len(image_data.val),
                  "skipped_images": len(image_data.skipped), "class_counts": image_data.train.class_counts()},
@@ -265,7 +269,7 @@ def _test_metrics(trained: TrainedModel, data: ImageData, config: TrainConfig) -
 
 
 def _checkpoint_history(run_dir: Path) -> list[dict[str, Any]]:
-    from .train.checkpoint import load_checkpoint
+    from .training.checkpoint import load_checkpoint
 
     return load_checkpoint(run_dir).state["train"]["history"]
 

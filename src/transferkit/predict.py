@@ -18,7 +18,7 @@ from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
 from .runfolder import WEIGHTS, read_info
-from .train.checkpoint import load_weights
+from .training.checkpoint import load_weights
 
 
 @dataclass(frozen=True)

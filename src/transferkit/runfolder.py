@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IncompleteRunError, TransferKitError
-from .train.checkpoint import CHECKPOINT, write_json_atomic
+from .training.checkpoint import CHECKPOINT, write_json_atomic
 
 INFO = "transferkit.json"
 CONFIG = "config.json"

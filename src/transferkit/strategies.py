@@ -21,6 +21,12 @@ STRATEGIES = {
     "scratch": "same architecture with random weights, all layers at a from-scratch LR (the baseline)",
 }
 
+BN_POLICIES = {
+    "auto": "freeze when starting from pre-trained weights or with batches under 16, else train",
+    "freeze": "every BatchNorm layer keeps its running statistics (eval mode); affine weights may train",
+    "train": "BatchNorm layers of trainable groups update their statistics (frozen groups never do)",
+}
+
 # Rules of thumb: new layers 1e-3, pre-trained layers 1e-4 (10x smaller), from scratch 1e-3..1e-2.
 DEFAULT_HEAD_LR = 1e-3
 DEFAULT_LR = 1e-4
@@ -90,9 +96,22 @@ def apply_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase) -> Non
         param.requires_grad_(name in trainable)
 
 
-def set_train_mode(model: nn.Module) -> None:
-    """``model.train()``, except frozen parts: a fully frozen backbone runs in eval mode, and BatchNorm
-    layers whose parameters are all frozen keep their running statistics (eval mode)."""
+def resolve_bn_policy(policy: str, strategy: str, batch_size: int) -> str:
+    """``auto`` becomes ``freeze`` when layers start from pre-trained weights or batches are under 16
+    (small batches give noisy statistics; re-estimating pre-trained statistics on a small, shifted
+    dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+."""
+    if policy not in BN_POLICIES:
+        raise bad_value("bn", policy, f"one of {', '.join(BN_POLICIES)}", "Pass e.g. --bn auto.")
+    if policy != "auto":
+        return policy
+    return "freeze" if uses_pretrained_weights(strategy) or batch_size < 16 else "train"
+
+
+def set_train_mode(model: nn.Module, bn: str = "train") -> None:
+    """``model.train()``, except what must not change: a fully frozen backbone runs in eval mode;
+    BatchNorm layers whose parameters are all frozen keep their running statistics; with ``bn="freeze"``
+    every BatchNorm layer keeps its running statistics (its affine parameters still train if their
+    group does)."""
     model.train()
     backbone = getattr(model, "backbone", None)
     if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
@@ -101,7 +120,7 @@ def set_train_mode(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters())
-            if params and not any(p.requires_grad for p in params):
+            if bn == "freeze" or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

@@ -45,9 +45,10 @@ def parse_source(spec: str) -> SourceSpec:
         return SourceSpec("builtin", spec, spec)
     scheme, sep, name = spec.partition(":")
     if not sep:
-        hint = did_you_mean(spec, BUILTIN_MODELS)
-        if _timm_has(spec) or spec in _torchvision_names():
-            hint = f"Write it with its source: timm:{spec} or torchvision:{spec}."
+        found = [f"{scheme}:{spec}" for scheme, has in (("timm", _timm_has(spec)),
+                                                         ("torchvision", spec in _torchvision_names())) if has]
+        hint = " ".join(filter(None, [f"Write it with its source: {' or '.join(found)}." if found else "",
+                                      did_you_mean(spec, BUILTIN_MODELS)]))
         raise TransferKitError(
             f"Unknown model '{spec}': a model needs a source scheme (timm:, torchvision:) or a built-in name "
             f"({', '.join(BUILTIN_MODELS)}). {hint}".strip())

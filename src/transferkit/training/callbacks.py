@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 class Callback:
-    """Hooks called by :func:`transferkit.train.loop.fit`. Set ``state.stop_requested`` to end training."""
+    """Hooks called by :func:`transferkit.training.loop.fit`. Set ``state.stop_requested`` to end training."""
 
     def on_epoch_start(self, state: Any) -> None:  # noqa: B027 - optional hook
         pass

@@ -39,6 +39,7 @@ class FitConfig:
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
     patience: int | None = 3
+    bn: str = "train"
     mixed_precision: str = "no"
     cpu: bool = False
     progress: bool = True
@@ -99,7 +100,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             set_seed(config.seed + state.epoch)
             label = f"epoch {state.epoch + 1} [{phase.name} {state.phase_epoch + 1}/{phase.epochs}]"
             train_metrics = train_one_epoch(model, net, train_loader, optimizer, scheduler, loss_fn,
-                                            accelerator, label, config.progress)
+                                            accelerator, label, config)
             val_metrics = evaluate_loss(net, val_loader, loss_fn, accelerator)
             state.epoch, state.phase_epoch = state.epoch + 1, state.phase_epoch + 1
             if stopper.update(val_metrics["accuracy"], val_metrics["loss"], state.epoch):
@@ -135,11 +136,11 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
 
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any,
-                    loss_fn: nn.Module, accelerator: Accelerator, label: str, progress: bool) -> dict[str, float]:
+                    loss_fn: nn.Module, accelerator: Accelerator, label: str, config: FitConfig) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, accuracy and throughput."""
-    set_train_mode(model)
+    set_train_mode(model, config.bn)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=label, leave=False, disable=not (progress and accelerator.is_local_main_process))
+    bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
     for images, labels in bar:
         logits = net(images)
         loss = loss_fn(logits, labels)

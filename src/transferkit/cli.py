@@ -1,0 +1,242 @@
+"""The ``transferkit`` command: thin commands, each mapping to one library call.
+
+User mistakes end with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .errors import TransferKitError
+
+app = typer.Typer(
+    name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Adapt a pre-trained vision model to your images: train, evaluate, predict. "
+         "Offline built-ins: efficientnet_lite0/2 weights, builtin:fashion-mnist / lfw-faces / digits data.")
+console = Console(stderr=True)
+out = Console()
+
+HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
+             "(split into train/val); a CSV manifest with path,label[,split] columns; or builtin:fashion-mnist, "
+             "builtin:lfw-faces, builtin:digits.")
+HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
+                 "first, then all layers), scratch (random weights: the baseline).")
+
+
+@app.command()
+def train(
+    data: Annotated[str | None, typer.Option(help=HELP_DATA, show_default=False)] = None,
+    model: Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
+                                            "torchvision:<name>. See `transferkit models`.")] = "efficientnet_lite0",
+    strategy: Annotated[str, typer.Option(help=HELP_STRATEGY)] = "two-stage",
+    out_dir: Annotated[str | None, typer.Option("--out", help="Run folder to create "
+                                                "[default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
+    weights: Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
+                                                     "instead of downloading pre-trained weights.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs of the main phase (two-stage: of the all-layers stage).")] = 10,
+    head_epochs: Annotated[int, typer.Option(help="two-stage: epochs of the head-only stage (2-5 is typical).")] = 3,
+    lr: Annotated[float | None, typer.Option(help="LR of pre-trained layers [default: 1e-4; scratch: 3e-3].",
+                                             show_default=False)] = None,
+    head_lr: Annotated[float | None, typer.Option(help="LR of the new head [default: 1e-3].",
+                                                  show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    image_size: Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
+                                                   show_default=False)] = None,
+    augment: Annotated[str, typer.Option(help="Augmentation: none, light (flip, random resized crop), heavy "
+                                              "(plus colour jitter, rotation, RandAugment).")] = "light",
+    dropout: Annotated[float, typer.Option(help="Dropout before the new head's linear layer.")] = 0.2,
+    hidden: Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when the "
+                                                     "data has no val split.")] = 0.2,
+    per_class: Annotated[int | None, typer.Option(help="Use only N training images per class (seeded).",
+                                                  show_default=False)] = None,
+    test_per_class: Annotated[int | None, typer.Option(help="Evaluate the test split on N images per class.",
+                                                       show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and data order.")] = 0,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without better val accuracy before a "
+                                               "phase ends (0: off). The best epoch's weights are kept.")] = 3,
+    bn: Annotated[str, typer.Option(help="BatchNorm: auto (freeze statistics of pre-trained layers and for "
+                                         "batches under 16; train them from scratch), freeze, train.")] = "auto",
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing for the cross-entropy loss.")] = 0.0,
+    class_weights: Annotated[str, typer.Option(help="none, or auto (inverse class frequency).")] = "none",
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases/norms).")] = 0.01,
+    warmup: Annotated[float, typer.Option(help="Linear LR warm-up, as a fraction of each phase's steps.")] = 0.1,
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers [default: sized to the machine].",
+                                                show_default=False)] = None,
+    skip_bad_images: Annotated[bool, typer.Option(help="Skip (and count) unreadable images instead of "
+                                                       "stopping.")] = False,
+    mixed_precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.")] = "auto",
+    cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    resume: Annotated[str | None, typer.Option(help="Continue an interrupted run folder from its last "
+                                                    "completed epoch (its saved settings are used).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
+) -> None:
+    """Fine-tune a pre-trained model on your images and write a run folder."""
+    from . import api
+
+    _setup_logging(quiet)
+    options = dict(model=model, strategy=strategy, out=out_dir, weights=weights, epochs=epochs,
+                   head_epochs=head_epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, image_size=image_size,
+                   augment=augment, dropout=dropout, hidden=hidden, val_fraction=val_fraction, per_class=per_class,
+                   test_per_class=test_per_class, seed=seed, patience=patience, bn=bn, label_smoothing=label_smoothing,
+                   class_weights=class_weights, weight_decay=weight_decay, warmup=warmup, workers=workers,
+                   skip_bad_images=skip_bad_images, mixed_precision=mixed_precision, cpu=cpu, overwrite=overwrite)
+    if resume is not None:
+        options = {}
+    elif data is None:
+        raise TransferKitError("Missing --data. Fix: pass --data FOLDER, a CSV manifest or builtin:fashion-mnist "
+                               "(or --resume RUN to continue a run).")
+    try:
+        result = api.train(data, resume=resume, progress=not quiet, **options)
+    except KeyboardInterrupt:
+        run = resume or out_dir
+        console.print(f"[yellow]Interrupted.[/] Continue with: transferkit train --resume {run}" if run else
+                      "[yellow]Interrupted.[/] Continue with --resume <run folder> (see the runs/ folder).")
+        raise typer.Exit(130) from None
+    table = Table(title=f"transferkit: {result.run_dir}", show_header=False)
+    table.add_row("data", result.data_description)
+    table.add_row("best epoch", f"{result.best_epoch} of {len(result.history)}")
+    table.add_row("val accuracy", f"{result.val_accuracy:.4f}")
+    if result.test:
+        table.add_row("test accuracy", f"{result.test['accuracy']:.4f} (macro-F1 {result.test['macro_f1']:.4f}, "
+                                       f"n = {result.test['n']})")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    out.print(table)
+    out.print(f"Next: transferkit evaluate {result.run_dir} --data <labelled folder>   |   "
+              f"transferkit predict {result.run_dir} <images or folders>")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    data: Annotated[str | None, typer.Option(help="Labelled images: a folder of class sub-folders (a tree's "
+                                                  "test/ is used), a CSV manifest, or builtin:NAME (its test "
+                                                  "split) [default: the run's own test split].",
+                                             show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a report.")] = False,
+    png: Annotated[str | None, typer.Option(help="Where to write the confusion-matrix PNG "
+                                                 "[default: RUN/confusion_matrix.png].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images.")] = False,
+) -> None:
+    """Accuracy, macro-F1, per-class precision/recall and a confusion matrix of a run on labelled data."""
+    from .evaluate import format_report, save_confusion_png
+    from .predict import load
+
+    _setup_logging(quiet=as_json)
+    model = load(run)
+    if data is None:
+        data = model.info.get("config", {}).get("data", "")
+        if not data.startswith("builtin:") and not (Path(data) / "test").is_dir():
+            raise TransferKitError(f"The run's data ({data}) has no test split. Fix: pass --data with labelled "
+                                   "images to evaluate on.")
+    metrics = model.evaluate(data, batch_size=batch_size, skip_bad_images=skip_bad_images)
+    png_path = save_confusion_png(metrics, Path(png) if png else Path(run) / "confusion_matrix.png")
+    if as_json:
+        print(json.dumps({**metrics, "data": str(data), "run": str(run), "confusion_matrix_png": str(png_path)}))
+        return
+    out.print(f"[bold]{run}[/] on {data}")
+    print(format_report(metrics))
+    out.print(f"confusion matrix image: {png_path}")
+
+
+@app.command()
+def predict(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+) -> None:
+    """Top-k labels with probabilities for images and folders."""
+    from .predict import load
+
+    _setup_logging(quiet=True)
+    predictions = load(run).predict(inputs, top_k=top_k, batch_size=batch_size)
+    if as_json:
+        print(json.dumps({"run": run, "predictions": [p.to_dict() for p in predictions]}))
+        return
+    for p in predictions:
+        ranked = "  ".join(f"{label} {prob:.3f}" for label, prob in p.top_k)
+        print(f"{p.source}\t{ranked}")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
+    """List the model sources and the built-in offline weights."""
+    from .models.sources import list_sources
+
+    sources = list_sources()
+    if as_json:
+        print(json.dumps(sources))
+        return
+    table = Table(title="Built-in models (weights ship in pip packages; work offline)")
+    for column in ("name", "model", "pip package"):
+        table.add_column(column, no_wrap=column == "name")
+    for name, entry in sources["builtin"].items():
+        table.add_row(name, entry["description"], entry["package"])
+    out.print(table)
+    for name, entry in sources["builtin"].items():
+        out.print(f"  {name}: {entry['preprocessing']}", highlight=False)
+    schemes = Table(title="Other sources (pre-trained weights need the internet, or --weights FILE)")
+    schemes.add_column("source")
+    schemes.add_column("what")
+    for key, text in sources["schemes"].items():
+        schemes.add_row(key, text)
+    out.print(schemes)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the three demo runs.")] = "runs/demo",
+    per_class: Annotated[int, typer.Option(help="Training images per class.")] = 30,
+    image_size: Annotated[int, typer.Option(help="Input size in pixels.")] = 96,
+    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 8,
+) -> None:
+    """Offline demo: from scratch vs linear probe vs two-stage on Fashion-MNIST with EfficientNet-Lite0."""
+    from .demo import run_demo
+
+    _setup_logging(quiet=False)
+    rows = run_demo(Path(out_dir), per_class=per_class, image_size=image_size, epochs=epochs)
+    table = Table(title=f"What transfer buys: Fashion-MNIST, {per_class} images per class, EfficientNet-Lite0 "
+                        f"@ {image_size} px, CPU")
+    for column in ("strategy", "test accuracy", "macro-F1", "wall time", "run folder"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["strategy"], f"{row['test_accuracy']:.3f}", f"{row['macro_f1']:.3f}",
+                      f"{row['seconds']:.0f} s", row["run"])
+    out.print(table)
+
+
+def _setup_logging(quiet: bool) -> None:
+    package = logging.getLogger("transferkit")
+    if not package.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        package.addHandler(handler)
+    package.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: runs the app and turns user errors into one line and exit code 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return app(args=argv, prog_name="transferkit")
+    except TransferKitError as exc:
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Model sources: built-in real weights, preprocessing from the weights, head replacement, groups, errors."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transferkit.errors import TransferKitError
+from transferkit.models import BUILTIN_MODELS, load_model, parse_source, read_weights_file
+from transferkit.models.packaged import load_packaged_weights
+
+
+def test_packaged_lite0_weights_are_real_imagenet_weights():
+    """The positional rename must load the real weights: the coffee photo is an espresso."""
+    import timm
+    from skimage.data import coffee
+
+    from transferkit.data.images import build_transforms
+
+    builtin = BUILTIN_MODELS["efficientnet_lite0"]
+    model = timm.create_model(builtin.timm_arch, pretrained=False, num_classes=1000).eval()
+    load_packaged_weights(builtin, model)
+    _, transform = build_transforms(builtin.preprocessing, "none")
+    from PIL import Image
+
+    with torch.no_grad():
+        probs = model(transform(Image.fromarray(coffee()))[None]).softmax(1)[0]
+    espresso = 967  # ImageNet-1k class index of "espresso"
+    assert int(probs.argmax()) == espresso
+    assert float(probs[espresso]) > 0.8
+
+
+def test_builtin_preprocessing_and_head_replacement():
+    model = load_model("efficientnet_lite0", num_classes=7, dropout=0.3, hidden=64)
+    p = model.preprocessing
+    assert (p.mean, p.std, p.input_size, p.interpolation) == ((0.5,) * 3, (0.5,) * 3, 224, "bicubic")
+    assert p.resize_size == 256
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    linears = [m for m in model.head if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(1280, 64), (64, 7)]
+    assert sum(isinstance(m, nn.Dropout) for m in model.head) == 2
+    assert "replaced classifier (1000 ImageNet classes)" in model.describe_head()
+
+
+def test_timm_preprocessing_comes_from_pretrained_cfg():
+    model = load_model("timm:test_resnet", 3, pretrained=False)
+    p = model.preprocessing
+    assert p.input_size == 160 and p.crop_pct == pytest.approx(0.95) and p.interpolation == "bilinear"
+    assert "timm pretrained_cfg" in p.source
+    assert model.preprocessing.with_image_size(64).input_size == 64
+
+
+def test_torchvision_preprocessing_from_weights_enum_and_head():
+    model = load_model("torchvision:resnet18", 4, pretrained=False)
+    p = model.preprocessing
+    assert p.mean == pytest.approx((0.485, 0.456, 0.406)) and p.std == pytest.approx((0.229, 0.224, 0.225))
+    assert (p.input_size, p.resize_size) == (224, 256)
+    assert "fc (Linear 512→1000)" in model.spec.replaced
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("spec, first, count", [
+    ("efficientnet_lite0", "stem", 9),
+    ("timm:test_vit", "stem", 8),
+    ("torchvision:resnet18", "conv1", 7),
+])
+def test_layer_groups_run_from_input_to_head(spec, first, count):
+    model = load_model(spec, 3, pretrained=False)
+    groups = model.layer_groups()
+    assert groups[0].name == first and groups[-1].name == "head" and len(groups) == count
+    names = [n for g in groups for n in g.param_names]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())  # every parameter exactly once
+
+
+def test_weights_file_loads_backbone_and_drops_classifier(tiny_weights, tmp_path):
+    state = read_weights_file(tiny_weights)
+    model = load_model("timm:test_efficientnet", 3, weights=tiny_weights)
+    assert torch.equal(model.backbone.conv_stem.weight, state["conv_stem.weight"])
+    assert model.spec.weights == str(tiny_weights)
+    pth = tmp_path / "w.pth"
+    torch.save({"state_dict": state}, pth)
+    model2 = load_model("timm:test_efficientnet", 3, weights=pth)
+    assert torch.equal(model2.backbone.conv_stem.weight, state["conv_stem.weight"])
+
+
+def test_weights_file_never_unpickles_objects(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"weights": np.random.default_rng(0)}, handle, protocol=2)  # an arbitrary object, not tensors
+    with pytest.raises(TransferKitError, match="never unpickles"):
+        load_model("timm:test_efficientnet", 3, weights=path)
+
+
+def test_weights_of_another_architecture_are_refused(tiny_weights):
+    with pytest.raises(TransferKitError, match="does not fit this architecture"):
+        load_model("timm:test_resnet", 3, weights=tiny_weights)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("timm:resnt18", "Did you mean: resnet18"),
+    ("resnet18", "timm:resnet18 or torchvision:resnet18"),
+    ("tf_efficientnet_lite0", "timm:tf_efficientnet_lite0\\. Did you mean"),
+    ("efficientnet_lite1", r"timm:efficientnet_lite1\. Did you mean: .*efficientnet_lite0"),
+    ("torchvision:resnet19", "Did you mean"),
+    ("hf:bert-base-uncased", "language model"),
+    ("keras:resnet", "scheme"),
+])
+def test_unknown_models_get_helpful_errors(spec, message):
+    with pytest.raises(TransferKitError, match=message):
+        parse_source(spec)
+
+
+def test_offline_pretrained_download_names_the_fix():
+    with pytest.raises(TransferKitError, match="--weights FILE.*efficientnet_lite0"):
+        load_model("timm:test_resnet.r160_in1k", 3)

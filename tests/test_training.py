@@ -1,0 +1,125 @@
+"""The loop: early stopping restores the best epoch, resume equals an uninterrupted run, run folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import transferkit
+from transferkit.errors import IncompleteRunError, TransferKitError
+from transferkit.training import Callback, EarlyStopping
+from transferkit.training import loop as loop_module
+from transferkit.training.checkpoint import cpu_state_dict
+
+
+def test_early_stopping_with_a_fixed_sequence():
+    stopper = EarlyStopping(patience=2)
+    accuracies = [0.5, 0.7, 0.6, 0.7, 0.65]
+    losses = [1.0, 0.8, 0.9, 0.7, 0.9]
+    stops = []
+    for epoch, (acc, loss) in enumerate(zip(accuracies, losses), start=1):
+        stopper.update(acc, loss, epoch)
+        stops.append(stopper.should_stop)
+    # epoch 4 ties the best accuracy with a lower loss: it becomes the best, resetting patience
+    assert stopper.best_epoch == 4 and stops == [False, False, False, False, False]
+    stopper.update(0.6, 1.0, 6)
+    assert stopper.should_stop
+    assert not EarlyStopping(patience=None).should_stop
+
+
+class Snapshots(Callback):
+    def __init__(self, model):
+        self.model, self.states = model, []
+
+    def on_epoch_end(self, record, state):
+        self.states.append(cpu_state_dict(self.model))
+
+
+def test_fit_restores_the_best_epoch_weights(class_folder, tiny_options, tmp_path, monkeypatch):
+    """Drive early stopping with a fixed validation sequence: best is epoch 2, patience 2 stops at 4."""
+    sequence = iter([0.4, 0.9, 0.5, 0.6, 0.95, 0.99])
+    monkeypatch.setattr(loop_module, "evaluate_loss", lambda *a, **k: {"loss": 1.0, "accuracy": next(sequence)})
+    snap = {}
+    original_fit = loop_module.fit
+
+    def fit_with_snapshots(model, *args, callbacks=(), **kwargs):
+        snap["cb"] = Snapshots(model)
+        return original_fit(model, *args, callbacks=[*callbacks, snap["cb"]], **kwargs)
+
+    monkeypatch.setattr(transferkit.api, "fit", fit_with_snapshots)
+    result = transferkit.train(class_folder, strategy="fine-tune", patience=2, out=str(tmp_path / "run"),
+                               progress=False, **{**tiny_options, "epochs": 6})
+    assert result.best_epoch == 2 and len(result.history) == 4  # stopped after 2 epochs without improvement
+    best = snap["cb"].states[1]
+    final = result.model.model.state_dict()
+    assert all(torch.equal(final[k], best[k]) for k in best)
+    assert not all(torch.equal(final[k], snap["cb"].states[-1][k]) for k in best)
+
+
+class InterruptAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_in_the_middle_of_phase_two_equals_an_uninterrupted_run(class_folder, tiny_options, tmp_path):
+    options = {**tiny_options, "strategy": "two-stage", "epochs": 3, "head_epochs": 1, "patience": 0,
+               "augment": "light", "dropout": 0.3}
+    full = transferkit.train(class_folder, out=str(tmp_path / "full"), progress=False, **options)
+    with pytest.raises(KeyboardInterrupt):
+        transferkit.train(class_folder, out=str(tmp_path / "cut"), progress=False, callbacks=[InterruptAt(2)],
+                          **options)
+    state = json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["train"]
+    assert (state["epoch"], state["phase_index"], state["phase_epoch"]) == (2, 1, 1)  # mid phase 2
+    with pytest.raises(IncompleteRunError, match="--resume"):
+        transferkit.load(tmp_path / "cut")
+    resumed = transferkit.train(resume=tmp_path / "cut", progress=False)
+    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_loss"] for h in full.history] == [h["val_loss"] for h in resumed.history]
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+    with pytest.raises(TransferKitError, match="already finished"):
+        transferkit.train(resume=tmp_path / "cut")
+
+
+def test_interrupted_before_the_first_epoch_leaves_no_folder(class_folder, tiny_options, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        transferkit.train(class_folder, out=str(tmp_path / "run"), progress=False, callbacks=[InterruptAt(0)],
+                          **tiny_options)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_is_self_describing_and_loads_back(image_tree, tiny_options, tmp_path):
+    result = transferkit.train(image_tree, strategy="linear-probe", out=str(tmp_path / "run"), progress=False,
+                               **tiny_options)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"model.safetensors", "transferkit.json", "metrics.jsonl",
+                                               "config.json", "checkpoint"}
+    info = json.loads((run / "transferkit.json").read_text())
+    assert info["classes"] == ["blue", "green", "red"] and info["strategy"] == "linear-probe"
+    assert info["model"]["spec"] == "timm:test_efficientnet" and info["preprocessing"]["input_size"] == 32
+    assert info["metrics"]["test"]["n"] == 9 and "torch" in info["versions"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and records[0]["train_samples_per_s"] > 0
+    loaded = transferkit.load(run)
+    images = sorted((image_tree / "test").rglob("*.png"))
+    assert loaded.predict_proba(images) == pytest.approx(result.model.predict_proba(images), abs=1e-5)
+    with pytest.raises(TransferKitError, match="already holds a finished run"):
+        transferkit.train(image_tree, out=str(run), progress=False, **tiny_options)
+
+
+def test_load_reports_mismatched_weights(image_tree, tiny_options, tmp_path):
+    transferkit.train(image_tree, strategy="linear-probe", out=str(tmp_path / "run"), progress=False,
+                      **{**tiny_options, "epochs": 1})
+    info_path = tmp_path / "run" / "transferkit.json"
+    info = json.loads(info_path.read_text())
+    info["head"]["num_classes"], info["classes"] = 4, info["classes"] + ["extra"]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(TransferKitError, match=r"wrong shapes: head\.1\.weight"):
+        transferkit.load(tmp_path / "run")
