@@ -7,8 +7,17 @@ from torch import nn
 
 from transferkit.errors import TransferKitError
 from transferkit.models import load_model
-from transferkit.strategies import (DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_SCRATCH_LR, apply_phase, build_phases,
-                                    param_groups, set_train_mode, uses_pretrained_weights, warmup_cosine)
+from transferkit.strategies import (
+    DEFAULT_HEAD_LR,
+    DEFAULT_LR,
+    DEFAULT_SCRATCH_LR,
+    apply_phase,
+    build_phases,
+    param_groups,
+    set_train_mode,
+    uses_pretrained_weights,
+    warmup_cosine,
+)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def test_early_stopping_with_a_fixed_sequence():
     accuracies = [0.5, 0.7, 0.6, 0.7, 0.65]
     losses = [1.0, 0.8, 0.9, 0.7, 0.9]
     stops = []
-    for epoch, (acc, loss) in enumerate(zip(accuracies, losses), start=1):
+    for epoch, (acc, loss) in enumerate(zip(accuracies, losses, strict=True), start=1):
         stopper.update(acc, loss, epoch)
         stops.append(stopper.should_stop)
     # epoch 4 ties the best accuracy with a lower loss: it becomes the best, resetting patience

@@ -28,8 +28,17 @@ from .errors import TransferKitError, bad_value
 from .evaluate import compute_metrics
 from .models.sources import load_model
 from .predict import TrainedModel
-from .runfolder import (WEIGHTS, append_metrics, check_new_run_dir, create_run_dir, finish_run, has_checkpoint,
-                        is_finished, read_config, write_metrics)
+from .runfolder import (
+    WEIGHTS,
+    append_metrics,
+    check_new_run_dir,
+    create_run_dir,
+    finish_run,
+    has_checkpoint,
+    is_finished,
+    read_config,
+    write_metrics,
+)
 from .strategies import BN_POLICIES, STRATEGIES, build_phases, resolve_bn_policy, uses_pretrained_weights
 from .training.callbacks import Callback
 from .training.checkpoint import save_weights
@@ -187,6 +196,9 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     finish_run(run_dir, info)
+    logger.info("Done: best epoch %d of %d, val accuracy %.4f%s, %.1f s — %s", result.best_epoch, len(result.history),
+                result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "", result.seconds,
+                run_dir)
     trained = TrainedModel(model, image_data.classes, info, run_dir)
     return TrainResult(run_dir, result.best_epoch, result.best_val_accuracy, result.seconds, result.history, test,
                        trained, image_data.description)

@@ -39,8 +39,8 @@ def train(
     model: Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
                                             "torchvision:<name>. See `transferkit models`.")] = "efficientnet_lite0",
     strategy: Annotated[str, typer.Option(help=HELP_STRATEGY)] = "two-stage",
-    out_dir: Annotated[str | None, typer.Option("--out", help="Run folder to create "
-                                                "[default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
+    out_dir: Annotated[str | None, typer.Option(
+        "--out", help="Run folder to create [default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
     weights: Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
                                                      "instead of downloading pre-trained weights.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs of the main phase (two-stage: of the all-layers stage).")] = 10,
@@ -75,7 +75,8 @@ def train(
                                                 show_default=False)] = None,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip (and count) unreadable images instead of "
                                                        "stopping.")] = False,
-    mixed_precision: Annotated[str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.")] = "auto",
+    mixed_precision: Annotated[str, typer.Option(
+        help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.")] = "auto",
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run folder from its last "
