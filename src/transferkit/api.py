@@ -21,12 +21,14 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from .data.checks import check_normalization
 from .data.images import ImageDataset, build_transforms
 from .data.sources import ImageData, load_training_data
 from .data.splits import take_per_class
 from .errors import TransferKitError, bad_value
 from .evaluate import compute_metrics
 from .models.sources import load_model
+from .plan import Plan
 from .predict import TrainedModel
 from .runfolder import (
     WEIGHTS,
@@ -39,7 +41,7 @@ from .runfolder import (
     read_config,
     write_metrics,
 )
-from .strategies import BN_POLICIES, STRATEGIES, build_phases, resolve_bn_policy, uses_pretrained_weights
+from .strategies import STRATEGIES, build_phases, resolve_bn_policy, uses_pretrained_weights
 from .training.callbacks import Callback
 from .training.checkpoint import save_weights
 from .training.loop import FitConfig, fit
@@ -65,6 +67,12 @@ class TrainConfig:
     head_epochs: int = 3
     lr: float | None = None
     head_lr: float | None = None
+    lrs: str | None = None
+    lr_decay: float | None = None
+    unfreeze_every: int = 1
+    max_unfrozen: int | None = None
+    groups: int | None = None
+    l2_sp: float = 0.0
     batch_size: int = 32
     image_size: int | None = None
     augment: str = "light"
@@ -108,6 +116,11 @@ class TrainConfig:
         if self.weight_decay < 0:
             raise bad_value("weight_decay", self.weight_decay, "a non-negative float")
         resolve_bn_policy(self.bn, self.strategy, self.batch_size)
+        if isinstance(self.lrs, (list, tuple)):
+            self.lrs = ",".join(str(v) for v in self.lrs)
+        _parse_lrs(self.lrs)
+        if self.l2_sp < 0:
+            raise bad_value("l2_sp", self.l2_sp, "a non-negative float (0: off)", "Pass e.g. --l2-sp 0.01.")
         if self.mixed_precision not in MIXED_PRECISION:
             raise bad_value("mixed_precision", self.mixed_precision, f"one of {', '.join(MIXED_PRECISION)}")
         if self.workers is not None and self.workers < 0:
@@ -152,17 +165,13 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     model = load_model(config.model, len(image_data.classes), weights=config.weights,
                        pretrained=uses_pretrained_weights(config.strategy), dropout=config.dropout,
                        hidden=config.hidden, image_size=config.image_size)
-    groups = model.layer_groups()
-    phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
-                          lr=config.lr, head_lr=config.head_lr)
-    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
+    run_plan = _plan(model, config)
     train_loader, val_loader = _loaders(image_data, model, config)
     logger.info("Data: %s — %d train, %d val images, %d classes", image_data.description, len(image_data.train),
                 len(image_data.val), len(image_data.classes))
-    logger.info("Preprocessing: %s", model.preprocessing.describe())
-    logger.info("Strategy %s: %s", config.strategy, "; ".join(
-        f"{p.name} × {p.epochs} epochs ({len(p.lrs)} of {len(groups)} groups train)" for p in phases))
-    logger.info("BatchNorm: %s%s — %s", bn, " (chosen by --bn auto)" if config.bn == "auto" else "", BN_POLICIES[bn])
+    logger.info("%s", run_plan)
+    for warning in check_normalization(val_loader, model.preprocessing):
+        logger.warning("Normalisation check: %s", warning)
 
     if resume is None:
         create_run_dir(run_dir, asdict(config), config.overwrite)
@@ -170,10 +179,10 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         write_metrics(run_dir, _checkpoint_history(run_dir))
     fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                            label_smoothing=config.label_smoothing, class_weights=_class_weights(image_data, config),
-                           patience=config.patience or None, bn=bn, mixed_precision=_mixed_precision(config),
-                           cpu=config.cpu, progress=progress)
+                           patience=config.patience or None, bn=run_plan.bn, l2_sp=config.l2_sp, groups=config.groups,
+                           mixed_precision=_mixed_precision(config), cpu=config.cpu, progress=progress)
     try:
-        result = fit(model, train_loader, val_loader, phases, fit_config, run_dir=run_dir,
+        result = fit(model, train_loader, val_loader, run_plan.phases, fit_config, run_dir=run_dir,
                      resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks])
     except BaseException:
         if resume is None and not has_checkpoint(run_dir):
@@ -186,8 +195,8 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     info = {
         "status": "complete", "model": asdict(model.spec), "head": model.head_config.to_dict(),
         "preprocessing": model.preprocessing.to_dict(), "classes": image_data.classes,
-        "strategy": config.strategy, "bn_policy": bn, "phases": [p.to_dict() for p in phases],
-        "layer_groups": [{"name": g.name, "params": len(g.param_names)} for g in groups],
+        "strategy": config.strategy, "bn_policy": run_plan.bn, "phases": [p.to_dict() for p in run_plan.phases],
+        "layer_groups": [{"name": name, "params": count} for name, count in run_plan.groups],
         "data": {"description": image_data.description, "train": len(image_data.train), "val": len(image_data.val),
                  "skipped_images": len(image_data.skipped), "class_counts": image_data.train.class_counts()},
         "config": asdict(config),
@@ -204,7 +213,52 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                        trained, image_data.description)
 
 
+def plan(data: str | Path | None = None, *, num_classes: int | None = None, **options: Any) -> Plan:
+    """What :func:`train` would do with these options, without training or downloading anything.
+
+    Args:
+        data: training data, used only to count the classes (optional).
+        num_classes: the number of classes when ``data`` is not given (default 10).
+        **options: any :class:`TrainConfig` field.
+    """
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TransferKitError(f"Unknown option(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+    config = TrainConfig(data=str(data or ""), **options)
+    config.validate()
+    if data is not None:
+        num_classes = len(load_training_data(config.data, val_fraction=config.val_fraction,
+                                             per_class=config.per_class, seed=config.seed).classes)
+    model = load_model(config.model, num_classes or 10, pretrained=False, dropout=config.dropout,
+                       hidden=config.hidden, image_size=config.image_size)
+    scratch = not uses_pretrained_weights(config.strategy)
+    model.spec.weights = "random" if scratch else (config.weights or "pre-trained")  # what training would load
+    return _plan(model, config)
+
+
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+def _plan(model: Any, config: TrainConfig) -> Plan:
+    groups = model.layer_groups(config.groups)
+    phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
+                          lr=config.lr, head_lr=config.head_lr, lrs=_parse_lrs(config.lrs),
+                          lr_decay=config.lr_decay, unfreeze_every=config.unfreeze_every,
+                          max_unfrozen=config.max_unfrozen)
+    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
+    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup)
+
+
+def _parse_lrs(value: str | Sequence[float] | None) -> tuple[float, ...] | None:
+    if value is None or value == "":
+        return None
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(float(v) for v in parts)
+    except (TypeError, ValueError) as exc:
+        raise bad_value("lrs", value, "comma-separated learning rates, early layers first",
+                        "Pass e.g. --lrs 1e-5,1e-4,1e-3.") from exc
 
 
 def _resolve_config(data: str | Path | None, resume: str | Path | None,

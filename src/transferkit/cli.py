@@ -30,32 +30,72 @@ HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folder
              "(split into train/val); a CSV manifest with path,label[,split] columns; or builtin:fashion-mnist, "
              "builtin:lfw-faces, builtin:digits.")
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
-                 "first, then all layers), scratch (random weights: the baseline).")
+                 "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
+                 "epochs, top down), scratch (random weights: the baseline).")
+
+# Options shared by `train` and `plan` (declared once).
+Data = Annotated[str | None, typer.Option(help=HELP_DATA, show_default=False)]
+Model = Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
+                                         "torchvision:<name>. See `transferkit models`.")]
+Weights = Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
+                                                  "instead of downloading pre-trained weights.")]
+Strategy = Annotated[str, typer.Option(help=HELP_STRATEGY)]
+Epochs = Annotated[int, typer.Option(help="Epochs of the main phase (two-stage/progressive: once all their "
+                                          "groups train).")]
+HeadEpochs = Annotated[int, typer.Option(help="two-stage/progressive: epochs of the head-only stage (2-5 is "
+                                              "typical).")]
+Lr = Annotated[float | None, typer.Option(help="LR of pre-trained layers [default: 1e-4; scratch: 3e-3].",
+                                          show_default=False)]
+HeadLr = Annotated[float | None, typer.Option(help="LR of the new head [default: 1e-3].", show_default=False)]
+Lrs = Annotated[str | None, typer.Option(help="Discriminative LRs spread over the layer groups, early layers first; "
+                                              "the last value is the head's, e.g. 1e-5,1e-4,1e-3.",
+                                         show_default=False)]
+LrDecay = Annotated[float | None, typer.Option(help="Layer-wise LR decay: the head gets --head-lr, each group below "
+                                                    "the next later group's LR times this factor, e.g. 0.5.",
+                                               show_default=False)]
+UnfreezeEvery = Annotated[int, typer.Option(help="progressive: epochs between unfreezing one more group.")]
+MaxUnfrozen = Annotated[int | None, typer.Option(help="progressive: stop unfreezing when this many groups (head "
+                                                      "included) train [default: all].", show_default=False)]
+Groups = Annotated[int | None, typer.Option(help="Merge neighbouring layer groups so that N remain (head "
+                                                 "included) [default: the architecture's own groups].",
+                                            show_default=False)]
+Bn = Annotated[str, typer.Option(help="BatchNorm: auto (freeze statistics of pre-trained layers and for batches "
+                                      "under 16; train them from scratch), freeze, train.")]
+L2Sp = Annotated[float, typer.Option("--l2-sp", help="L2-SP strength: pull pre-trained weights towards their "
+                                                     "starting values (0: off), e.g. 0.01.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
+ImageSize = Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
+                                               show_default=False)]
+Dropout = Annotated[float, typer.Option(help="Dropout before the new head's linear layer.")]
+Hidden = Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")]
+Warmup = Annotated[float, typer.Option(help="Linear LR warm-up, as a fraction of each phase's steps.")]
 
 
 @app.command()
 def train(
-    data: Annotated[str | None, typer.Option(help=HELP_DATA, show_default=False)] = None,
-    model: Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
-                                            "torchvision:<name>. See `transferkit models`.")] = "efficientnet_lite0",
-    strategy: Annotated[str, typer.Option(help=HELP_STRATEGY)] = "two-stage",
+    data: Data = None,
+    model: Model = "efficientnet_lite0",
+    strategy: Strategy = "two-stage",
     out_dir: Annotated[str | None, typer.Option(
         "--out", help="Run folder to create [default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
-    weights: Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
-                                                     "instead of downloading pre-trained weights.")] = None,
-    epochs: Annotated[int, typer.Option(help="Epochs of the main phase (two-stage: of the all-layers stage).")] = 10,
-    head_epochs: Annotated[int, typer.Option(help="two-stage: epochs of the head-only stage (2-5 is typical).")] = 3,
-    lr: Annotated[float | None, typer.Option(help="LR of pre-trained layers [default: 1e-4; scratch: 3e-3].",
-                                             show_default=False)] = None,
-    head_lr: Annotated[float | None, typer.Option(help="LR of the new head [default: 1e-3].",
-                                                  show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
-    image_size: Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
-                                                   show_default=False)] = None,
+    weights: Weights = None,
+    epochs: Epochs = 10,
+    head_epochs: HeadEpochs = 3,
+    lr: Lr = None,
+    head_lr: HeadLr = None,
+    lrs: Lrs = None,
+    lr_decay: LrDecay = None,
+    unfreeze_every: UnfreezeEvery = 1,
+    max_unfrozen: MaxUnfrozen = None,
+    groups: Groups = None,
+    bn: Bn = "auto",
+    l2_sp: L2Sp = 0.0,
+    batch_size: BatchSize = 32,
+    image_size: ImageSize = None,
     augment: Annotated[str, typer.Option(help="Augmentation: none, light (flip, random resized crop), heavy "
                                               "(plus colour jitter, rotation, RandAugment).")] = "light",
-    dropout: Annotated[float, typer.Option(help="Dropout before the new head's linear layer.")] = 0.2,
-    hidden: Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")] = 0,
+    dropout: Dropout = 0.2,
+    hidden: Hidden = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when the "
                                                      "data has no val split.")] = 0.2,
     per_class: Annotated[int | None, typer.Option(help="Use only N training images per class (seeded).",
@@ -65,12 +105,10 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and data order.")] = 0,
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without better val accuracy before a "
                                                "phase ends (0: off). The best epoch's weights are kept.")] = 3,
-    bn: Annotated[str, typer.Option(help="BatchNorm: auto (freeze statistics of pre-trained layers and for "
-                                         "batches under 16; train them from scratch), freeze, train.")] = "auto",
     label_smoothing: Annotated[float, typer.Option(help="Label smoothing for the cross-entropy loss.")] = 0.0,
     class_weights: Annotated[str, typer.Option(help="none, or auto (inverse class frequency).")] = "none",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases/norms).")] = 0.01,
-    warmup: Annotated[float, typer.Option(help="Linear LR warm-up, as a fraction of each phase's steps.")] = 0.1,
+    warmup: Warmup = 0.1,
     workers: Annotated[int | None, typer.Option(help="DataLoader workers [default: sized to the machine].",
                                                 show_default=False)] = None,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip (and count) unreadable images instead of "
@@ -81,6 +119,7 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run folder from its last "
                                                     "completed epoch (its saved settings are used).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan (groups, phases, LRs, BatchNorm) and stop.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
 ) -> None:
     """Fine-tune a pre-trained model on your images and write a run folder."""
@@ -88,11 +127,17 @@ def train(
 
     _setup_logging(quiet)
     options = dict(model=model, strategy=strategy, out=out_dir, weights=weights, epochs=epochs,
-                   head_epochs=head_epochs, lr=lr, head_lr=head_lr, batch_size=batch_size, image_size=image_size,
-                   augment=augment, dropout=dropout, hidden=hidden, val_fraction=val_fraction, per_class=per_class,
-                   test_per_class=test_per_class, seed=seed, patience=patience, bn=bn, label_smoothing=label_smoothing,
-                   class_weights=class_weights, weight_decay=weight_decay, warmup=warmup, workers=workers,
-                   skip_bad_images=skip_bad_images, mixed_precision=mixed_precision, cpu=cpu, overwrite=overwrite)
+                   head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
+                   unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn, l2_sp=l2_sp,
+                   batch_size=batch_size, image_size=image_size, augment=augment, dropout=dropout, hidden=hidden,
+                   val_fraction=val_fraction, per_class=per_class, test_per_class=test_per_class, seed=seed,
+                   patience=patience, label_smoothing=label_smoothing, class_weights=class_weights,
+                   weight_decay=weight_decay, warmup=warmup, workers=workers, skip_bad_images=skip_bad_images,
+                   mixed_precision=mixed_precision, cpu=cpu, overwrite=overwrite)
+    if dry_run:
+        options.pop("out")
+        print(api.plan(data, **options))
+        return
     if resume is not None:
         options = {}
     elif data is None:
@@ -116,6 +161,41 @@ def train(
     out.print(table)
     out.print(f"Next: transferkit evaluate {result.run_dir} --data <labelled folder>   |   "
               f"transferkit predict {result.run_dir} <images or folders>")
+
+
+@app.command()
+def plan(
+    data: Data = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the task when --data is not given.")] = 10,
+    model: Model = "efficientnet_lite0",
+    weights: Weights = None,
+    strategy: Strategy = "two-stage",
+    epochs: Epochs = 10,
+    head_epochs: HeadEpochs = 3,
+    lr: Lr = None,
+    head_lr: HeadLr = None,
+    lrs: Lrs = None,
+    lr_decay: LrDecay = None,
+    unfreeze_every: UnfreezeEvery = 1,
+    max_unfrozen: MaxUnfrozen = None,
+    groups: Groups = None,
+    bn: Bn = "auto",
+    batch_size: BatchSize = 32,
+    image_size: ImageSize = None,
+    dropout: Dropout = 0.2,
+    hidden: Hidden = 0,
+    warmup: Warmup = 0.1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Print what training would do — layer groups, phases, LR per group, BatchNorm policy — without training."""
+    from . import api
+
+    _setup_logging(quiet=True)
+    result = api.plan(data, num_classes=num_classes, model=model, weights=weights, strategy=strategy, epochs=epochs,
+                      head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
+                      unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn,
+                      batch_size=batch_size, image_size=image_size, dropout=dropout, hidden=hidden, warmup=warmup)
+    print(json.dumps(result.to_dict()) if as_json else result)
 
 
 @app.command()

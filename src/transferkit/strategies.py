@@ -1,7 +1,9 @@
 """Strategies as data: each is a list of :class:`Phase` (which layer groups train, at what LR, how long).
 
-``apply_phase`` turns a phase into ``requires_grad`` flags and BatchNorm modes; ``param_groups``
-turns it into optimizer parameter groups. The training loop knows nothing about strategy names.
+``apply_phase`` turns a phase into ``requires_grad`` flags, ``set_train_mode`` into module modes
+(BatchNorm policy), ``param_groups`` builds one optimizer for the whole run (every layer group, so
+optimizer state survives phase changes) and ``set_phase_lrs`` sets each group's LR at each step. The
+training loop knows nothing about strategy names.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .errors import bad_value
-from .models.model import LayerGroup
+from .errors import TransferKitError, bad_value
+from .models.groups import LayerGroup
 
 STRATEGIES = {
     "linear-probe": "frozen backbone (BatchNorm in eval mode), only the new head trains",
     "fine-tune": "all layers train: pre-trained layers at a small LR, the new head at a larger one",
     "two-stage": "the head alone for --head-epochs, then all layers at the small LR (LP-FT)",
+    "progressive": "the head for --head-epochs, then one more group every --unfreeze-every epochs, top down "
+                   "(ULMFiT), then --epochs with all (or --max-unfrozen) groups",
     "scratch": "same architecture with random weights, all layers at a from-scratch LR (the baseline)",
 }
 
@@ -38,9 +42,9 @@ class Phase:
     """One stretch of training with a fixed set of trainable groups.
 
     Attributes:
-        name: shown to the user (``head``, ``all``).
+        name: shown to the user (``head``, ``all``, ``+blocks.5``).
         epochs: epochs in this phase.
-        lrs: learning rate per trainable layer group name; groups not listed are frozen.
+        lrs: peak learning rate per trainable layer group; groups not listed are frozen.
     """
 
     name: str
@@ -55,38 +59,109 @@ class Phase:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class LRPolicy:
+    """Learning rates per layer group when pre-trained layers train.
+
+    Attributes:
+        lr: LR of pre-trained layers (or of all layers from scratch).
+        head_lr: LR of the new head.
+        lrs: explicit LRs spread over the groups: the last value is the head's, the others are spread
+            over the backbone groups from input to output (``1e-5,1e-4,1e-3``: early, middle, head).
+        lr_decay: layer-wise decay: the head gets ``head_lr``, every group below gets the next later
+            group's LR times ``lr_decay``.
+    """
+
+    lr: float = DEFAULT_LR
+    head_lr: float = DEFAULT_HEAD_LR
+    lrs: tuple[float, ...] | None = None
+    lr_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_lr("lr", self.lr)
+        _check_lr("head_lr", self.head_lr)
+        if self.lrs is not None and self.lr_decay is not None:
+            raise TransferKitError("Pass either --lrs or --lr-decay, not both: both set per-group learning rates.")
+        for value in self.lrs or ():
+            _check_lr("lrs", value)
+        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
+            raise bad_value("lr_decay", self.lr_decay, "a factor in (0, 1]", "Pass e.g. --lr-decay 0.5.")
+
+    @property
+    def discriminative(self) -> bool:
+        return self.lrs is not None or self.lr_decay is not None
+
+    def for_groups(self, names: list[str]) -> dict[str, float]:
+        """LR of every group (the last is the head)."""
+        body, head = names[:-1], names[-1]
+        if self.lrs is not None:
+            values = list(self.lrs)
+            if len(values) == 1:
+                return {n: values[0] for n in names}
+            spread = values[:-1]
+            chunk = {n: spread[min(len(spread) - 1, i * len(spread) // max(1, len(body)))] for i, n in enumerate(body)}
+            return {**chunk, head: values[-1]}
+        if self.lr_decay is not None:
+            depth = len(body)
+            return {**{n: self.head_lr * self.lr_decay ** (depth - i) for i, n in enumerate(body)},
+                    head: self.head_lr}
+        return {**{n: self.lr for n in body}, head: self.head_lr}
+
+
 def uses_pretrained_weights(strategy: str) -> bool:
     return strategy != "scratch"
 
 
 def build_phases(strategy: str, groups: list[LayerGroup], *, epochs: int, head_epochs: int = 3,
-                 lr: float | None = None, head_lr: float | None = None) -> list[Phase]:
+                 lr: float | None = None, head_lr: float | None = None, lrs: tuple[float, ...] | None = None,
+                 lr_decay: float | None = None, unfreeze_every: int = 1,
+                 max_unfrozen: int | None = None) -> list[Phase]:
     """The phases of a named strategy for a model's layer groups (the last group is the head).
 
     Args:
         strategy: one of :data:`STRATEGIES`.
         groups: the model's layer groups, input to output.
-        epochs: epochs of the main phase (for ``two-stage``: of the all-layers stage).
-        head_epochs: epochs of the head-only stage of ``two-stage``.
+        epochs: epochs of the main phase (``two-stage``/``progressive``: once all their groups train).
+        head_epochs: epochs of the head-only stage of ``two-stage`` and ``progressive``.
         lr: LR of pre-trained layers (``scratch``: of all layers).
         head_lr: LR of the new head.
+        lrs: explicit per-group LRs, spread over the groups (see :class:`LRPolicy`).
+        lr_decay: layer-wise LR decay from the head down (see :class:`LRPolicy`).
+        unfreeze_every: ``progressive``: epochs between unfreezing one more group.
+        max_unfrozen: ``progressive``: stop unfreezing when this many groups (head included) train.
     """
     if strategy not in STRATEGIES:
         raise bad_value("strategy", strategy, f"one of {', '.join(STRATEGIES)}", "See `transferkit train --help`.")
     _check_positive("epochs", epochs)
     names = [g.name for g in groups]
     head = names[-1]
-    head_lr = DEFAULT_HEAD_LR if head_lr is None else _check_lr("head_lr", head_lr)
+    base = DEFAULT_SCRATCH_LR if strategy == "scratch" else DEFAULT_LR
+    policy = LRPolicy(lr=base if lr is None else lr, head_lr=DEFAULT_HEAD_LR if head_lr is None else head_lr,
+                      lrs=tuple(lrs) if lrs else None, lr_decay=lr_decay)
+    table = policy.for_groups(names)
     if strategy == "scratch":
-        lr = DEFAULT_SCRATCH_LR if lr is None else _check_lr("lr", lr)
-        return [Phase("all", epochs, {n: lr for n in names})]
-    lr = DEFAULT_LR if lr is None else _check_lr("lr", lr)
+        return [Phase("all", epochs, table if policy.discriminative else {n: policy.lr for n in names})]
     if strategy == "linear-probe":
-        return [Phase("head", epochs, {head: head_lr})]
+        return [Phase("head", epochs, {head: table[head]})]
     if strategy == "fine-tune":
-        return [Phase("all", epochs, {**{n: lr for n in names[:-1]}, head: head_lr})]
+        return [Phase("all", epochs, table)]
     _check_positive("head_epochs", head_epochs)
-    return [Phase("head", head_epochs, {head: head_lr}), Phase("all", epochs, {n: lr for n in names})]
+    head_phase = Phase("head", head_epochs, {head: table[head]})
+    if strategy == "two-stage":
+        return [head_phase, Phase("all", epochs, table if policy.discriminative else {n: policy.lr for n in names})]
+    _check_positive("unfreeze_every", unfreeze_every)
+    limit = len(names) if max_unfrozen is None else max_unfrozen
+    if not isinstance(limit, int) or not 2 <= limit:
+        raise bad_value("max_unfrozen", max_unfrozen, "an integer of at least 2 (the head and one more group)",
+                        "Pass e.g. --max-unfrozen 3.")
+    limit = min(limit, len(names))
+    phases = [head_phase]
+    for count in range(2, limit + 1):  # groups training, head included
+        training = names[-count:]
+        last = count == limit
+        phases.append(Phase("all" if last and limit == len(names) else f"+{training[0]}",
+                            epochs if last else unfreeze_every, {n: table[n] for n in training}))
+    return phases
 
 
 def apply_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase) -> None:
@@ -124,22 +199,29 @@ def set_train_mode(model: nn.Module, bn: str = "train") -> None:
                 module.eval()
 
 
-def param_groups(model: nn.Module, groups: list[LayerGroup], phase: Phase,
-                 weight_decay: float) -> list[dict]:
-    """Optimizer parameter groups: one per trainable layer group and decay kind, each with its LR.
-    Biases and normalisation weights (1-d tensors) get no weight decay."""
+def param_groups(model: nn.Module, groups: list[LayerGroup], weight_decay: float,
+                 no_decay_groups: frozenset[str] = frozenset()) -> list[dict]:
+    """Optimizer parameter groups for every layer group, split by decay kind. Biases and normalisation
+    weights (1-d tensors) get no weight decay, nor do the groups in ``no_decay_groups``. Frozen
+    parameters have no gradient, so the optimizer skips them and keeps their state untouched."""
     params = dict(model.named_parameters())
     result = []
     for group in groups:
-        if group.name not in phase.lrs:
-            continue
         decay = [params[n] for n in group.param_names if params[n].ndim > 1]
         no_decay = [params[n] for n in group.param_names if params[n].ndim <= 1]
-        for tensors, wd, kind in ((decay, weight_decay, "decay"), (no_decay, 0.0, "no_decay")):
+        wd = 0.0 if group.name in no_decay_groups else weight_decay
+        for tensors, kind_wd, kind in ((decay, wd, "decay"), (no_decay, 0.0, "no_decay")):
             if tensors:
-                result.append({"params": tensors, "lr": phase.lrs[group.name], "weight_decay": wd,
-                               "name": f"{group.name}/{kind}"})
+                result.append({"params": tensors, "lr": 0.0, "weight_decay": kind_wd,
+                               "name": f"{group.name}/{kind}", "layer_group": group.name})
     return result
+
+
+def set_phase_lrs(optimizer, phase: Phase, multiplier: float) -> None:
+    """Each parameter group's LR: its layer group's peak LR in this phase times the schedule multiplier
+    (frozen groups: 0)."""
+    for group in optimizer.param_groups:
+        group["lr"] = phase.lrs.get(group["layer_group"], 0.0) * multiplier
 
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
@@ -159,11 +241,11 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
 
 
 def _check_lr(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not 0 < value < 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
         raise bad_value(name, value, "a learning rate in (0, 1)", f"Pass e.g. --{name.replace('_', '-')} 1e-4.")
     return float(value)
 
 
 def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise bad_value(name, value, "a positive integer", f"Pass e.g. --{name.replace('_', '-')} 5.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import bad_value
+from .groups import LayerGroup, coarsen
 from .preprocessing import Preprocessing
 
 
@@ -56,14 +56,6 @@ class HeadConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class LayerGroup:
-    """Parameters that train together, named for the user (e.g. ``stem``, ``blocks.3``, ``head``)."""
-
-    name: str
-    param_names: tuple[str, ...]
 
 
 @dataclass
@@ -117,54 +109,17 @@ class TransferModel(nn.Module):
     def num_classes(self) -> int:
         return self.head_config.num_classes
 
-    def layer_groups(self) -> list[LayerGroup]:
-        """Parameter groups from input to output; the new head is always the last one."""
-        groups = [LayerGroup(g.name, tuple(f"backbone.{n}" for n in g.param_names))
+    def layer_groups(self, n: int | None = None) -> list[LayerGroup]:
+        """Parameter groups from input to output; the new head is always the last one.
+
+        Args:
+            n: merge neighbouring backbone groups so that ``n`` groups remain (head included).
+        """
+        groups = [LayerGroup(g.name, tuple(f"backbone.{p}" for p in g.param_names))
                   for g in self._backbone_groups]
-        groups.append(LayerGroup("head", tuple(f"head.{n}" for n, _ in self.head.named_parameters())))
-        return groups
+        groups.append(LayerGroup("head", tuple(f"head.{p}" for p, _ in self.head.named_parameters())))
+        return coarsen(groups, n)
 
     def describe_head(self) -> str:
         replaced = f"replaced {self.spec.replaced}" if self.spec.replaced else "no pre-trained classifier"
         return f"Head: {replaced} with new {self.head_config.describe()}"
-
-
-def group_timm_backbone(backbone: nn.Module) -> list[LayerGroup]:
-    """Coarse groups from timm's ``group_matcher`` (stem, stages/blocks, final norm)."""
-    from timm.models import group_parameters
-
-    try:
-        grouped = group_parameters(backbone, backbone.group_matcher(coarse=True))
-    except (AttributeError, NotImplementedError):
-        return group_by_children(backbone)
-    names = [param_names for _, param_names in sorted(grouped.items())]
-    return [LayerGroup(_group_name(i, n), tuple(n)) for i, n in enumerate(names) if n]
-
-
-def group_by_children(module: nn.Module) -> list[LayerGroup]:
-    """Fallback for any ``nn.Module``: its top-level children with parameters, in registration order."""
-    groups = []
-    for child_name, child in module.named_children():
-        names = tuple(f"{child_name}.{n}" for n, _ in child.named_parameters())
-        if names:
-            groups.append(LayerGroup(child_name, names))
-    direct = tuple(n for n, _ in module.named_parameters(recurse=False))
-    if direct:
-        groups.insert(0, LayerGroup("stem", direct))
-    return groups
-
-
-def _group_name(index: int, param_names: list[str]) -> str:
-    prefix = os.path.commonprefix([n.split(".") for n in param_names])
-    if prefix and len(prefix) < len(param_names[0].split(".")):
-        # name a stage, not a block inside it: "blocks.0", not "blocks.0.0"
-        return ".".join(prefix[:2] if len(prefix) > 1 and prefix[1].isdigit() else prefix[:1])
-    if index == 0:
-        return "stem"
-    tops: list[str] = []
-    for name in param_names:
-        parts = name.split(".")
-        top = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
-        if top not in tops:
-            tops.append(top)
-    return "+".join(tops[:3])

@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import TransferKitError, bad_value, did_you_mean
 from . import preprocessing as prep
-from .model import HeadConfig, LayerGroup, ModelSpec, TransferModel, group_by_children, group_timm_backbone
+from .groups import LayerGroup, group_backbone, group_timm
+from .model import HeadConfig, ModelSpec, TransferModel
 from .packaged import BUILTIN_MODELS, load_packaged_weights
 
 logger = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _timm_backbone(source: SourceSpec, *, pretrained: bool):
     replaced = f"{cfg.get('classifier', 'classifier')} ({cfg.get('num_classes', '?')} classes)"
     spec = ModelSpec("timm", source.name, source.spec, "pretrained" if pretrained else "random", replaced)
     preprocessing = prep.from_timm_model(backbone, f"timm:{source.name}")
-    return backbone, backbone.num_features, preprocessing, spec, group_timm_backbone(backbone)
+    return backbone, backbone.num_features, preprocessing, spec, group_backbone(backbone)
 
 
 def _builtin_backbone(source: SourceSpec, *, pretrained: bool):
@@ -236,7 +237,7 @@ def _builtin_backbone(source: SourceSpec, *, pretrained: bool):
     backbone.reset_classifier(0)
     spec = ModelSpec("builtin", source.name, source.spec, f"pretrained ({builtin.package})" if pretrained
                      else "random", "classifier (1000 ImageNet classes)")
-    return (backbone, backbone.num_features, builtin.preprocessing, spec, group_timm_backbone(backbone))
+    return backbone, backbone.num_features, builtin.preprocessing, spec, group_timm(backbone)
 
 
 # --- torchvision ---------------------------------------------------------------------------------
@@ -266,7 +267,8 @@ def _torchvision_backbone(source: SourceSpec, *, pretrained: bool):
     replaced = f"{head_name} (Linear {linear.in_features}→{linear.out_features})"
     spec = ModelSpec("torchvision", source.name, source.spec, str(default) if pretrained else "random", replaced)
     preprocessing = prep.from_torchvision_weights(default, str(default))
-    return model, linear.in_features, preprocessing, spec, group_by_children(model)
+    size = preprocessing.input_size
+    return model, linear.in_features, preprocessing, spec, group_backbone(model, torch.zeros(1, 3, size, size))
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:

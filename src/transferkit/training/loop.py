@@ -1,14 +1,16 @@
 """The training loop: phases of epochs on Hugging Face Accelerate, with early stopping and checkpoints.
 
 Accelerate owns devices, mixed precision and distribution (``accelerate launch`` / ``torchrun``);
-this file owns only the order of things, and reads top to bottom.
+this file owns only the order of things, and reads top to bottom. One optimizer holds every layer
+group for the whole run, so optimizer state survives phase changes; each step sets the LRs from the
+phase and its warm-up + cosine schedule, so a resumed run needs only (phase, step) to continue.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..models.groups import LayerGroup
 from ..models.model import TransferModel
-from ..strategies import Phase, apply_phase, param_groups, set_train_mode, warmup_cosine
+from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import cpu_state_dict, load_checkpoint, save_checkpoint
+from .regularizers import l2_sp_penalty, snapshot_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,8 @@ class FitConfig:
     class_weights: list[float] | None = None
     patience: int | None = 3
     bn: str = "train"
+    l2_sp: float = 0.0
+    groups: int | None = None
     mixed_precision: str = "no"
     cpu: bool = False
     progress: bool = True
@@ -70,84 +75,85 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights."""
     accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
-    groups = model.layer_groups()
-    state, stopper, best, optimizer_state = TrainState(), EarlyStopping(config.patience), None, None
+    groups = model.layer_groups(config.groups)
+    reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
+    optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
+                                               _backbone_names(groups) if config.l2_sp else frozenset()))
+    state, stopper, best = TrainState(), EarlyStopping(config.patience), None
     if resume:
         checkpoint = load_checkpoint(run_dir)
         state = TrainState(**checkpoint.state["train"])
         stopper.load_state_dict(checkpoint.state["early_stopping"])
         model.load_state_dict(checkpoint.model)
-        best, optimizer_state = checkpoint.best, checkpoint.optimizer
+        optimizer.load_state_dict(checkpoint.optimizer)
+        best = checkpoint.best
     weight = torch.tensor(config.class_weights) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
-    train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+    train_loader, val_loader, optimizer = accelerator.prepare(train_loader, val_loader, optimizer)
     clock = time.perf_counter() - state.seconds
 
-    while state.phase_index < len(phases):
+    while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
-        optimizer = torch.optim.AdamW(param_groups(model, groups, phase, config.weight_decay))
-        scheduler = LambdaLR(optimizer, warmup_cosine(phase.epochs * len(train_loader), config.warmup))
-        if optimizer_state is not None and state.phase_epoch > 0:
-            optimizer.load_state_dict(optimizer_state["optimizer"])
-            scheduler.load_state_dict(optimizer_state["scheduler"])
         # Wrap again for each phase: DDP registers only the parameters that train at wrap time.
-        net, optimizer, scheduler = accelerator.prepare(
-            accelerator.unwrap_model(model, keep_fp32_wrapper=False), optimizer, scheduler)
+        net = accelerator.prepare_model(accelerator.unwrap_model(model, keep_fp32_wrapper=False))
+        schedule = warmup_cosine(phase.epochs * len(train_loader), config.warmup)
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
                 callback.on_epoch_start(state)
             set_seed(config.seed + state.epoch)
+            first_step = state.phase_epoch * len(train_loader)
             label = f"epoch {state.epoch + 1} [{phase.name} {state.phase_epoch + 1}/{phase.epochs}]"
-            train_metrics = train_one_epoch(model, net, train_loader, optimizer, scheduler, loss_fn,
-                                            accelerator, label, config)
+            train_metrics = train_one_epoch(
+                model, net, train_loader, optimizer, loss_fn, accelerator, label, config,
+                set_lr=lambda i, phase=phase, schedule=schedule, first=first_step: set_phase_lrs(
+                    optimizer, phase, schedule(first + i)),
+                penalty=(lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None)
             val_metrics = evaluate_loss(net, val_loader, loss_fn, accelerator)
             state.epoch, state.phase_epoch = state.epoch + 1, state.phase_epoch + 1
             if stopper.update(val_metrics["accuracy"], val_metrics["loss"], state.epoch):
                 best = cpu_state_dict(model)
             record = {"epoch": state.epoch, "phase": phase.name, **{f"train_{k}": v for k, v in train_metrics.items()},
-                      **{f"val_{k}": v for k, v in val_metrics.items()},
-                      "lr": {g["name"]: g["lr"] for g in optimizer.param_groups}, "best_epoch": stopper.best_epoch,
-                      "seconds": round(time.perf_counter() - clock, 3)}
+                      **{f"val_{k}": v for k, v in val_metrics.items()}, "lrs": dict(phase.lrs),
+                      "best_epoch": stopper.best_epoch, "seconds": round(time.perf_counter() - clock, 3)}
             state.history.append(record)
             state.seconds = record["seconds"]
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
             phase_over = stopper.should_stop or state.phase_epoch >= phase.epochs
             if phase_over:
-                if stopper.should_stop and state.phase_epoch < phase.epochs:
+                if state.phase_epoch < phase.epochs:
                     logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.patience)
                 state.phase_index, state.phase_epoch = state.phase_index + 1, 0
                 stopper.new_phase()
             if run_dir is not None and accelerator.is_main_process:
-                save_checkpoint(run_dir, state={"train": asdict(state), "early_stopping": stopper.state_dict()},
+                position = {"phase": phase.name, "unfrozen": list(phase.trainable), "lrs": dict(phase.lrs)}
+                save_checkpoint(run_dir, state={"train": asdict(state), "early_stopping": stopper.state_dict(),
+                                                "last_phase": position},
                                 model=cpu_state_dict(model), best=best if stopper.best_epoch == state.epoch else None,
-                                optimizer=None if phase_over else {"optimizer": optimizer.state_dict(),
-                                                                   "scheduler": scheduler.state_dict()})
+                                optimizer=optimizer.state_dict())
             if phase_over:
                 break
-        optimizer_state = None
-        if state.stop_requested:
-            break
 
     if best is not None:
         model.load_state_dict(best)
     return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock)
 
 
-def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, scheduler: Any,
-                    loss_fn: nn.Module, accelerator: Accelerator, label: str, config: FitConfig) -> dict[str, float]:
+def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
+                    accelerator: Accelerator, label: str, config: FitConfig, set_lr: Callable[[int], None],
+                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns mean loss, accuracy and throughput."""
     set_train_mode(model, config.bn)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
-    for images, labels in bar:
+    for step, (images, labels) in enumerate(bar):
+        set_lr(step)
         logits = net(images)
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
+        accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        scheduler.step()
         total_loss += loss.item() * labels.size(0)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += labels.size(0)
@@ -170,3 +176,7 @@ def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accele
         hits.append((logits.argmax(dim=1) == labels).cpu())
     loss = torch.cat(losses).mean().item()
     return {"loss": loss, "accuracy": torch.cat(hits).float().mean().item()}
+
+
+def _backbone_names(groups: list[LayerGroup]) -> frozenset[str]:
+    return frozenset(g.name for g in groups[:-1])
