@@ -162,7 +162,7 @@ def test_resume_in_the_middle_of_a_progressive_phase(class_folder, tiny_options,
 
 def test_optimizer_state_survives_phase_changes(class_folder, tiny_options, tmp_path):
     """Adam moments of the head are kept when the backbone joins (no reset at a phase boundary)."""
-    options = {**tiny_options, "strategy": "two-stage", "head_epochs": 1, "epochs": 1, "patience": 0}
+    options = {**tiny_options, "strategy": "two-stage", "head_epochs": 1, "epochs": 1, "patience": 0, "head_fit": "sgd"}
     with pytest.raises(KeyboardInterrupt):
         transferkit.train(class_folder, out=str(tmp_path / "run"), progress=False, callbacks=[InterruptAt(1)],
                           **options)

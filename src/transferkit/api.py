@@ -27,6 +27,7 @@ from .data.sources import ImageData, load_training_data
 from .data.splits import take_per_class
 from .errors import TransferKitError, bad_value
 from .evaluate import compute_metrics
+from .features import FeatureDataset, HeadFeatures, cached_features
 from .models.sources import load_model
 from .plan import Plan
 from .predict import TrainedModel
@@ -44,11 +45,12 @@ from .runfolder import (
 from .strategies import STRATEGIES, build_phases, resolve_bn_policy, uses_pretrained_weights
 from .training.callbacks import Callback
 from .training.checkpoint import save_weights
-from .training.loop import FitConfig, fit
+from .training.loop import FitConfig, fit, linear_head
 
 logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+HEAD_FITS = ("auto", "lbfgs", "sgd")
 
 
 @dataclass
@@ -73,6 +75,10 @@ class TrainConfig:
     max_unfrozen: int | None = None
     groups: int | None = None
     l2_sp: float = 0.0
+    feature_cache: str = "auto"
+    cache_dir: str | None = None
+    cache_views: int = 0
+    head_fit: str = "auto"
     batch_size: int = 32
     image_size: int | None = None
     augment: str = "light"
@@ -119,6 +125,13 @@ class TrainConfig:
         if isinstance(self.lrs, (list, tuple)):
             self.lrs = ",".join(str(v) for v in self.lrs)
         _parse_lrs(self.lrs)
+        if self.feature_cache not in ("auto", "off"):
+            raise bad_value("feature_cache", self.feature_cache, "'auto' or 'off'")
+        if self.head_fit not in HEAD_FITS:
+            raise bad_value("head_fit", self.head_fit, f"one of {', '.join(HEAD_FITS)}")
+        if not isinstance(self.cache_views, int) or self.cache_views < 0:
+            raise bad_value("cache_views", self.cache_views, "0 (un-augmented features) or a positive number of "
+                            "augmented views", "Pass e.g. --cache-views 5.")
         if self.l2_sp < 0:
             raise bad_value("l2_sp", self.l2_sp, "a non-negative float (0: off)", "Pass e.g. --l2-sp 0.01.")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -177,13 +190,20 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         create_run_dir(run_dir, asdict(config), config.overwrite)
     else:
         write_metrics(run_dir, _checkpoint_history(run_dir))
+    try:
+        features = _head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
+    except BaseException:
+        if resume is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                            label_smoothing=config.label_smoothing, class_weights=_class_weights(image_data, config),
                            patience=config.patience or None, bn=run_plan.bn, l2_sp=config.l2_sp, groups=config.groups,
+                           head_fit=_head_fit(model, config, features),
                            mixed_precision=_mixed_precision(config), cpu=config.cpu, progress=progress)
     try:
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_config, run_dir=run_dir,
-                     resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks])
+                     resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks], features=features)
     except BaseException:
         if resume is None and not has_checkpoint(run_dir):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -248,6 +268,49 @@ def _plan(model: Any, config: TrainConfig) -> Plan:
                           max_unfrozen=config.max_unfrozen)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
     return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup)
+
+
+def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
+                   progress: bool) -> HeadFeatures | None:
+    """Cached backbone features for the leading head-only phases, or ``None`` (with the reason logged)."""
+    head = run_plan.groups[-1][0]
+    leading = 0
+    while leading < len(run_plan.phases) and set(run_plan.phases[leading].trainable) == {head}:
+        leading += 1
+    if config.feature_cache == "off" or leading == 0:
+        logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
+                    "no phase trains the head alone on a frozen backbone")
+        return None
+    if resuming and _checkpoint_state(run_dir)["phase_index"] >= leading:
+        return None
+    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
+    views = config.cache_views
+    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
+    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    model.to(device)
+    common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
+              "workers": config.workers if config.workers is not None else _default_workers()}
+    train = cached_features(model, data.train, train_tf if views else eval_tf, cache_dir, views=max(1, views),
+                            label="train", **common)
+    val = cached_features(model, data.val, eval_tf, cache_dir, label="val", **common)
+    model.to("cpu")
+    what = (f"{views} augmented view(s) per image ('{config.augment}' augmentation)" if views else
+            "un-augmented features (--augment does not apply to head-only phases; --cache-views K caches K "
+            "augmented views)")
+    logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
+                "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
+                "--feature-cache off turns it off.")
+    return HeadFeatures(FeatureDataset(train), FeatureDataset(val), config.batch_size,
+                        drop_last=len(data.train) > config.batch_size)
+
+
+def _head_fit(model: Any, config: TrainConfig, features: HeadFeatures | None) -> str:
+    """``auto``: the exact L-BFGS fit when the head is linear and trains on un-augmented cached features."""
+    if config.head_fit != "auto":
+        if config.head_fit == "lbfgs" and (features is None or linear_head(model) is None):
+            logger.warning("--head-fit lbfgs needs a linear head (--hidden 0) and the feature cache; using SGD.")
+        return config.head_fit
+    return "lbfgs" if features is not None and config.cache_views == 0 and linear_head(model) is not None else "sgd"
 
 
 def _parse_lrs(value: str | Sequence[float] | None) -> tuple[float, ...] | None:
@@ -334,10 +397,14 @@ def _test_metrics(trained: TrainedModel, data: ImageData, config: TrainConfig) -
     return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
 
 
-def _checkpoint_history(run_dir: Path) -> list[dict[str, Any]]:
+def _checkpoint_state(run_dir: Path) -> dict[str, Any]:
     from .training.checkpoint import load_checkpoint
 
-    return load_checkpoint(run_dir).state["train"]["history"]
+    return load_checkpoint(run_dir).state["train"]
+
+
+def _checkpoint_history(run_dir: Path) -> list[dict[str, Any]]:
+    return _checkpoint_state(run_dir)["history"]
 
 
 class _MetricsWriter(Callback):

@@ -1,0 +1,118 @@
+"""Frozen-feature cache: keys, staleness, reuse, equality with the uncached path, and the exact head fit."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import transferkit
+from transferkit.data import build_transforms, load_training_data
+from transferkit.features import cache_key, cached_features
+from transferkit.models import load_model
+from transferkit.training.headfit import fit_linear_head
+
+
+@pytest.fixture
+def setup(class_folder, tiny_weights):
+    model = load_model("timm:test_efficientnet", 3, weights=tiny_weights, image_size=32)
+    data = load_training_data(class_folder)
+    _, eval_tf = build_transforms(model.preprocessing, "none")
+    return model, data, eval_tf
+
+
+def test_cache_key_changes_with_data_weights_and_preprocessing(setup, class_folder):
+    model, data, eval_tf = setup
+    key = cache_key(model, data.train, eval_tf, views=1, seed=0)
+    assert cache_key(model, data.train, eval_tf, views=1, seed=0) == key
+    assert cache_key(model, data.train.subset(range(len(data.train) - 1)), eval_tf, 1, 0) != key
+    first = data.train.items[0]
+    os.utime(first, ns=(time.time_ns(), time.time_ns() + 10**9))  # same bytes, new mtime: treated as changed
+    assert cache_key(model, data.train, eval_tf, 1, 0) != key
+    key = cache_key(model, data.train, eval_tf, 1, 0)
+    _, eval_64 = build_transforms(model.preprocessing.with_image_size(40), "none")
+    assert cache_key(model, data.train, eval_64, 1, 0) != key
+    with torch.no_grad():
+        model.backbone.conv_stem.weight.add_(0.01)
+    assert cache_key(model, data.train, eval_tf, 1, 0) != key
+    assert cache_key(model, data.train, eval_tf, 3, 0) != key
+
+
+def test_cache_is_reused_and_never_stale(setup, tmp_path):
+    model, data, eval_tf = setup
+    first = cached_features(model, data.train, eval_tf, tmp_path, progress=False)
+    again = cached_features(model, data.train, eval_tf, tmp_path, progress=False)
+    assert not first.reused and again.reused and again.key == first.key
+    assert first.features.dtype == np.float16
+    assert first.features.shape == (1, len(data.train), model.head_config.num_features)
+    assert np.array_equal(np.asarray(again.features), first.features)
+    model.eval()
+    with torch.no_grad():
+        expected = model.forward_features(torch.stack([eval_tf(transferkit.data.open_image(p))
+                                                       for p in data.train.items])).numpy()
+    assert np.allclose(first.features[0].astype(np.float32), expected, atol=1e-2, rtol=1e-3)
+    with torch.no_grad():
+        model.backbone.conv_stem.weight.mul_(2.0)
+    changed = cached_features(model, data.train, eval_tf, tmp_path, progress=False)
+    assert not changed.reused and not np.allclose(changed.features, first.features)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written entries
+
+
+def test_augmented_views_are_distinct_and_reproducible(setup, tmp_path):
+    model, data, _ = setup
+    train_tf, _ = build_transforms(model.preprocessing, "heavy")
+    cached = cached_features(model, data.train, train_tf, tmp_path, views=2, seed=5, progress=False)
+    assert cached.views == 2 and not np.allclose(cached.features[0], cached.features[1])
+    fresh = cached_features(model, data.train, train_tf, tmp_path / "other", views=2, seed=5, progress=False)
+    assert np.array_equal(np.asarray(fresh.features), np.asarray(cached.features))
+
+
+def test_head_on_cached_features_equals_the_uncached_head(class_folder, tiny_options, tmp_path):
+    options = {**tiny_options, "strategy": "linear-probe", "epochs": 3, "augment": "none", "head_fit": "sgd",
+               "patience": 0, "dropout": 0.2}
+    cached = transferkit.train(class_folder, out=str(tmp_path / "cached"), progress=False, **options)
+    plain = transferkit.train(class_folder, out=str(tmp_path / "plain"), progress=False, feature_cache="off",
+                              **options)
+    assert {h["inputs"] for h in cached.history} == {"cached features"}
+    assert {h["inputs"] for h in plain.history} == {"images"}
+    a, b = cached.model.model.head.state_dict(), plain.model.model.head.state_dict()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=2e-3, rtol=1e-3), key
+    assert [round(h["val_accuracy"], 6) for h in cached.history] == [round(h["val_accuracy"], 6) for h in plain.history]
+    backbone_a, backbone_b = cached.model.model.backbone.state_dict(), plain.model.model.backbone.state_dict()
+    assert all(torch.equal(backbone_a[k], backbone_b[k]) for k in backbone_a)
+
+
+def test_cache_is_shared_across_runs_with_cache_dir(class_folder, tiny_options, tmp_path, caplog):
+    options = {**tiny_options, "strategy": "linear-probe", "epochs": 1, "cache_dir": str(tmp_path / "shared")}
+    transferkit.train(class_folder, out=str(tmp_path / "one"), progress=False, **options)
+    with caplog.at_level("INFO", logger="transferkit"):
+        transferkit.train(class_folder, out=str(tmp_path / "two"), progress=False, **options)
+    assert "Feature cache hit (train)" in caplog.text and "Feature cache hit (val)" in caplog.text
+    assert not (tmp_path / "two" / "feature-cache").exists()
+
+
+def test_two_stage_uses_the_exact_fit_then_trains_on_images(class_folder, tiny_options, tmp_path):
+    result = transferkit.train(class_folder, strategy="two-stage", head_epochs=3, epochs=1, out=str(tmp_path / "r"),
+                               progress=False, **{k: v for k, v in tiny_options.items() if k not in ("epochs",
+                                                                                                      "head_epochs")})
+    assert [h["inputs"] for h in result.history] == ["exact fit on cached features", "images"]
+    assert result.history[0]["train_exact_fit_l2"] > 0
+
+
+def test_exact_fit_solves_the_logistic_problem_and_folds_standardisation():
+    torch.manual_seed(0)
+    centres = torch.randn(3, 16) * 4
+    y = torch.arange(300) % 3
+    x = centres[y] + torch.randn(300, 16) + 50.0  # large offset: SGD-unfriendly raw features
+    head = nn.Linear(16, 3)
+    result = fit_linear_head(head, x[:200], y[:200], x[200:], y[200:])
+    with torch.no_grad():
+        accuracy = (head(x[200:]).argmax(1) == y[200:]).float().mean().item()
+    assert accuracy == pytest.approx(result.val_accuracy) and accuracy > 0.95
+    assert result.l2 in [row["l2"] for row in result.grid]
+    assert result.val_accuracy == max(row["val_accuracy"] for row in result.grid)
