@@ -22,6 +22,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from .data.checks import check_normalization
+from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
 from .data.sources import ImageData, load_training_data
 from .data.splits import take_per_class
@@ -79,6 +80,9 @@ class TrainConfig:
     cache_dir: str | None = None
     cache_views: int = 0
     head_fit: str = "auto"
+    decoded_cache: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
     batch_size: int = 32
     image_size: int | None = None
     augment: str = "light"
@@ -127,6 +131,10 @@ class TrainConfig:
         _parse_lrs(self.lrs)
         if self.feature_cache not in ("auto", "off"):
             raise bad_value("feature_cache", self.feature_cache, "'auto' or 'off'")
+        if self.decoded_cache not in ("auto", "off"):
+            raise bad_value("decoded_cache", self.decoded_cache, "'auto' or 'off'")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise bad_value("channels_last", self.channels_last, "'auto', 'on' or 'off'")
         if self.head_fit not in HEAD_FITS:
             raise bad_value("head_fit", self.head_fit, f"one of {', '.join(HEAD_FITS)}")
         if not isinstance(self.cache_views, int) or self.cache_views < 0:
@@ -179,12 +187,9 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                        pretrained=uses_pretrained_weights(config.strategy), dropout=config.dropout,
                        hidden=config.hidden, image_size=config.image_size)
     run_plan = _plan(model, config)
-    train_loader, val_loader = _loaders(image_data, model, config)
     logger.info("Data: %s — %d train, %d val images, %d classes", image_data.description, len(image_data.train),
                 len(image_data.val), len(image_data.classes))
     logger.info("%s", run_plan)
-    for warning in check_normalization(val_loader, model.preprocessing):
-        logger.warning("Normalisation check: %s", warning)
 
     if resume is None:
         create_run_dir(run_dir, asdict(config), config.overwrite)
@@ -192,16 +197,17 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         write_metrics(run_dir, _checkpoint_history(run_dir))
     try:
         features = _head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
-    except BaseException:
-        if resume is None:
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
-                           label_smoothing=config.label_smoothing, class_weights=_class_weights(image_data, config),
-                           patience=config.patience or None, bn=run_plan.bn, l2_sp=config.l2_sp, groups=config.groups,
-                           head_fit=_head_fit(model, config, features),
-                           mixed_precision=_mixed_precision(config), cpu=config.cpu, progress=progress)
-    try:
+        on_images = features is None or _leading_head_phases(run_plan) < len(run_plan.phases)
+        train_loader, val_loader = _loaders(image_data, model, config, run_dir, on_images, progress)
+        for warning in check_normalization(val_loader, model.preprocessing):
+            logger.warning("Normalisation check: %s", warning)
+        fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
+                               label_smoothing=config.label_smoothing,
+                               class_weights=_class_weights(image_data, config), patience=config.patience or None,
+                               bn=run_plan.bn, l2_sp=config.l2_sp, groups=config.groups,
+                               head_fit=_head_fit(model, config, features), mixed_precision=_mixed_precision(config),
+                               channels_last=_channels_last(model, config), compile=config.compile, cpu=config.cpu,
+                               progress=progress)
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_config, run_dir=run_dir,
                      resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks], features=features)
     except BaseException:
@@ -273,10 +279,7 @@ def _plan(model: Any, config: TrainConfig) -> Plan:
 def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
                    progress: bool) -> HeadFeatures | None:
     """Cached backbone features for the leading head-only phases, or ``None`` (with the reason logged)."""
-    head = run_plan.groups[-1][0]
-    leading = 0
-    while leading < len(run_plan.phases) and set(run_plan.phases[leading].trainable) == {head}:
-        leading += 1
+    leading = _leading_head_phases(run_plan)
     if config.feature_cache == "off" or leading == 0:
         logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
                     "no phase trains the head alone on a frozen backbone")
@@ -302,6 +305,22 @@ def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: P
                 "--feature-cache off turns it off.")
     return HeadFeatures(FeatureDataset(train), FeatureDataset(val), config.batch_size,
                         drop_last=len(data.train) > config.batch_size)
+
+
+def _leading_head_phases(run_plan: Plan) -> int:
+    """How many phases at the start train the head alone (the backbone is still the pre-trained one)."""
+    head = run_plan.groups[-1][0]
+    count = 0
+    while count < len(run_plan.phases) and set(run_plan.phases[count].trainable) == {head}:
+        count += 1
+    return count
+
+
+def _channels_last(model: Any, config: TrainConfig) -> bool:
+    if config.channels_last != "auto":
+        return config.channels_last == "on"
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return has_conv and torch.cuda.is_available() and not config.cpu
 
 
 def _head_fit(model: Any, config: TrainConfig, features: HeadFeatures | None) -> str:
@@ -353,14 +372,24 @@ def _resolve_config(data: str | Path | None, resume: str | Path | None,
     return config, run_dir
 
 
-def _loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
+def _loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Path, on_images: bool,
+             progress: bool) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
+    decoded = config.decoded_cache == "auto" and on_images
+    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
+    if decoded:
+        cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
+        train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train"),
+                                   data.train.labels, train_tf)
+        val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val"),
+                                 data.val.labels, eval_tf)
+    else:
+        train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
     workers = config.workers if config.workers is not None else _default_workers()
     common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": workers > 0}
-    train = DataLoader(ImageDataset(data.train, train_tf), shuffle=True,
-                       drop_last=len(data.train) > config.batch_size, **common)
-    val = DataLoader(ImageDataset(data.val, eval_tf), shuffle=False, **common)
+    train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
+    val = DataLoader(val_set, shuffle=False, **common)
     return train, val
 
 

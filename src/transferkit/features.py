@@ -8,17 +8,13 @@ The cache key covers everything the features depend on — the model source and 
 backbone's weights, the preprocessing and transform, the dataset (file names, sizes and mtimes, or the
 bytes of in-memory images, and the labels) and the number of augmented views — so a changed dataset,
 model or preprocessing never reuses a stale cache. Entries are written to a temporary folder and
-renamed into place, so an interrupted write leaves nothing behind.
+renamed into place (see :mod:`transferkit.cache`), so an interrupted write leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .cache import dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset, ImageSamples
 from .models.model import TransferModel
 
@@ -60,23 +57,8 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def dataset_fingerprint(samples: ImageSamples) -> str:
-    """Files by path, size and mtime; in-memory images by their bytes; plus the labels."""
-    digest = hashlib.sha256()
-    for item, label in zip(samples.items, samples.labels, strict=True):
-        if isinstance(item, Path):
-            stat = item.stat()
-            digest.update(f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-        else:
-            array = np.ascontiguousarray(item)
-            digest.update(f"{array.shape}|{array.dtype}".encode())
-            digest.update(array.tobytes())
-        digest.update(f"|{label};".encode())
-    return digest.hexdigest()
-
-
 def cache_key(model: TransferModel, samples: ImageSamples, transform: object, views: int, seed: int) -> str:
-    parts = {
+    return key_of({
         "format": FORMAT,
         "model": [model.spec.kind, model.spec.name],
         "weights": weights_fingerprint(model.backbone),
@@ -85,8 +67,7 @@ def cache_key(model: TransferModel, samples: ImageSamples, transform: object, vi
         "data": dataset_fingerprint(samples),
         "views": views,
         "seed": seed if views > 1 else None,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    })
 
 
 @torch.no_grad()
@@ -118,28 +99,18 @@ def cached_features(model: TransferModel, samples: ImageSamples, transform: obje
                     workers: int = 0, progress: bool = True, label: str = "") -> CachedFeatures:
     """Load the features of ``samples`` from ``cache_dir`` or compute and store them."""
     key = cache_key(model, samples, transform, views, seed)
-    folder = Path(cache_dir) / key
     labels = np.asarray(samples.labels, dtype=np.int64)
-    if (folder / "meta.json").is_file():
-        features = np.load(folder / "features.npy", mmap_mode="r")
-        if features.shape[:2] == (views, len(samples)):
-            logger.info("Feature cache hit (%s): %s", label, folder)
-            return CachedFeatures(features, labels, key, folder, reused=True)
-    features = extract_features(model, samples, transform, views=views, seed=seed, batch_size=batch_size,
-                                device=device, workers=workers, progress=progress, label=label)
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
-    try:
-        np.save(tmp / "features.npy", features)
-        (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "model": model.spec.spec, "n": len(samples),
-                                                   "views": views, "dim": features.shape[-1], "label": label}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("Feature cache written (%s, %d x %d x %d, float16): %s", label, *features.shape, folder)
-    return CachedFeatures(features, labels, key, folder, reused=False)
+    features, reused = load_or_compute(
+        cache_dir, key, (views, len(samples), model.head_config.num_features),
+        lambda: extract_features(model, samples, transform, views=views, seed=seed, batch_size=batch_size,
+                                 device=device, workers=workers, progress=progress, label=label),
+        {"kind": "features", "format": FORMAT, "model": model.spec.spec, "label": label})
+    if reused:
+        logger.info("Feature cache hit (%s): %s", label, Path(cache_dir) / key)
+    else:
+        logger.info("Feature cache written (%s, %d x %d x %d, float16): %s", label, *features.shape,
+                    Path(cache_dir) / key)
+    return CachedFeatures(features, labels, key, Path(cache_dir) / key, reused=reused)
 
 
 class FeatureDataset(Dataset):

@@ -91,13 +91,16 @@ class ImageDataset(Dataset):
         return self.transform(image), self.samples.labels[index]
 
 
-def build_transforms(preprocessing: Preprocessing, augment: str = "light") -> tuple[T.Transform, T.Transform]:
+def build_transforms(preprocessing: Preprocessing, augment: str = "light",
+                     decoded: bool = False) -> tuple[T.Transform, T.Transform]:
     """The training and evaluation transforms for a model's preprocessing.
 
     Args:
         preprocessing: mean, std, size, crop and interpolation of the pre-training.
         augment: ``none`` (training sees the evaluation transform), ``light`` (random resized crop and
             horizontal flip) or ``heavy`` (plus rotation, colour jitter and RandAugment).
+        decoded: inputs are uint8 tensors already resized to ``resize_size`` squares (the decoded-input
+            cache), so the evaluation transform only centre-crops.
     """
     if augment not in AUGMENTATIONS:
         raise bad_value("augment", augment, f"one of {', '.join(AUGMENTATIONS)}", "Pass e.g. --augment light.")
@@ -105,8 +108,8 @@ def build_transforms(preprocessing: Preprocessing, augment: str = "light") -> tu
     to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True),
                  T.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]
     size = preprocessing.input_size
-    evaluation = T.Compose([T.Resize(preprocessing.resize_size, interpolation=interpolation, antialias=True),
-                            T.CenterCrop(size), *to_tensor])
+    resize = [] if decoded else [T.Resize(preprocessing.resize_size, interpolation=interpolation, antialias=True)]
+    evaluation = T.Compose([*resize, T.CenterCrop(size), *to_tensor])
     if augment == "none":
         return evaluation, evaluation
     if augment == "light":

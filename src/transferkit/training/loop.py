@@ -49,6 +49,8 @@ class FitConfig:
     groups: int | None = None
     head_fit: str = "sgd"
     mixed_precision: str = "no"
+    channels_last: bool = False
+    compile: bool = False
     cpu: bool = False
     progress: bool = True
 
@@ -86,7 +88,10 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     groups = model.layer_groups(config.groups)
     reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
     optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
-                                               _backbone_names(groups) if config.l2_sp else frozenset()))
+                                               _backbone_names(groups) if config.l2_sp else frozenset()),
+                                  fused=accelerator.device.type == "cuda" or None)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     state, stopper, best = TrainState(), EarlyStopping(config.patience), None
     if resume:
         checkpoint = load_checkpoint(run_dir)
@@ -113,6 +118,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         # Wrap again for each phase: DDP registers only the parameters that train at wrap time.
         net = accelerator.prepare_model(model.head if on_features
                                         else accelerator.unwrap_model(model, keep_fp32_wrapper=False))
+        if config.compile:
+            net = torch.compile(net)
         schedule = warmup_cosine(phase.epochs * len(loaders[0]), config.warmup)
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
@@ -173,6 +180,8 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
     for step, (images, labels) in enumerate(bar):
         set_lr(step)
+        if config.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         logits = net(images)
         loss = loss_fn(logits, labels)
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,67 @@
+"""A keyed on-disk array store shared by the feature cache and the decoded-input cache.
+
+Each entry is a folder ``<cache_dir>/<key>/`` holding ``data.npy`` and ``meta.json``; it is written in a
+temporary folder and renamed into place, so an interrupted write leaves nothing that looks complete.
+Entries are memory-mapped when read back. Keys are hashes of everything the array depends on, so a
+changed input never maps onto a stale entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data.images import ImageSamples
+
+
+def key_of(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def dataset_fingerprint(samples: ImageSamples) -> str:
+    """Files by path, size and mtime; in-memory images by their bytes; plus the labels."""
+    digest = hashlib.sha256()
+    for item, label in zip(samples.items, samples.labels, strict=True):
+        if isinstance(item, Path):
+            stat = item.stat()
+            digest.update(f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        else:
+            array = np.ascontiguousarray(item)
+            digest.update(f"{array.shape}|{array.dtype}".encode())
+            digest.update(array.tobytes())
+        digest.update(f"|{label};".encode())
+    return digest.hexdigest()
+
+
+def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray],
+                    meta: dict[str, Any]) -> tuple[np.ndarray, bool]:
+    """The array stored under ``key`` (memory-mapped), or ``compute()``'s result after storing it.
+
+    Returns:
+        ``(array, reused)``.
+    """
+    folder = Path(cache_dir) / key
+    if (folder / "meta.json").is_file():
+        array = np.load(folder / "data.npy", mmap_mode="r")
+        if array.shape == tuple(shape):
+            return array, True
+    array = compute()
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    try:
+        np.save(tmp / "data.npy", array)
+        (tmp / "meta.json").write_text(json.dumps({**meta, "shape": list(array.shape), "dtype": str(array.dtype)}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return array, False
