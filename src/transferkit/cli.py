@@ -115,6 +115,23 @@ def train(
                                                        "stopping.")] = False,
     mixed_precision: Annotated[str, typer.Option(
         help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.")] = "auto",
+    feature_cache: Annotated[str, typer.Option(
+        help="auto: while the backbone is frozen, run it once and train the head on cached float16 features; off: "
+             "run it every epoch.")] = "auto",
+    cache_dir: Annotated[str | None, typer.Option(help="Where the feature and decoded-input caches live (share it "
+                                                       "between runs to reuse them) [default: RUN/feature-cache].",
+                                                  show_default=False)] = None,
+    cache_views: Annotated[int, typer.Option(help="Augmented views per image to cache for head-only phases (0: "
+                                                  "un-augmented features).")] = 0,
+    head_fit: Annotated[str, typer.Option(help="Head-only phases on cached features: auto (exact L-BFGS logistic fit "
+                                               "when the head is linear and features are un-augmented), lbfgs, "
+                                               "sgd.")] = "auto",
+    decoded_cache: Annotated[str, typer.Option(help="auto: decode and resize each image once, augment the stored "
+                                                    "uint8 tensors every epoch; off: decode every epoch.")] = "auto",
+    channels_last: Annotated[str, typer.Option(
+        help="auto (on for convolutional networks on a GPU), on, off.")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow to start; pays "
+                                                                  "off on long GPU runs).")] = False,
     cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run folder from its last "
@@ -133,7 +150,9 @@ def train(
                    val_fraction=val_fraction, per_class=per_class, test_per_class=test_per_class, seed=seed,
                    patience=patience, label_smoothing=label_smoothing, class_weights=class_weights,
                    weight_decay=weight_decay, warmup=warmup, workers=workers, skip_bad_images=skip_bad_images,
-                   mixed_precision=mixed_precision, cpu=cpu, overwrite=overwrite)
+                   mixed_precision=mixed_precision, feature_cache=feature_cache, cache_dir=cache_dir,
+                   cache_views=cache_views, head_fit=head_fit, decoded_cache=decoded_cache, channels_last=channels_last,
+                   compile=compile_model, cpu=cpu, overwrite=overwrite)
     if dry_run:
         options.pop("out")
         print(api.plan(data, **options))
