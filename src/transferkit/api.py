@@ -26,10 +26,12 @@ from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
 from .data.sources import ImageData, load_training_data
 from .data.splits import take_per_class
+from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
 from .errors import TransferKitError, bad_value
 from .evaluate import compute_metrics
 from .features import FeatureDataset, HeadFeatures, cached_features
 from .models.sources import load_model
+from .models.text import apply_lora, is_text_model, load_text_model
 from .plan import Plan
 from .predict import TrainedModel
 from .runfolder import (
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
+TEXT_LR, TEXT_SCRATCH_LR, TEXT_LORA_LR = 3e-5, 1e-4, 5e-4  # BERT recipe: 2e-5..5e-5; LoRA adapters learn faster
+DECODED_CACHE_LIMIT = 16e9  # bytes of uint8 images on disk (memory-mapped)
 
 
 @dataclass
@@ -66,7 +70,7 @@ class TrainConfig:
     strategy: str = "two-stage"
     out: str | None = None
     weights: str | None = None
-    epochs: int = 10
+    epochs: int | None = None
     head_epochs: int = 3
     lr: float | None = None
     head_lr: float | None = None
@@ -86,8 +90,16 @@ class TrainConfig:
     batch_size: int = 32
     image_size: int | None = None
     augment: str = "light"
-    dropout: float = 0.2
+    dropout: float | None = None
     hidden: int = 0
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int | None = None
+    pooling: str | None = None
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_targets: str | None = None
+    trust_remote_code: bool = False
     val_fraction: float = 0.2
     per_class: int | None = None
     test_per_class: int | None = None
@@ -105,7 +117,17 @@ class TrainConfig:
     overwrite: bool = False
     evaluate_test: bool = True
 
+    def resolve_defaults(self) -> None:
+        """Defaults that depend on the modality: images 10 epochs, head dropout 0.2; text (the BERT recipe)
+        4 epochs, dropout 0.1."""
+        text = is_text_model(self.model)
+        if self.epochs is None:
+            self.epochs = 4 if text else 10
+        if self.dropout is None:
+            self.dropout = 0.1 if text else 0.2
+
     def validate(self) -> None:
+        self.resolve_defaults()
         if self.strategy not in STRATEGIES:
             raise bad_value("strategy", self.strategy, f"one of {', '.join(STRATEGIES)}")
         _positive("batch_size", self.batch_size)
@@ -150,7 +172,11 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: where the run is, how it went, and the trained model."""
+    """What :func:`train` returns: where the run is, how it went, and the trained model.
+
+    ``seconds`` is the wall time of training: loading data and model, building the caches, and the
+    epochs (not the final test-set evaluation).
+    """
 
     run_dir: Path
     best_epoch: int
@@ -180,15 +206,13 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     """
     _console_logging()
     config, run_dir = _resolve_config(data, resume, options)
+    started = time.perf_counter()
     set_seed(config.seed)
-    image_data = load_training_data(config.data, val_fraction=config.val_fraction, per_class=config.per_class,
-                                    seed=config.seed, skip_bad_images=config.skip_bad_images)
-    model = load_model(config.model, len(image_data.classes), weights=config.weights,
-                       pretrained=uses_pretrained_weights(config.strategy), dropout=config.dropout,
-                       hidden=config.hidden, image_size=config.image_size)
+    image_data, model = _data_and_model(config)
     run_plan = _plan(model, config)
-    logger.info("Data: %s — %d train, %d val images, %d classes", image_data.description, len(image_data.train),
-                len(image_data.val), len(image_data.classes))
+    unit = "texts" if _is_text(model) else "images"
+    logger.info("Data: %s — %d train, %d val %s, %d classes", image_data.description, len(image_data.train),
+                len(image_data.val), unit, len(image_data.classes))
     logger.info("%s", run_plan)
 
     if resume is None:
@@ -198,9 +222,12 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     try:
         features = _head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
         on_images = features is None or _leading_head_phases(run_plan) < len(run_plan.phases)
-        train_loader, val_loader = _loaders(image_data, model, config, run_dir, on_images, progress)
-        for warning in check_normalization(val_loader, model.preprocessing):
-            logger.warning("Normalisation check: %s", warning)
+        if _is_text(model):
+            train_loader, val_loader = _text_loaders(image_data, model, config)
+        else:
+            train_loader, val_loader = _loaders(image_data, model, config, run_dir, on_images, progress)
+            for warning in check_normalization(val_loader, model.preprocessing):
+                logger.warning("Normalisation check: %s", warning)
         fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                                label_smoothing=config.label_smoothing,
                                class_weights=_class_weights(image_data, config), patience=config.patience or None,
@@ -208,6 +235,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                                head_fit=_head_fit(model, config, features), mixed_precision=_mixed_precision(config),
                                channels_last=_channels_last(model, config), compile=config.compile, cpu=config.cpu,
                                progress=progress)
+        setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_config, run_dir=run_dir,
                      resume=resume is not None, callbacks=[_MetricsWriter(run_dir), *callbacks], features=features)
     except BaseException:
@@ -215,11 +243,17 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
-    save_weights(run_dir / WEIGHTS, model.state_dict())
+    if _is_text(model):
+        model.save_parts(run_dir)
+    if getattr(model, "has_lora", False):
+        save_weights(run_dir / "head.safetensors", model.head.state_dict())  # the adapter is in adapter/
+    else:
+        save_weights(run_dir / WEIGHTS, model.state_dict())
     trained = TrainedModel(model, image_data.classes)
     test = _test_metrics(trained, image_data, config) if config.evaluate_test else None
     info = {
-        "status": "complete", "model": asdict(model.spec), "head": model.head_config.to_dict(),
+        "status": "complete", "modality": "text" if _is_text(model) else "image", "model": asdict(model.spec),
+        "head": model.head_config.to_dict(),
         "preprocessing": model.preprocessing.to_dict(), "classes": image_data.classes,
         "strategy": config.strategy, "bn_policy": run_plan.bn, "phases": [p.to_dict() for p in run_plan.phases],
         "layer_groups": [{"name": name, "params": count} for name, count in run_plan.groups],
@@ -227,15 +261,18 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                  "skipped_images": len(image_data.skipped), "class_counts": image_data.train.class_counts()},
         "config": asdict(config),
         "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
-                    "epochs_run": len(result.history), "seconds": round(result.seconds, 2), "test": test},
+                    "epochs_run": len(result.history), "seconds": round(setup_seconds + result.seconds, 2),
+                    "setup_seconds": round(setup_seconds, 2), "fit_seconds": round(result.seconds, 2), "test": test},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     finish_run(run_dir, info)
     logger.info("Done: best epoch %d of %d, val accuracy %.4f%s, %.1f s — %s", result.best_epoch, len(result.history),
-                result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "", result.seconds,
+                result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "",
+                setup_seconds + result.seconds,
                 run_dir)
     trained = TrainedModel(model, image_data.classes, info, run_dir)
-    return TrainResult(run_dir, result.best_epoch, result.best_val_accuracy, result.seconds, result.history, test,
+    return TrainResult(run_dir, result.best_epoch, result.best_val_accuracy, setup_seconds + result.seconds,
+                       result.history, test,
                        trained, image_data.description)
 
 
@@ -254,10 +291,8 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, **op
     config = TrainConfig(data=str(data or ""), **options)
     config.validate()
     if data is not None:
-        num_classes = len(load_training_data(config.data, val_fraction=config.val_fraction,
-                                             per_class=config.per_class, seed=config.seed).classes)
-    model = load_model(config.model, num_classes or 10, pretrained=False, dropout=config.dropout,
-                       hidden=config.hidden, image_size=config.image_size)
+        num_classes = len(_load_data(config).classes)
+    model = _load_model(config, num_classes or 10, pretrained=False)
     scratch = not uses_pretrained_weights(config.strategy)
     model.spec.weights = "random" if scratch else (config.weights or "pre-trained")  # what training would load
     return _plan(model, config)
@@ -266,14 +301,82 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, **op
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+def _is_text(model: Any) -> bool:
+    return getattr(model, "modality", "image") == "text"
+
+
+def _load_data(config: TrainConfig) -> ImageData:
+    text_model, text_data = is_text_model(config.model), is_text_data(config.data)
+    if text_model and not text_data:
+        raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
+                               "a CSV/TSV/JSONL file with text and label columns, a folder of them, a folder of .txt "
+                               "files per class, or builtin:bbc-news.")
+    if text_data and not text_model:
+        raise TransferKitError(f"--data {config.data} holds texts but {config.model} is a vision model. Fix: pass a "
+                               "language model, e.g. --model minilm-l6 or --model hf:bert-base-uncased.")
+    if text_model:
+        return load_text_training_data(config.data, text_column=config.text_column, label_column=config.label_column,
+                                       val_fraction=config.val_fraction, per_class=config.per_class, seed=config.seed)
+    return load_training_data(config.data, val_fraction=config.val_fraction, per_class=config.per_class,
+                              seed=config.seed, skip_bad_images=config.skip_bad_images)
+
+
+def _load_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> Any:
+    pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
+    if not is_text_model(config.model):
+        if config.strategy == "lora":
+            raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
+                                   "--strategy for vision models.")
+        return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
+                          dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
+    model = load_text_model(config.model, num_classes, pretrained=pretrained, dropout=config.dropout,
+                            hidden=config.hidden, pooling=config.pooling, max_length=config.max_length,
+                            trust_remote_code=config.trust_remote_code)
+    if config.strategy == "lora":
+        targets = [t.strip() for t in config.lora_targets.split(",")] if config.lora_targets else None
+        apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, targets=targets)
+    return model
+
+
+def _data_and_model(config: TrainConfig) -> tuple[ImageData, Any]:
+    data = _load_data(config)
+    return data, _load_model(config, len(data.classes))
+
+
+def _text_loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+    """Length-bucketed, dynamically padded batches of tokenised texts."""
+    collate = TextCollator(model.tokenizer, model.preprocessing.max_length)
+    lengths = [len(t) for t in data.train.items]
+    train = DataLoader(TextDataset(data.train), collate_fn=collate,
+                       batch_sampler=LengthBucketSampler(lengths, config.batch_size, shuffle=True,
+                                                         drop_last=len(data.train) > config.batch_size))
+    val = DataLoader(TextDataset(data.val), collate_fn=collate,
+                     batch_sampler=LengthBucketSampler([len(t) for t in data.val.items], max(config.batch_size, 32),
+                                                       shuffle=False))
+    return train, val
+
+
 def _plan(model: Any, config: TrainConfig) -> Plan:
     groups = model.layer_groups(config.groups)
+    lr = config.lr
+    if lr is None and _is_text(model):
+        lr = {"lora": TEXT_LORA_LR, "scratch": TEXT_SCRATCH_LR}.get(config.strategy, TEXT_LR)
     phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
-                          lr=config.lr, head_lr=config.head_lr, lrs=_parse_lrs(config.lrs),
+                          lr=lr, head_lr=config.head_lr, lrs=_parse_lrs(config.lrs),
                           lr_decay=config.lr_decay, unfreeze_every=config.unfreeze_every,
                           max_unfrozen=config.max_unfrozen)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
-    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup)
+    plan_ = Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup)
+    leading = _leading_head_phases(plan_)
+    if leading and config.feature_cache == "auto":
+        exact = config.head_fit == "lbfgs" or (config.head_fit == "auto" and config.cache_views == 0
+                                               and linear_head(model) is not None)
+        how = ("fitted exactly (L-BFGS logistic regression, L2 chosen on validation) in one step" if exact else
+               f"trained with SGD on {'un-augmented' if not config.cache_views else config.cache_views} "
+               f"{'view' if config.cache_views == 1 else 'views'}")
+        which = "The head-only phase" if leading == 1 else f"Head-only phases 1-{leading}"
+        plan_.notes = (f"{which}: on cached backbone features (the frozen backbone runs once); the head is {how}.",)
+    return plan_
 
 
 def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
@@ -286,8 +389,12 @@ def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: P
         return None
     if resuming and _checkpoint_state(run_dir)["phase_index"] >= leading:
         return None
-    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
-    views = config.cache_views
+    if _is_text(model):
+        train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
+        views = 0
+    else:
+        train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
+        views = config.cache_views
     cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
     device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
     model.to(device)
@@ -375,7 +482,12 @@ def _resolve_config(data: str | Path | None, resume: str | Path | None,
 def _loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Path, on_images: bool,
              progress: bool) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
-    decoded = config.decoded_cache == "auto" and on_images
+    size = model.preprocessing.resize_size
+    footprint = (len(data.train) + len(data.val)) * 3 * size * size
+    decoded = config.decoded_cache == "auto" and on_images and footprint <= DECODED_CACHE_LIMIT
+    if config.decoded_cache == "auto" and on_images and not decoded:
+        logger.info("Decoded-input cache: off (%.1f GB would exceed the %.0f GB limit); images are decoded every "
+                    "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
     if decoded:
         cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"

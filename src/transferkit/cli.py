@@ -31,17 +31,20 @@ HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folder
              "builtin:lfw-faces, builtin:digits.")
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
-                 "epochs, top down), scratch (random weights: the baseline).")
+                 "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
+                 "adapters and the head).")
 
 # Options shared by `train` and `plan` (declared once).
 Data = Annotated[str | None, typer.Option(help=HELP_DATA, show_default=False)]
 Model = Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
-                                         "torchvision:<name>. See `transferkit models`.")]
+                                         "torchvision:<name>; language models: minilm-l6, hf:<id>, a local Hugging "
+                                         "Face folder. See `transferkit models`.")]
 Weights = Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
                                                   "instead of downloading pre-trained weights.")]
 Strategy = Annotated[str, typer.Option(help=HELP_STRATEGY)]
-Epochs = Annotated[int, typer.Option(help="Epochs of the main phase (two-stage/progressive: once all their "
-                                          "groups train).")]
+Epochs = Annotated[int | None, typer.Option(help="Epochs of the main phase (two-stage/progressive: once all their "
+                                                 "groups train) [default: 10 for images, 4 for text].",
+                                            show_default=False)]
 HeadEpochs = Annotated[int, typer.Option(help="two-stage/progressive: epochs of the head-only stage (2-5 is "
                                               "typical).")]
 Lr = Annotated[float | None, typer.Option(help="LR of pre-trained layers [default: 1e-4; scratch: 3e-3].",
@@ -66,7 +69,19 @@ L2Sp = Annotated[float, typer.Option("--l2-sp", help="L2-SP strength: pull pre-t
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 ImageSize = Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
                                                show_default=False)]
-Dropout = Annotated[float, typer.Option(help="Dropout before the new head's linear layer.")]
+Dropout = Annotated[float | None, typer.Option(help="Dropout before the new head's linear layer [default: 0.2 for "
+                                                   "images, 0.1 for text].", show_default=False)]
+TextColumn = Annotated[str, typer.Option(help="Text: the column holding the text (CSV/TSV/JSONL).")]
+LabelColumn = Annotated[str, typer.Option(help="Text: the column holding the label (CSV/TSV/JSONL).")]
+MaxLength = Annotated[int | None, typer.Option(help="Text: truncate to this many tokens [default: the model's, "
+                                                    "at most 512].", show_default=False)]
+Pooling = Annotated[str | None, typer.Option(help="Text: cls or mean pooling [default: mean for minilm-l6, else "
+                                                  "cls].", show_default=False)]
+LoraRank = Annotated[int, typer.Option(help="lora: adapter rank.")]
+LoraAlpha = Annotated[int, typer.Option(help="lora: adapter scaling alpha.")]
+LoraTargets = Annotated[str | None, typer.Option(help="lora: comma-separated module names to adapt [default: the "
+                                                      "attention query/value projections of the architecture].",
+                                                 show_default=False)]
 Hidden = Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")]
 Warmup = Annotated[float, typer.Option(help="Linear LR warm-up, as a fraction of each phase's steps.")]
 
@@ -79,7 +94,7 @@ def train(
     out_dir: Annotated[str | None, typer.Option(
         "--out", help="Run folder to create [default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
     weights: Weights = None,
-    epochs: Epochs = 10,
+    epochs: Epochs = None,
     head_epochs: HeadEpochs = 3,
     lr: Lr = None,
     head_lr: HeadLr = None,
@@ -90,11 +105,20 @@ def train(
     groups: Groups = None,
     bn: Bn = "auto",
     l2_sp: L2Sp = 0.0,
+    text_column: TextColumn = "text",
+    label_column: LabelColumn = "label",
+    max_length: MaxLength = None,
+    pooling: Pooling = None,
+    lora_rank: LoraRank = 8,
+    lora_alpha: LoraAlpha = 16,
+    lora_targets: LoraTargets = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow a hub model to run code from its repository "
+                                                          "(review it first).")] = False,
     batch_size: BatchSize = 32,
     image_size: ImageSize = None,
     augment: Annotated[str, typer.Option(help="Augmentation: none, light (flip, random resized crop), heavy "
                                               "(plus colour jitter, rotation, RandAugment).")] = "light",
-    dropout: Dropout = 0.2,
+    dropout: Dropout = None,
     hidden: Hidden = 0,
     val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when the "
                                                      "data has no val split.")] = 0.2,
@@ -146,7 +170,10 @@ def train(
     options = dict(model=model, strategy=strategy, out=out_dir, weights=weights, epochs=epochs,
                    head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
                    unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn, l2_sp=l2_sp,
-                   batch_size=batch_size, image_size=image_size, augment=augment, dropout=dropout, hidden=hidden,
+                   text_column=text_column, label_column=label_column, max_length=max_length, pooling=pooling,
+                   lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
+                   trust_remote_code=trust_remote_code, batch_size=batch_size, image_size=image_size,
+                   augment=augment, dropout=dropout, hidden=hidden,
                    val_fraction=val_fraction, per_class=per_class, test_per_class=test_per_class, seed=seed,
                    patience=patience, label_smoothing=label_smoothing, class_weights=class_weights,
                    weight_decay=weight_decay, warmup=warmup, workers=workers, skip_bad_images=skip_bad_images,
@@ -189,7 +216,7 @@ def plan(
     model: Model = "efficientnet_lite0",
     weights: Weights = None,
     strategy: Strategy = "two-stage",
-    epochs: Epochs = 10,
+    epochs: Epochs = None,
     head_epochs: HeadEpochs = 3,
     lr: Lr = None,
     head_lr: HeadLr = None,
@@ -201,8 +228,10 @@ def plan(
     bn: Bn = "auto",
     batch_size: BatchSize = 32,
     image_size: ImageSize = None,
-    dropout: Dropout = 0.2,
+    dropout: Dropout = None,
     hidden: Hidden = 0,
+    max_length: MaxLength = None,
+    pooling: Pooling = None,
     warmup: Warmup = 0.1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
@@ -213,7 +242,8 @@ def plan(
     result = api.plan(data, num_classes=num_classes, model=model, weights=weights, strategy=strategy, epochs=epochs,
                       head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
                       unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn,
-                      batch_size=batch_size, image_size=image_size, dropout=dropout, hidden=hidden, warmup=warmup)
+                      batch_size=batch_size, image_size=image_size, dropout=dropout, hidden=hidden,
+                      max_length=max_length, pooling=pooling, warmup=warmup)
     print(json.dumps(result.to_dict()) if as_json else result)
 
 
@@ -254,7 +284,11 @@ def evaluate(
 @app.command()
 def predict(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    inputs: Annotated[list[str] | None, typer.Argument(help="Image files and/or folders (searched recursively); "
+                                                           "for a language model, the texts.",
+                                                      show_default=False)] = None,
+    file: Annotated[str | None, typer.Option(help="Language models: a file of texts, one per line (or a "
+                                                  "CSV/TSV/JSONL with a text column).", show_default=False)] = None,
     top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
@@ -263,7 +297,18 @@ def predict(
     from .predict import load
 
     _setup_logging(quiet=True)
-    predictions = load(run).predict(inputs, top_k=top_k, batch_size=batch_size)
+    model = load(run)
+    items = list(inputs or [])
+    if file is not None:
+        from .data.text import read_lines
+
+        if not Path(file).is_file():
+            raise TransferKitError(f"File not found: {file}. Fix: pass --file with one text per line.")
+        items += read_lines(file)
+    if not items:
+        raise TransferKitError("Nothing to predict on. Fix: pass images or folders (for a language model: texts, or "
+                               "--file FILE).")
+    predictions = model.predict(items, top_k=top_k, batch_size=batch_size)
     if as_json:
         print(json.dumps({"run": run, "predictions": [p.to_dict() for p in predictions]}))
         return
@@ -284,10 +329,10 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     table = Table(title="Built-in models (weights ship in pip packages; work offline)")
     for column in ("name", "model", "pip package"):
         table.add_column(column, no_wrap=column == "name")
-    for name, entry in sources["builtin"].items():
+    for name, entry in {**sources["builtin"], **sources["builtin_text"]}.items():
         table.add_row(name, entry["description"], entry["package"])
     out.print(table)
-    for name, entry in sources["builtin"].items():
+    for name, entry in {**sources["builtin"], **sources["builtin_text"]}.items():
         out.print(f"  {name}: {entry['preprocessing']}", highlight=False)
     schemes = Table(title="Other sources (pre-trained weights need the internet, or --weights FILE)")
     schemes.add_column("source")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -78,7 +79,14 @@ def extract_features(model: TransferModel, samples: ImageSamples, transform: obj
     device = device or next(model.parameters()).device
     was_training = model.backbone.training
     model.backbone.eval()
-    loader = DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False, num_workers=workers)
+    if getattr(model, "modality", "image") == "text":
+        from .data.text import TextCollator, TextDataset
+
+        loader = DataLoader(TextDataset(samples), batch_size=batch_size, shuffle=False,
+                            collate_fn=TextCollator(model.tokenizer, model.preprocessing.max_length))
+    else:
+        loader = DataLoader(ImageDataset(samples, transform), batch_size=batch_size, shuffle=False,
+                            num_workers=workers)
     out = np.empty((views, len(samples), model.head_config.num_features), dtype=np.float16)
     try:
         for view in range(views):
@@ -86,7 +94,7 @@ def extract_features(model: TransferModel, samples: ImageSamples, transform: obj
             start = 0
             desc = f"caching {label} features" + (f" (view {view + 1}/{views})" if views > 1 else "")
             for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
-                feats = model.forward_features(images.to(device)).float().cpu().numpy()
+                feats = model.forward_features(send_to_device(images, device)).float().cpu().numpy()
                 out[view, start:start + len(feats)] = feats
                 start += len(feats)
     finally:

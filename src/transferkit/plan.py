@@ -22,20 +22,22 @@ class Plan:
     bn: str
     bn_chosen_by_auto: bool
     warmup: float
+    notes: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, model: TransferModel, groups: list[LayerGroup], phases: list[Phase], bn: str,
-              bn_chosen_by_auto: bool, warmup: float) -> Plan:
+              bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = ()) -> Plan:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
         return cls(model=f"{model.spec.spec} ({model.spec.weights} weights)", head=model.describe_head(),
                    preprocessing=model.preprocessing.describe(),
                    groups=[(g.name, sum(sizes[n] for n in g.param_names)) for g in groups], phases=list(phases),
-                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup)
+                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "head": self.head, "preprocessing": self.preprocessing,
                 "groups": [{"name": n, "params": c} for n, c in self.groups],
-                "phases": [p.to_dict() for p in self.phases], "bn": self.bn, "warmup": self.warmup}
+                "phases": [p.to_dict() for p in self.phases], "bn": self.bn, "warmup": self.warmup,
+                "notes": list(self.notes)}
 
     def __str__(self) -> str:
         width = max(len(n) for n, _ in self.groups) + 2
@@ -58,6 +60,7 @@ class Plan:
                          f"{f' ({frozen} frozen)' if frozen else ''}: {_lr_runs(names, phase.lrs)}")
             epoch += phase.epochs
         lines.append(f"  ({epoch - 1} epochs at most; early stopping may end a phase sooner)")
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 

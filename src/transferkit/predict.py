@@ -44,7 +44,8 @@ class TrainedModel:
         self.classes = list(classes)
         self.info = info or {}
         self.run_dir = run_dir
-        _, self.transform = build_transforms(model.preprocessing, "none")
+        self.is_text = getattr(model, "modality", "image") == "text"
+        self.transform = None if self.is_text else build_transforms(model.preprocessing, "none")[1]
 
     @property
     def preprocessing(self):
@@ -52,13 +53,15 @@ class TrainedModel:
 
     @torch.no_grad()
     def predict_proba(self, inputs: Iterable[Any], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities, shape (N, C), for image paths, folders, PIL images or uint8 arrays."""
-        items = expand_inputs(inputs)
+        """Class probabilities, shape (N, C), for image paths, folders, PIL images or uint8 arrays — or, for a
+        language model, for strings."""
+        items = self._inputs(inputs)
         return self._probabilities([it for _, it in items], batch_size)
 
     def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
-        """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays."""
-        items = expand_inputs(inputs)
+        """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays —
+        or, for a language model, for strings."""
+        items = self._inputs(inputs)
         probabilities = self._probabilities([it for _, it in items], batch_size)
         k = max(1, min(top_k, len(self.classes)))
         results = []
@@ -71,8 +74,16 @@ class TrainedModel:
     def evaluate(self, data: str | Path | ImageSamples, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data."""
-        samples = data if isinstance(data, ImageSamples) else load_eval_data(
-            data, self.classes, skip_bad_images=skip_bad_images)
+        if isinstance(data, ImageSamples):
+            samples = data
+        elif self.is_text:
+            from .data.text import load_text_eval_data
+
+            config = self.info.get("config", {})
+            samples = load_text_eval_data(data, self.classes, text_column=config.get("text_column", "text"),
+                                          label_column=config.get("label_column", "label"))
+        else:
+            samples = load_eval_data(data, self.classes, skip_bad_images=skip_bad_images)
         probabilities = self._probabilities(samples.items, batch_size)
         return compute_metrics(np.asarray(samples.labels), probabilities, self.classes)
 
@@ -81,21 +92,50 @@ class TrainedModel:
         device = next(self.model.parameters()).device
         chunks = []
         for start in range(0, len(items), batch_size):
-            batch = torch.stack([self.transform(_as_image(it)) for it in items[start:start + batch_size]])
+            chunk = items[start:start + batch_size]
+            if self.is_text:
+                batch = {k: v.to(device) for k, v in self.model.encode(list(chunk)).items()}
+            else:
+                batch = torch.stack([self.transform(_as_image(it)) for it in chunk]).to(device)
             with torch.no_grad():
-                chunks.append(torch.softmax(self.model(batch.to(device)).float(), dim=1).cpu().numpy())
+                chunks.append(torch.softmax(self.model(batch).float(), dim=1).cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
+    def _inputs(self, inputs: Iterable[Any]) -> list[tuple[str, Any]]:
+        if not self.is_text:
+            return expand_inputs(inputs)
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TransferKitError(f"A language model predicts on strings; got {bad[0]}. Fix: pass texts (or "
+                                   "--file FILE with one text per line).")
+        if not texts or any(not t.strip() for t in texts):
+            raise TransferKitError("Empty text to predict on. Fix: pass non-empty strings.")
+        return [(t, t) for t in texts]
 
-def load(run_dir: str | Path) -> TrainedModel:
-    """Load a finished run folder; checks that the weights fit the saved architecture and labels."""
+
+def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
+    """Load a finished run folder; checks that the weights fit the saved architecture and labels.
+
+    Args:
+        run_dir: the run folder.
+        merge: for a LoRA run, merge the adapter into the encoder's weights (faster inference).
+    """
     run_dir = Path(run_dir)
     info = read_info(run_dir)
     classes = info["classes"]
     if len(classes) != info["head"]["num_classes"]:
         raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "
                                "classes. The run folder is inconsistent; retrain it.")
-    model = rebuild_model(info["model"], info["head"], info["preprocessing"])
+    if info.get("modality") == "text":
+        from .models.text import rebuild_text_model
+
+        model = rebuild_text_model(run_dir, info, merge=merge)
+        if "lora" in info["model"].get("extra", {}):
+            model.head.load_state_dict(load_weights(run_dir / "head.safetensors"))
+            return TrainedModel(model, classes, info, run_dir)
+    else:
+        model = rebuild_model(info["model"], info["head"], info["preprocessing"])
     state = load_weights(run_dir / WEIGHTS)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

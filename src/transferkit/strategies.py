@@ -23,6 +23,8 @@ STRATEGIES = {
     "progressive": "the head for --head-epochs, then one more group every --unfreeze-every epochs, top down "
                    "(ULMFiT), then --epochs with all (or --max-unfrozen) groups",
     "scratch": "same architecture with random weights, all layers at a from-scratch LR (the baseline)",
+    "lora": "language models: low-rank adapters on the attention projections (peft) and the head train; the "
+            "encoder stays frozen",
 }
 
 BN_POLICIES = {
@@ -143,6 +145,10 @@ def build_phases(strategy: str, groups: list[LayerGroup], *, epochs: int, head_e
         return [Phase("all", epochs, table if policy.discriminative else {n: policy.lr for n in names})]
     if strategy == "linear-probe":
         return [Phase("head", epochs, {head: table[head]})]
+    if strategy == "lora":
+        if "lora" not in names:
+            raise TransferKitError("The lora strategy needs a language model with LoRA adapters (hf:..., minilm-l6).")
+        return [Phase("lora", epochs, {"lora": policy.lr, head: policy.head_lr})]
     if strategy == "fine-tune":
         return [Phase("all", epochs, table)]
     _check_positive("head_epochs", head_epochs)

