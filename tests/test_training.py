@@ -123,3 +123,35 @@ def test_load_reports_mismatched_weights(image_tree, tiny_options, tmp_path):
     info_path.write_text(json.dumps(info))
     with pytest.raises(TransferKitError, match=r"wrong shapes: head\.1\.weight"):
         transferkit.load(tmp_path / "run")
+
+
+def test_bf16_and_channels_last_run_on_cpu_and_settings_can_change(class_folder, tiny_options, tmp_path):
+    """bf16 autocast and channels_last work on the CPU; one process may switch precision between runs."""
+    import math
+
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 1, "cpu": True}
+    plain = transferkit.train(class_folder, out=str(tmp_path / "fp32"), progress=False, mixed_precision="no",
+                              **options)
+    fast = transferkit.train(class_folder, out=str(tmp_path / "bf16"), progress=False, mixed_precision="bf16",
+                             channels_last="on", **options)
+    again = transferkit.train(class_folder, out=str(tmp_path / "fp32-again"), progress=False, mixed_precision="no",
+                              **options)
+    assert math.isfinite(fast.history[0]["train_loss"]) and fast.history[0]["train_loss"] != plain.history[0][
+        "train_loss"]  # bf16 arithmetic really ran
+    assert again.history[0]["train_loss"] == plain.history[0]["train_loss"]
+
+
+def test_a_new_phase_is_judged_against_its_own_best():
+    """After unfreezing, accuracy dips first; the phase must not stop because the head-only best is higher."""
+    stopper = EarlyStopping(patience=2)
+    stopper.update(0.83, 0.5, 1)
+    stopper.new_phase()
+    for epoch, acc in enumerate([0.79, 0.80, 0.81], start=2):
+        stopper.update(acc, 0.6, epoch)
+        assert not stopper.should_stop
+    assert stopper.best_epoch == 1  # the run's best is still the head-only epoch
+    stopper.update(0.86, 0.4, 5)
+    assert stopper.best_epoch == 5
+    stopper.update(0.85, 0.45, 6)
+    stopper.update(0.84, 0.45, 7)
+    assert stopper.should_stop

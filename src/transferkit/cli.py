@@ -21,8 +21,9 @@ from .errors import TransferKitError
 
 app = typer.Typer(
     name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Adapt a pre-trained vision model to your images: train, evaluate, predict. "
-         "Offline built-ins: efficientnet_lite0/2 weights, builtin:fashion-mnist / lfw-faces / digits data.")
+    help="Adapt a pre-trained vision or language model to your images or texts: train, evaluate, predict. "
+         "Offline built-ins: efficientnet_lite0/2 and minilm-l6 weights; builtin:fashion-mnist / lfw-faces / "
+         "digits / bbc-news data.")
 console = Console(stderr=True)
 out = Console()
 
@@ -163,7 +164,7 @@ def train(
     dry_run: Annotated[bool, typer.Option(help="Print the plan (groups, phases, LRs, BatchNorm) and stop.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
 ) -> None:
-    """Fine-tune a pre-trained model on your images and write a run folder."""
+    """Fine-tune a pre-trained model on your images or texts and write a run folder."""
     from . import api
 
     _setup_logging(quiet)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from torch import nn
 from torch.utils.data import DataLoader
@@ -84,7 +85,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     training train the head on them instead of running the frozen backbone every epoch; with
     ``config.head_fit == "lbfgs"`` and a linear head such a phase is one exact fit.
     """
-    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    accelerator = make_accelerator(config)
     groups = model.layer_groups(config.groups)
     reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
     optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
@@ -169,6 +170,19 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     if best is not None:
         model.load_state_dict(best)
     return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock)
+
+
+def make_accelerator(config: FitConfig) -> Accelerator:
+    """The run's ``Accelerator``. Accelerate keeps one process-wide state; a single process that trains
+    again with other settings (say ``mixed_precision`` or ``cpu``) gets that state reset. Under
+    ``accelerate launch`` / ``torchrun`` the launcher's settings stand."""
+    try:
+        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+    except ValueError:
+        if PartialState().num_processes > 1:
+            raise
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
 
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
