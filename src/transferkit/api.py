@@ -8,7 +8,6 @@ removes the new folder; a failure after it leaves a resumable run (``--resume``)
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -19,21 +18,30 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
 
 from .data.checks import check_normalization
-from .data.decoded import DecodedDataset, decoded_images
-from .data.images import ImageDataset, build_transforms
-from .data.sources import ImageData, load_training_data
+from .data.sources import ImageData
 from .data.splits import take_per_class
-from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
 from .errors import TransferKitError, bad_value
 from .evaluate import compute_metrics
-from .features import FeatureDataset, HeadFeatures, cached_features
-from .models.sources import load_model
-from .models.text import apply_lora, is_text_model, load_text_model
+from .models.text import is_text_model
 from .plan import Plan
 from .predict import TrainedModel
+from .prepare import (
+    checkpoint_state,
+    class_weights,
+    data_and_model,
+    head_features,
+    image_loaders,
+    is_text,
+    leading_head_phases,
+    load_data,
+    load_run_model,
+    resolve_head_fit,
+    resolve_mixed_precision,
+    text_loaders,
+    use_channels_last,
+)
 from .runfolder import (
     WEIGHTS,
     append_metrics,
@@ -55,7 +63,6 @@ logger = logging.getLogger(__name__)
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
 TEXT_LR, TEXT_SCRATCH_LR, TEXT_LORA_LR = 3e-5, 1e-4, 5e-4  # BERT recipe: 2e-5..5e-5; LoRA adapters learn faster
-DECODED_CACHE_LIMIT = 16e9  # bytes of uint8 images on disk (memory-mapped)
 
 
 @dataclass
@@ -208,9 +215,9 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     config, run_dir = _resolve_config(data, resume, options)
     started = time.perf_counter()
     set_seed(config.seed)
-    image_data, model = _data_and_model(config)
+    image_data, model = data_and_model(config)
     run_plan = _plan(model, config)
-    unit = "texts" if _is_text(model) else "images"
+    unit = "texts" if is_text(model) else "images"
     logger.info("Data: %s — %d train, %d val %s, %d classes", image_data.description, len(image_data.train),
                 len(image_data.val), unit, len(image_data.classes))
     logger.info("%s", run_plan)
@@ -220,20 +227,21 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     else:
         write_metrics(run_dir, _checkpoint_history(run_dir))
     try:
-        features = _head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
-        on_images = features is None or _leading_head_phases(run_plan) < len(run_plan.phases)
-        if _is_text(model):
-            train_loader, val_loader = _text_loaders(image_data, model, config)
+        features = head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
+        on_images = features is None or leading_head_phases(run_plan) < len(run_plan.phases)
+        if is_text(model):
+            train_loader, val_loader = text_loaders(image_data, model, config)
         else:
-            train_loader, val_loader = _loaders(image_data, model, config, run_dir, on_images, progress)
+            train_loader, val_loader = image_loaders(image_data, model, config, run_dir, on_images, progress)
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
         fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                                label_smoothing=config.label_smoothing,
-                               class_weights=_class_weights(image_data, config), patience=config.patience or None,
+                               class_weights=class_weights(image_data, config), patience=config.patience or None,
                                bn=run_plan.bn, l2_sp=config.l2_sp, groups=config.groups,
-                               head_fit=_head_fit(model, config, features), mixed_precision=_mixed_precision(config),
-                               channels_last=_channels_last(model, config), compile=config.compile, cpu=config.cpu,
+                               head_fit=resolve_head_fit(model, config, features),
+                               mixed_precision=resolve_mixed_precision(config),
+                               channels_last=use_channels_last(model, config), compile=config.compile, cpu=config.cpu,
                                progress=progress)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_config, run_dir=run_dir,
@@ -243,7 +251,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
-    if _is_text(model):
+    if is_text(model):
         model.save_parts(run_dir)
     if getattr(model, "has_lora", False):
         save_weights(run_dir / "head.safetensors", model.head.state_dict())  # the adapter is in adapter/
@@ -252,7 +260,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     trained = TrainedModel(model, image_data.classes)
     test = _test_metrics(trained, image_data, config) if config.evaluate_test else None
     info = {
-        "status": "complete", "modality": "text" if _is_text(model) else "image", "model": asdict(model.spec),
+        "status": "complete", "modality": "text" if is_text(model) else "image", "model": asdict(model.spec),
         "head": model.head_config.to_dict(),
         "preprocessing": model.preprocessing.to_dict(), "classes": image_data.classes,
         "strategy": config.strategy, "bn_policy": run_plan.bn, "phases": [p.to_dict() for p in run_plan.phases],
@@ -291,8 +299,8 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, **op
     config = TrainConfig(data=str(data or ""), **options)
     config.validate()
     if data is not None:
-        num_classes = len(_load_data(config).classes)
-    model = _load_model(config, num_classes or 10, pretrained=False)
+        num_classes = len(load_data(config).classes)
+    model = load_run_model(config, num_classes or 10, pretrained=False)
     scratch = not uses_pretrained_weights(config.strategy)
     model.spec.weights = "random" if scratch else (config.weights or "pre-trained")  # what training would load
     return _plan(model, config)
@@ -301,65 +309,10 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, **op
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-def _is_text(model: Any) -> bool:
-    return getattr(model, "modality", "image") == "text"
-
-
-def _load_data(config: TrainConfig) -> ImageData:
-    text_model, text_data = is_text_model(config.model), is_text_data(config.data)
-    if text_model and not text_data:
-        raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
-                               "a CSV/TSV/JSONL file with text and label columns, a folder of them, a folder of .txt "
-                               "files per class, or builtin:bbc-news.")
-    if text_data and not text_model:
-        raise TransferKitError(f"--data {config.data} holds texts but {config.model} is a vision model. Fix: pass a "
-                               "language model, e.g. --model minilm-l6 or --model hf:bert-base-uncased.")
-    if text_model:
-        return load_text_training_data(config.data, text_column=config.text_column, label_column=config.label_column,
-                                       val_fraction=config.val_fraction, per_class=config.per_class, seed=config.seed)
-    return load_training_data(config.data, val_fraction=config.val_fraction, per_class=config.per_class,
-                              seed=config.seed, skip_bad_images=config.skip_bad_images)
-
-
-def _load_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> Any:
-    pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
-    if not is_text_model(config.model):
-        if config.strategy == "lora":
-            raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
-                                   "--strategy for vision models.")
-        return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
-                          dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
-    model = load_text_model(config.model, num_classes, pretrained=pretrained, dropout=config.dropout,
-                            hidden=config.hidden, pooling=config.pooling, max_length=config.max_length,
-                            trust_remote_code=config.trust_remote_code)
-    if config.strategy == "lora":
-        targets = [t.strip() for t in config.lora_targets.split(",")] if config.lora_targets else None
-        apply_lora(model, rank=config.lora_rank, alpha=config.lora_alpha, targets=targets)
-    return model
-
-
-def _data_and_model(config: TrainConfig) -> tuple[ImageData, Any]:
-    data = _load_data(config)
-    return data, _load_model(config, len(data.classes))
-
-
-def _text_loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    """Length-bucketed, dynamically padded batches of tokenised texts."""
-    collate = TextCollator(model.tokenizer, model.preprocessing.max_length)
-    lengths = [len(t) for t in data.train.items]
-    train = DataLoader(TextDataset(data.train), collate_fn=collate,
-                       batch_sampler=LengthBucketSampler(lengths, config.batch_size, shuffle=True,
-                                                         drop_last=len(data.train) > config.batch_size))
-    val = DataLoader(TextDataset(data.val), collate_fn=collate,
-                     batch_sampler=LengthBucketSampler([len(t) for t in data.val.items], max(config.batch_size, 32),
-                                                       shuffle=False))
-    return train, val
-
-
 def _plan(model: Any, config: TrainConfig) -> Plan:
     groups = model.layer_groups(config.groups)
     lr = config.lr
-    if lr is None and _is_text(model):
+    if lr is None and is_text(model):
         lr = {"lora": TEXT_LORA_LR, "scratch": TEXT_SCRATCH_LR}.get(config.strategy, TEXT_LR)
     phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
                           lr=lr, head_lr=config.head_lr, lrs=_parse_lrs(config.lrs),
@@ -367,7 +320,7 @@ def _plan(model: Any, config: TrainConfig) -> Plan:
                           max_unfrozen=config.max_unfrozen)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
     plan_ = Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup)
-    leading = _leading_head_phases(plan_)
+    leading = leading_head_phases(plan_)
     if leading and config.feature_cache == "auto":
         exact = config.head_fit == "lbfgs" or (config.head_fit == "auto" and config.cache_views == 0
                                                and linear_head(model) is not None)
@@ -377,66 +330,6 @@ def _plan(model: Any, config: TrainConfig) -> Plan:
         which = "The head-only phase" if leading == 1 else f"Head-only phases 1-{leading}"
         plan_.notes = (f"{which}: on cached backbone features (the frozen backbone runs once); the head is {how}.",)
     return plan_
-
-
-def _head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
-                   progress: bool) -> HeadFeatures | None:
-    """Cached backbone features for the leading head-only phases, or ``None`` (with the reason logged)."""
-    leading = _leading_head_phases(run_plan)
-    if config.feature_cache == "off" or leading == 0:
-        logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
-                    "no phase trains the head alone on a frozen backbone")
-        return None
-    if resuming and _checkpoint_state(run_dir)["phase_index"] >= leading:
-        return None
-    if _is_text(model):
-        train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
-        views = 0
-    else:
-        train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
-        views = config.cache_views
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
-    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
-    model.to(device)
-    common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
-              "workers": config.workers if config.workers is not None else _default_workers()}
-    train = cached_features(model, data.train, train_tf if views else eval_tf, cache_dir, views=max(1, views),
-                            label="train", **common)
-    val = cached_features(model, data.val, eval_tf, cache_dir, label="val", **common)
-    model.to("cpu")
-    what = (f"{views} augmented view(s) per image ('{config.augment}' augmentation)" if views else
-            "un-augmented features (--augment does not apply to head-only phases; --cache-views K caches K "
-            "augmented views)")
-    logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
-                "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
-                "--feature-cache off turns it off.")
-    return HeadFeatures(FeatureDataset(train), FeatureDataset(val), config.batch_size,
-                        drop_last=len(data.train) > config.batch_size)
-
-
-def _leading_head_phases(run_plan: Plan) -> int:
-    """How many phases at the start train the head alone (the backbone is still the pre-trained one)."""
-    head = run_plan.groups[-1][0]
-    count = 0
-    while count < len(run_plan.phases) and set(run_plan.phases[count].trainable) == {head}:
-        count += 1
-    return count
-
-
-def _channels_last(model: Any, config: TrainConfig) -> bool:
-    if config.channels_last != "auto":
-        return config.channels_last == "on"
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return has_conv and torch.cuda.is_available() and not config.cpu
-
-
-def _head_fit(model: Any, config: TrainConfig, features: HeadFeatures | None) -> str:
-    """``auto``: the exact L-BFGS fit when the head is linear and trains on un-augmented cached features."""
-    if config.head_fit != "auto":
-        if config.head_fit == "lbfgs" and (features is None or linear_head(model) is None):
-            logger.warning("--head-fit lbfgs needs a linear head (--hidden 0) and the feature cache; using SGD.")
-        return config.head_fit
-    return "lbfgs" if features is not None and config.cache_views == 0 and linear_head(model) is not None else "sgd"
 
 
 def _parse_lrs(value: str | Sequence[float] | None) -> tuple[float, ...] | None:
@@ -479,52 +372,6 @@ def _resolve_config(data: str | Path | None, resume: str | Path | None,
     return config, run_dir
 
 
-def _loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Path, on_images: bool,
-             progress: bool) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
-    size = model.preprocessing.resize_size
-    footprint = (len(data.train) + len(data.val)) * 3 * size * size
-    decoded = config.decoded_cache == "auto" and on_images and footprint <= DECODED_CACHE_LIMIT
-    if config.decoded_cache == "auto" and on_images and not decoded:
-        logger.info("Decoded-input cache: off (%.1f GB would exceed the %.0f GB limit); images are decoded every "
-                    "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
-    train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
-    if decoded:
-        cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
-        train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train"),
-                                   data.train.labels, train_tf)
-        val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val"),
-                                 data.val.labels, eval_tf)
-    else:
-        train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
-    workers = config.workers if config.workers is not None else _default_workers()
-    common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": workers > 0}
-    train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
-    val = DataLoader(val_set, shuffle=False, **common)
-    return train, val
-
-
-def _default_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 0 if cpus <= 2 else min(8, cpus - 1)
-
-
-def _class_weights(data: ImageData, config: TrainConfig) -> list[float] | None:
-    if config.class_weights != "auto":
-        return None
-    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)
-    return (counts.sum() / (len(counts) * counts)).tolist()
-
-
-def _mixed_precision(config: TrainConfig) -> str:
-    if config.mixed_precision != "auto":
-        return config.mixed_precision
-    if config.cpu or not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _test_metrics(trained: TrainedModel, data: ImageData, config: TrainConfig) -> dict[str, Any] | None:
     if data.test is None or len(data.test) == 0:
         return None
@@ -538,14 +385,8 @@ def _test_metrics(trained: TrainedModel, data: ImageData, config: TrainConfig) -
     return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
 
 
-def _checkpoint_state(run_dir: Path) -> dict[str, Any]:
-    from .training.checkpoint import load_checkpoint
-
-    return load_checkpoint(run_dir).state["train"]
-
-
 def _checkpoint_history(run_dir: Path) -> list[dict[str, Any]]:
-    return _checkpoint_state(run_dir)["history"]
+    return checkpoint_state(run_dir)["history"]
 
 
 class _MetricsWriter(Callback):

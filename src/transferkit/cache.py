@@ -19,20 +19,24 @@ from typing import Any
 
 import numpy as np
 
-from .data.images import ImageSamples
-
 
 def key_of(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def dataset_fingerprint(samples: ImageSamples) -> str:
-    """Files by path, size and mtime; in-memory images by their bytes; plus the labels."""
+def dataset_fingerprint(samples: Any) -> str:
+    """Files by path, size and mtime; in-memory items (arrays, texts) by their bytes; plus the labels.
+
+    Args:
+        samples: anything with ``items`` and ``labels`` (``transferkit.data.ImageSamples``).
+    """
     digest = hashlib.sha256()
     for item, label in zip(samples.items, samples.labels, strict=True):
         if isinstance(item, Path):
             stat = item.stat()
             digest.update(f"{item.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        elif isinstance(item, str):
+            digest.update(item.encode("utf-8", errors="surrogatepass"))
         else:
             array = np.ascontiguousarray(item)
             digest.update(f"{array.shape}|{array.dtype}".encode())

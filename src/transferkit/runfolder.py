@@ -100,14 +100,18 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import accelerate
     import timm
     import torch
     import torchvision
 
-    from . import __version__
-
-    return {"transferkit": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:
+        own = version("transferkit")
+    except PackageNotFoundError:  # running from a source tree that was not installed
+        own = "unknown"
+    return {"transferkit": own, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
 
 
