@@ -365,6 +365,49 @@ def demo(
     out.print(table)
 
 
+@app.command()
+def compare(
+    data: Annotated[str, typer.Option(help="Data with a held-out test split (a folder with train/ and test/, a "
+                                           "CSV with a split column, or builtin:NAME): every run is tested on it.")],
+    model: Model = "efficientnet_lite0",
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "scratch,linear-probe,two-stage",
+    per_class: Annotated[str, typer.Option(help="Comma-separated training examples per class.")] = "10,30,100",
+    scratch_per_class: Annotated[str, typer.Option(help="Extra sizes for scratch only (to find how much data it "
+                                                        "needs), e.g. 1000.")] = "",
+    seeds: Annotated[int, typer.Option(help="Seeds per (strategy, size).")] = 1,
+    out_dir: Annotated[str, typer.Option("--out", help="Report folder (results.json, summary.md, report.html, "
+                                                       "runs/, cache/); an interrupted grid resumes there.")]
+    = "reports/compare",
+    epochs: Epochs = None,
+    image_size: ImageSize = None,
+    max_length: MaxLength = None,
+    test_per_class: Annotated[int | None, typer.Option(help="Test on N images per class of the test split.",
+                                                       show_default=False)] = None,
+    batch_size: BatchSize = 32,
+) -> None:
+    """Compare strategies across training-set sizes and seeds: accuracy, time, convergence, data efficiency."""
+    from .experiments.compare import compare as run_compare
+
+    _setup_logging(quiet=False)
+    sizes = _int_list("per_class", per_class)
+    options = {k: v for k, v in dict(epochs=epochs, image_size=image_size, max_length=max_length,
+                                     test_per_class=test_per_class, batch_size=batch_size).items() if v is not None}
+    report = run_compare(data, model=model, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                         per_class=sizes, seeds=seeds, scratch_per_class=_int_list("scratch_per_class",
+                                                                                   scratch_per_class),
+                         out=out_dir, **options)
+    print((Path(report["out"]) / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {Path(report['out']) / 'report.html'}")
+
+
+def _int_list(name: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise TransferKitError(f"The '{name}' parameter must be comma-separated integers, e.g. 10,30,100. Got "
+                               f"{text!r} instead.") from exc
+
+
 def _setup_logging(quiet: bool) -> None:
     package = logging.getLogger("transferkit")
     if not package.handlers:

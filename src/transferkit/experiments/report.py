@@ -1,0 +1,71 @@
+"""A self-contained HTML report for ``compare``: plots embedded as PNG data, tables, no external files."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .compare import CellResult, summary_markdown
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def plots(results: Sequence[CellResult]) -> list[tuple[str, str]]:
+    """(title, data URI) for: accuracy vs examples per class; validation accuracy vs epoch and vs seconds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    strategies = sorted({r.strategy for r in results})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy in strategies:
+        sizes = sorted({r.per_class for r in results if r.strategy == strategy})
+        accs = [[r.test_accuracy for r in results if r.strategy == strategy and r.per_class == n] for n in sizes]
+        means = [sum(a) / len(a) for a in accs]
+        ax.plot(sizes, means, marker="o", label=strategy)
+        ax.fill_between(sizes, [min(a) for a in accs], [max(a) for a in accs], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples per class")
+    ax.set_ylabel("test accuracy")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    figures.append(("Test accuracy vs training examples per class (mean, min-max over seeds)", _png(fig)))
+    plt.close(fig)
+    size = max({r.per_class for r in results} & {r.per_class for r in results if r.strategy != "scratch"} or
+               {r.per_class for r in results})
+    for x_key, label in (("epoch", "epoch"), ("seconds", "seconds")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in results:
+            if r.per_class == size and r.seed == 0 and r.curve:
+                ax.plot([p[x_key] for p in r.curve], [p["val_accuracy"] for p in r.curve], marker=".",
+                        label=r.strategy)
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation accuracy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        figures.append((f"Validation accuracy vs {label} ({size} per class, seed 0)", _png(fig)))
+        plt.close(fig)
+    return figures
+
+
+def write_report(path: Path, results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str) -> Path:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for caption, uri in plots(results):
+        body.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
+                    "</figcaption></figure>")
+    body.append("<pre>" + html.escape(summary_markdown(results, factors, "Tables")) + "</pre>")
+    Path(path).write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
+                          "</title><style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
+                          "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>",
+                          encoding="utf-8")
+    return Path(path)

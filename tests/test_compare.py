@@ -1,0 +1,92 @@
+"""compare: grid bookkeeping and resume with a stub trainer, the derived factors by hand, one tiny real grid."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from transferkit.errors import TransferKitError
+from transferkit.experiments.compare import (
+    Cell,
+    CellResult,
+    derived_factors,
+    examples_needed,
+    grid,
+    load_results,
+    run_grid,
+)
+
+SCRATCH = {10: 0.5, 100: 0.7, 1000: 0.8}
+
+
+def curve(*points):
+    return [{"epoch": i + 1, "seconds": s, "val_accuracy": a} for i, (s, a) in enumerate(points)]
+
+
+def stub_results():
+    results = [CellResult("scratch", n, 0, acc, acc, 30.0, curve((10, 0.3), (20, 0.5), (30, 0.45)))
+               for n, acc in SCRATCH.items()]
+    results.append(CellResult("linear-probe", 10, 0, 0.75, 0.74, 2.0, curve((2, 0.6))))
+    results.append(CellResult("linear-probe", 100, 0, 0.85, 0.85, 3.0, curve((3, 0.4))))
+    return results
+
+
+def test_examples_needed_interpolates_on_the_log_scale():
+    assert examples_needed(SCRATCH, 0.75) == pytest.approx(10 ** 2.5)
+    assert examples_needed(SCRATCH, 0.4) == 10.0
+    assert examples_needed(SCRATCH, 0.85) is None
+
+
+def test_data_efficiency_and_speedup_by_hand():
+    rows = {(r["strategy"], r["per_class"]): r for r in derived_factors(stub_results())}
+    lp10 = rows[("linear-probe", 10)]
+    assert lp10["data_efficiency"] == pytest.approx(10 ** 2.5 / 10)  # scratch needs ~316 per class: 31.6x
+    assert lp10["speedup"] == pytest.approx(20.0 / 2.0)  # scratch's best (0.5) at 20 s; linear-probe there at 2 s
+    lp100 = rows[("linear-probe", 100)]
+    assert lp100["data_efficiency"] is None and lp100["data_efficiency_text"].startswith("> 10.0x")
+    assert lp100["speedup"] is None and lp100["speedup_text"] == "never reaches scratch's best"
+
+
+def test_convergence_is_95_percent_of_the_runs_own_best():
+    run = CellResult("two-stage", 10, 0, 0.9, 0.9, 5.0, curve((1, 0.5), (2, 0.86), (3, 0.9)))
+    assert run.convergence() == (2, 2.0)  # 0.86 >= 0.95 * 0.9
+
+
+def test_grid_resumes_without_rerunning_finished_cells(tmp_path):
+    cells = grid(["scratch", "linear-probe"], [10, 30], seeds=2, scratch_sizes=[100])
+    assert len(cells) == 2 * 2 * 2 + 2 and Cell("scratch", 100, 1) in cells
+    calls, crash_at = [], [3]
+
+    def trainer(cell, run_dir):
+        calls.append(cell)
+        if len(calls) == crash_at[0]:
+            raise RuntimeError("the machine went down")
+        return CellResult(cell.strategy, cell.per_class, cell.seed, 0.5, 0.5, 1.0, curve((1, 0.5)))
+
+    with pytest.raises(RuntimeError):
+        run_grid(cells, tmp_path, trainer)
+    assert len(load_results(tmp_path)) == 2
+    calls.clear()
+    crash_at[0] = None
+    results = run_grid(cells, tmp_path, trainer)
+    assert len(results) == len(cells) and calls[0] == cells[2] and len(calls) == len(cells) - 2
+    with pytest.raises(TransferKitError, match="'strategies' parameter"):
+        grid(["warp"], [10], 1)
+
+
+def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path):
+    from transferkit.experiments import compare
+
+    options = {k: v for k, v in tiny_options.items() if k != "model"}
+    report = compare(str(image_tree), model=tiny_options["model"], strategies=["scratch", "linear-probe"],
+                     per_class=[2, 4], seeds=1, out=tmp_path / "report", **options)
+    out = tmp_path / "report"
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["cells"]) == 4 and {f["strategy"] for f in saved["factors"]} == {"linear-probe"}
+    assert all(0 <= c["test_accuracy"] <= 1 and c["curve"] for c in saved["cells"])
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "data efficiency" in html
+    assert "| linear-probe | 2 |" in (out / "summary.md").read_text()
+    assert not math.isnan(report["results"][0].test_accuracy)
