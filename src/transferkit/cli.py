@@ -400,6 +400,39 @@ def compare(
     print(f"report: {Path(report['out']) / 'report.html'}")
 
 
+@app.command()
+def advise(
+    data: Annotated[str, typer.Option(help=HELP_DATA)],
+    model: Model = "efficientnet_lite0",
+    weights: Weights = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Measure the data against the model (counts, sizes, a quick linear probe and nearest-neighbour accuracy on
+    frozen features, input statistics) and recommend a strategy, with the reasons."""
+    from .experiments.advise import advise as run_advise
+
+    _setup_logging(quiet=True)
+    advice = run_advise(data, model, weights=weights)
+    if as_json:
+        print(json.dumps({"strategy": advice.strategy, "options": advice.options, "reasons": advice.reasons,
+                          "warnings": advice.warnings, "measurements": advice.measurements,
+                          "command": advice.command(data, model)}))
+        return
+    m = advice.measurements
+    size = f"{m['median_size']:.0f} {'tokens' if m['modality'] == 'text' else 'px'}"
+    print(f"Measured: {m['samples']} samples, {m['classes']} classes ({m['min_per_class']}-{m['max_per_class']} per "
+          f"class in training), median size {size} (model input {m['model_input']}), linear probe "
+          f"{m['probe_accuracy']:.3f}, 1-NN {m['knn_accuracy']:.3f}" +
+          (f", input statistics {m['domain_distance']:.2f} std from the pre-training's"
+           if m["domain_distance"] is not None else ""))
+    print(f"Recommended: {advice.strategy}")
+    for reason in advice.reasons:
+        print(f"  - {reason}")
+    for warning in advice.warnings:
+        print(f"  ! {warning}")
+    print(f"Run: {advice.command(data, model)}")
+
+
 def _int_list(name: str, text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
