@@ -11,7 +11,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,6 @@ class TrainResult:
     test: dict[str, Any] | None
     model: TrainedModel
     data_description: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def train(data: str | Path | None = None, *, resume: str | Path | None = None, callbacks: Sequence[Callback] = (),
@@ -397,7 +396,7 @@ class _MetricsWriter(Callback):
 
     def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
         append_metrics(self.run_dir, record)
-        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f img/s | %.0f s%s",
+        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f samples/s | %.0f s%s",
                     record["epoch"], record["phase"], record["train_loss"], record["train_accuracy"],
                     record["val_loss"], record["val_accuracy"], record["train_samples_per_s"], record["seconds"],
                     " *" if record["best_epoch"] == record["epoch"] else "")
