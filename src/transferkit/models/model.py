@@ -89,6 +89,8 @@ class TransferModel(nn.Module):
         backbone_groups: the backbone's parameter names grouped from input to output.
     """
 
+    modality = "image"
+
     def __init__(self, backbone: nn.Module, head_config: HeadConfig, preprocessing: Preprocessing,
                  spec: ModelSpec, backbone_groups: list[LayerGroup]) -> None:
         super().__init__()
@@ -102,7 +104,8 @@ class TransferModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> torch.Tensor:
+        """Logits for a batch (an image tensor; for language models, a dict of token tensors)."""
         return self.head(self.forward_features(x))
 
     @property

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import TransferKitError, bad_value
 from .groups import LayerGroup, coarsen, group_encoder_layers
-from .model import HeadConfig, ModelSpec
+from .model import HeadConfig, ModelSpec, TransferModel
 
 logger = logging.getLogger(__name__)
 
@@ -60,19 +60,16 @@ def is_text_model(spec: str) -> bool:
     return spec.startswith("hf:") or spec in BUILTIN_TEXT_MODELS or (Path(spec) / "config.json").is_file()
 
 
-class TextTransferModel(nn.Module):
-    """An encoder that maps tokenised texts to pooled features, and a head that maps features to classes."""
+class TextTransferModel(TransferModel):
+    """A :class:`TransferModel` whose backbone is a language encoder: inputs are tokenised texts (dicts of
+    tensors), features are pooled token states, and layer groups follow ``encoder.layer.N`` (or the LoRA
+    adapters)."""
 
     modality = "text"
 
     def __init__(self, backbone: nn.Module, head_config: HeadConfig, preprocessing: TextPreprocessing,
                  spec: ModelSpec, tokenizer: Any) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head_config.build()
-        self.head_config = head_config
-        self.preprocessing = preprocessing
-        self.spec = spec
+        super().__init__(backbone, head_config, preprocessing, spec, backbone_groups=[])
         self.tokenizer = tokenizer
 
     def forward_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,13 +78,6 @@ class TextTransferModel(nn.Module):
             return hidden[:, 0]
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
-
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self.forward_features(inputs))
-
-    @property
-    def num_classes(self) -> int:
-        return self.head_config.num_classes
 
     @property
     def has_lora(self) -> bool:
