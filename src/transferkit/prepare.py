@@ -22,7 +22,7 @@ from .features import FeatureDataset, HeadFeatures, cached_features
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
 from .strategies import uses_pretrained_weights
-from .training.checkpoint import load_checkpoint
+from .training.checkpoint import load_checkpoint_state
 from .training.loop import linear_head
 
 if TYPE_CHECKING:
@@ -196,4 +196,4 @@ def resolve_mixed_precision(config: TrainConfig) -> str:
 
 
 def checkpoint_state(run_dir: Path) -> dict[str, Any]:
-    return load_checkpoint(run_dir).state["train"]
+    return load_checkpoint_state(run_dir)["train"]

@@ -83,8 +83,8 @@ def save_checkpoint(run_dir: Path, *, state: dict[str, Any], model: dict[str, to
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read the latest complete checkpoint (falls back to the previous one if a swap was interrupted)."""
+def _checkpoint_folder(run_dir: Path) -> Path:
+    """The latest complete checkpoint folder (the previous one if a swap was interrupted)."""
     run_dir = Path(run_dir)
     folder = run_dir / CHECKPOINT
     if not (folder / "state.json").exists() and (run_dir / f".{CHECKPOINT}.old" / "state.json").exists():
@@ -92,6 +92,18 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     if not (folder / "state.json").exists():
         raise TransferKitError(f"No checkpoint in {run_dir}: nothing to resume. Fix: pass the --out folder of "
                                "a run that was interrupted after at least one epoch.")
+    return folder
+
+
+def load_checkpoint_state(run_dir: Path) -> dict[str, Any]:
+    """Only ``state.json`` of the latest checkpoint (where training stands), without the tensors."""
+    with open(_checkpoint_folder(run_dir) / "state.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint:
+    """Read the latest complete checkpoint (falls back to the previous one if a swap was interrupted)."""
+    folder = _checkpoint_folder(run_dir)
     with open(folder / "state.json", encoding="utf-8") as handle:
         state = json.load(handle)
     best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
