@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .config import TrainConfig
 from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
 from .data.sources import ImageData, load_training_data
@@ -21,13 +22,10 @@ from .errors import TransferKitError
 from .features import FeatureDataset, HeadFeatures, cached_features
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
+from .plan import Plan
 from .strategies import uses_pretrained_weights
 from .training.checkpoint import load_checkpoint_state
 from .training.loop import linear_head
-
-if TYPE_CHECKING:
-    from .api import TrainConfig
-    from .plan import Plan
 
 logger = logging.getLogger("transferkit.api")
 
