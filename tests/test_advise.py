@@ -9,30 +9,51 @@ from transferkit.experiments.advise import Measurements, recommend
 
 def measured(**changes):
     base = dict(modality="image", samples=5000, classes=10, min_per_class=400, max_per_class=600, median_size=224,
-                model_input=224, probe_accuracy=0.8, knn_accuracy=0.7, domain_distance=0.3)
+                model_input=224, probe_accuracy=0.8, knn_accuracy=0.7, domain_distance=0.3,
+                domain_measure="feature statistics")
     return Measurements(**{**base, **changes})
 
 
-def test_small_similar_data_gets_feature_extraction():
-    advice = recommend(measured(samples=800, min_per_class=70, max_per_class=90))
-    assert advice.strategy == "linear-probe" and "feature extraction" in advice.reasons[0]
+def test_small_data_gets_feature_extraction_even_when_far():
+    near = recommend(measured(samples=800, min_per_class=70, max_per_class=90))
+    assert near.strategy == "linear-probe" and "close to the pre-training" in near.reasons[0]
+    far = recommend(measured(samples=800, min_per_class=70, max_per_class=90, domain_distance=1.0, probe_accuracy=0.7))
+    assert far.strategy == "linear-probe" and "far from the pre-training" in far.reasons[0]
+    assert "two-stage fine-tuning is the next step" in far.reasons[1]
 
 
-def test_large_or_far_data_gets_two_stage():
-    assert recommend(measured(samples=20000, min_per_class=1900, max_per_class=2100)).strategy == "two-stage"
-    far = recommend(measured(samples=800, min_per_class=70, max_per_class=90, domain_distance=2.0))
+def test_enough_data_on_a_far_domain_or_partly_separable_features_gets_two_stage():
+    far = recommend(measured(samples=1250, min_per_class=100, max_per_class=100, probe_accuracy=0.94,
+                             domain_distance=1.0))  # digits: separable, but fine-tuning still won in compare
     assert far.strategy == "two-stage" and "far from the pre-training" in far.reasons[0]
     assert far.options["epochs"] == 20
+    partly = recommend(measured(samples=5000, probe_accuracy=0.8))
+    assert partly.strategy == "two-stage" and "only partly" in partly.reasons[0] and "epochs" not in partly.options
+    large = recommend(measured(samples=20000, min_per_class=1900, max_per_class=2100, probe_accuracy=0.95))
+    assert large.strategy == "two-stage"
 
 
-def test_separable_features_suffice():
-    advice = recommend(measured(samples=20000, probe_accuracy=0.95))
+def test_close_domain_with_separable_features_stays_frozen():
+    advice = recommend(measured(samples=5000, probe_accuracy=0.95))
     assert advice.strategy == "linear-probe" and "already separate" in advice.reasons[0]
 
 
-def test_tiny_data_freezes_more_and_augments_heavily():
+def test_far_threshold_depends_on_the_measure():
+    assert measured(domain_distance=0.7).far and not measured(domain_distance=0.5).far
+    assert not measured(domain_measure="tokens per word", domain_distance=1.3).far
+    assert measured(domain_measure="tokens per word", domain_distance=2.6).far
+    assert not measured(domain_distance=None, domain_measure=None).far
+    unknown = recommend(measured(samples=800, min_per_class=80, max_per_class=80, domain_distance=None,
+                                 domain_measure=None))
+    assert "not measurable" in unknown.reasons[0]
+
+
+def test_tiny_data_freezes_and_augments_heavily():
     advice = recommend(measured(samples=60, min_per_class=5, max_per_class=7, classes=10))
     assert advice.strategy == "linear-probe" and advice.options["augment"] == "heavy"
+    assert advice.options["cache_views"] == 8 and "very little data" in advice.reasons[0]
+    text = recommend(measured(modality="text", samples=60, min_per_class=5, max_per_class=7, classes=10))
+    assert text.strategy == "linear-probe" and "augment" not in text.options
 
 
 def test_imbalance_small_images_and_far_domain_warnings():
@@ -41,6 +62,15 @@ def test_imbalance_small_images_and_far_domain_warnings():
     assert advice.options["class_weights"] == "auto" and advice.options["image_size"] == 112
     assert advice.warnings and "pre-trained on similar data" in advice.warnings[0]
     assert "--class-weights auto" in advice.command("d", "m")
+    assert advice.command("d", "m", per_class=10, weights=None).startswith(
+        "transferkit train --data d --model m --strategy two-stage --per-class 10 --class-weights auto")
+    assert not recommend(measured(probe_accuracy=0.5)).warnings  # a poor probe on a close domain: no warning
+
+
+def test_long_texts_are_reported():
+    advice = recommend(measured(modality="text", median_size=700, model_input=512,
+                                domain_measure="tokens per word", domain_distance=1.3))
+    assert any("only their beginnings" in r for r in advice.reasons) and "image_size" not in advice.options
 
 
 def test_advise_measures_real_data(capsys, image_tree, tiny_weights):
@@ -53,5 +83,6 @@ def test_advise_measures_real_data(capsys, image_tree, tiny_weights):
     m = advice["measurements"]
     assert m["samples"] == 33 and m["classes"] == 3 and m["median_size"] == 24
     assert 0 <= m["probe_accuracy"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["domain_distance"] >= 0
+    assert m["domain_measure"] == "feature statistics" and isinstance(m["far"], bool)
     assert advice["strategy"] in ("linear-probe", "two-stage") and advice["reasons"]
     assert advice["command"].startswith(f"transferkit train --data {image_tree}")

@@ -207,3 +207,27 @@ def test_minilm_l6_one_step_save_load_identical(tmp_path):
     texts = ["The central bank raised interest rates again.", "The striker scored twice in the final."]
     assert transferkit.load(tmp_path / "m").predict_proba(texts) == pytest.approx(
         result.model.predict_proba(texts), abs=1e-5)
+
+
+def test_compare_and_advise_work_for_text(capsys, tiny_bert, tmp_path):
+    from test_cli import run_cli
+    from transferkit.experiments import compare
+
+    data = tmp_path / "reviews"
+    data.mkdir()
+    write_csv(data / "train.csv", n=12)
+    write_csv(data / "test.csv", n=6)
+    options = {k: v for k, v in tiny(tiny_bert).items() if k != "model"}
+    compare(str(data), model=str(tiny_bert), strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1,
+            out=tmp_path / "report", **options)
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert len(saved["cells"]) == 4 and all(c["curve"] and 0 <= c["test_accuracy"] <= 1 for c in saved["cells"])
+    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
+
+    code, out, err = run_cli(capsys, "advise", "--data", str(data), "--model", str(tiny_bert), "--json")
+    assert code == 0, err
+    advice = json.loads(out)
+    m = advice["measurements"]
+    assert m["modality"] == "text" and m["samples"] == 24 and m["domain_measure"] == "tokens per word"
+    assert m["domain_distance"] == pytest.approx(1.0)  # every word of the synthetic reviews is in the vocabulary
+    assert advice["strategy"] == "linear-probe" and "--augment" not in advice["command"]

@@ -405,32 +405,42 @@ def advise(
     data: Annotated[str, typer.Option(help=HELP_DATA)],
     model: Model = "efficientnet_lite0",
     weights: Weights = None,
+    per_class: Annotated[int | None, typer.Option(help="Advise for N training examples per class, as `train "
+                                                       "--per-class N` would use (what if I had less data?).",
+                                                  show_default=False)] = None,
+    text_column: TextColumn = "text",
+    label_column: LabelColumn = "label",
+    seed: Annotated[int, typer.Option(help="Seed for splits and the examples measured.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
 ) -> None:
     """Measure the data against the model (counts, sizes, a quick linear probe and nearest-neighbour accuracy on
-    frozen features, input statistics) and recommend a strategy, with the reasons."""
+    frozen features, how far the data is from the pre-training) and recommend a strategy, with the reasons."""
     from .experiments.advise import advise as run_advise
 
     _setup_logging(quiet=True)
-    advice = run_advise(data, model, weights=weights)
+    advice = run_advise(data, model, weights=weights, per_class=per_class, seed=seed, text_column=text_column,
+                        label_column=label_column)
+    extra = {"per_class": per_class, "weights": weights,
+             "text_column": None if text_column == "text" else text_column,
+             "label_column": None if label_column == "label" else label_column}
+    command = advice.command(data, model, **extra)
     if as_json:
         print(json.dumps({"strategy": advice.strategy, "options": advice.options, "reasons": advice.reasons,
-                          "warnings": advice.warnings, "measurements": advice.measurements,
-                          "command": advice.command(data, model)}))
+                          "warnings": advice.warnings, "measurements": advice.measurements, "command": command}))
         return
     m = advice.measurements
     size = f"{m['median_size']:.0f} {'tokens' if m['modality'] == 'text' else 'px'}"
+    domain = ("not measurable (the model stores no feature statistics)" if m["domain_distance"] is None else
+              f"{m['domain_distance']:.2f} {m['domain_measure']} ({'far' if m['far'] else 'close'})")
     print(f"Measured: {m['samples']} samples, {m['classes']} classes ({m['min_per_class']}-{m['max_per_class']} per "
           f"class in training), median size {size} (model input {m['model_input']}), linear probe "
-          f"{m['probe_accuracy']:.3f}, 1-NN {m['knn_accuracy']:.3f}" +
-          (f", input statistics {m['domain_distance']:.2f} std from the pre-training's"
-           if m["domain_distance"] is not None else ""))
+          f"{m['probe_accuracy']:.3f}, 1-NN {m['knn_accuracy']:.3f}; domain: {domain}")
     print(f"Recommended: {advice.strategy}")
     for reason in advice.reasons:
         print(f"  - {reason}")
     for warning in advice.warnings:
         print(f"  ! {warning}")
-    print(f"Run: {advice.command(data, model)}")
+    print(f"Run: {command}")
 
 
 def _int_list(name: str, text: str) -> list[int]:
