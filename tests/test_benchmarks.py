@@ -23,3 +23,18 @@ def test_benchmark_smoke(name, key, tmp_path, monkeypatch):
     assert saved["rows"] == json.loads(json.dumps(rows)) and saved["machine"]["torch"]
     assert any(isinstance(row.get(key), float) and row[key] > 0 for row in rows)
     sys.modules.pop(name, None)
+
+
+def test_advise_vs_compare_ranks_the_advised_strategy(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("advise_vs_compare")
+    rows = module.main(["--smoke", "--out", str(tmp_path / "check.json")])
+    by_size = {row["per_class"]: row for row in rows}
+    # 120 samples: linear-probe advised, and it ranked first of 3 at 10 per class
+    assert by_size[10]["advised"] == "linear-probe" and by_size[10]["rank"] == 1 and by_size[10]["gap"] == 0
+    # 1,200 samples on a far domain: two-stage advised, best at 100 per class
+    assert by_size[100]["advised"] == "two-stage" and by_size[100]["rank"] == 1 and by_size[100]["of"] == 3
+    assert by_size["full"]["compare_at"] == 100
+    saved = json.loads((tmp_path / "check.json").read_text())
+    assert set(saved["measurements"]) == {"smoke|m|10", "smoke|m|100", "smoke|m|full"}
+    sys.modules.pop("advise_vs_compare", None)

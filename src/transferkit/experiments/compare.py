@@ -119,6 +119,17 @@ def mean_accuracy(results: Sequence[CellResult], strategy: str) -> dict[int, flo
     return {n: sum(v) / len(v) for n, v in sorted(by_size.items())}
 
 
+def ranking(results: Sequence[CellResult], per_class: int) -> list[tuple[str, float, float]]:
+    """The strategies run at ``per_class``, best first: (strategy, mean test accuracy, half the spread over
+    seeds)."""
+    by_strategy: dict[str, list[float]] = {}
+    for r in results:
+        if r.per_class == per_class:
+            by_strategy.setdefault(r.strategy, []).append(r.test_accuracy)
+    rows = [(s, sum(a) / len(a), (max(a) - min(a)) / 2) for s, a in by_strategy.items()]
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def examples_needed(curve: dict[int, float], accuracy: float) -> float | None:
     """Smallest size at which ``curve`` (size -> accuracy) reaches ``accuracy``, interpolated linearly in
     log(size) between the measured sizes; None when it never gets there."""
@@ -230,9 +241,12 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
     results = run_grid(cells, out, trainer)
     factors = derived_factors(results)
-    title = f"transferkit compare: {data}, {model}"
+    options = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
+               for k, v in sorted(train_options.items()) if k != "callbacks"}
+    title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
+                                                               for k, v in options.items())
     write_json_atomic(out / RESULTS, {"cells": [asdict(r) for r in results], "factors": factors, "data": data,
-                                      "model": model})
+                                      "model": model, "options": options})
     (out / "summary.md").write_text(summary_markdown(results, factors, title), encoding="utf-8")
     from .report import write_report
 
