@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -112,3 +113,13 @@ def test_console_script_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: Data not found")
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "advise", "evaluate", "predict", "plan"])
+def test_help_explains_every_option_and_keeps_the_defaults_text(capsys, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "--help" in out
+    assert not re.search(r"\w \.(\s|$)", out)  # a "[default: ...]" eaten as rich markup leaves "text ."
+    if command in ("train", "compare"):
+        assert "[default: 10 for images, 4 for text]" in out

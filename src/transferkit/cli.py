@@ -44,13 +44,13 @@ Weights = Annotated[str | None, typer.Option(help="Start from a local .safetenso
                                                   "instead of downloading pre-trained weights.")]
 Strategy = Annotated[str, typer.Option(help=HELP_STRATEGY)]
 Epochs = Annotated[int | None, typer.Option(help="Epochs of the main phase (two-stage/progressive: once all their "
-                                                 "groups train) [default: 10 for images, 4 for text].",
+                                                 "groups train) \\[default: 10 for images, 4 for text].",
                                             show_default=False)]
 HeadEpochs = Annotated[int, typer.Option(help="two-stage/progressive: epochs of the head-only stage (2-5 is "
                                               "typical).")]
-Lr = Annotated[float | None, typer.Option(help="LR of pre-trained layers [default: 1e-4; scratch: 3e-3].",
+Lr = Annotated[float | None, typer.Option(help="LR of pre-trained layers \\[default: 1e-4; scratch: 3e-3].",
                                           show_default=False)]
-HeadLr = Annotated[float | None, typer.Option(help="LR of the new head [default: 1e-3].", show_default=False)]
+HeadLr = Annotated[float | None, typer.Option(help="LR of the new head \\[default: 1e-3].", show_default=False)]
 Lrs = Annotated[str | None, typer.Option(help="Discriminative LRs spread over the layer groups, early layers first; "
                                               "the last value is the head's, e.g. 1e-5,1e-4,1e-3.",
                                          show_default=False)]
@@ -59,9 +59,9 @@ LrDecay = Annotated[float | None, typer.Option(help="Layer-wise LR decay: the he
                                                show_default=False)]
 UnfreezeEvery = Annotated[int, typer.Option(help="progressive: epochs between unfreezing one more group.")]
 MaxUnfrozen = Annotated[int | None, typer.Option(help="progressive: stop unfreezing when this many groups (head "
-                                                      "included) train [default: all].", show_default=False)]
+                                                      "included) train \\[default: all].", show_default=False)]
 Groups = Annotated[int | None, typer.Option(help="Merge neighbouring layer groups so that N remain (head "
-                                                 "included) [default: the architecture's own groups].",
+                                                 "included) \\[default: the architecture's own groups].",
                                             show_default=False)]
 Bn = Annotated[str, typer.Option(help="BatchNorm: auto (freeze statistics of pre-trained layers and for batches "
                                       "under 16; train them from scratch), freeze, train.")]
@@ -70,17 +70,17 @@ L2Sp = Annotated[float, typer.Option("--l2-sp", help="L2-SP strength: pull pre-t
 BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
 ImageSize = Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
                                                show_default=False)]
-Dropout = Annotated[float | None, typer.Option(help="Dropout before the new head's linear layer [default: 0.2 for "
+Dropout = Annotated[float | None, typer.Option(help="Dropout before the new head's linear layer \\[default: 0.2 for "
                                                    "images, 0.1 for text].", show_default=False)]
 TextColumn = Annotated[str, typer.Option(help="Text: the column holding the text (CSV/TSV/JSONL).")]
 LabelColumn = Annotated[str, typer.Option(help="Text: the column holding the label (CSV/TSV/JSONL).")]
-MaxLength = Annotated[int | None, typer.Option(help="Text: truncate to this many tokens [default: the model's, "
+MaxLength = Annotated[int | None, typer.Option(help="Text: truncate to this many tokens \\[default: the model's, "
                                                     "at most 512].", show_default=False)]
-Pooling = Annotated[str | None, typer.Option(help="Text: cls or mean pooling [default: mean for minilm-l6, else "
+Pooling = Annotated[str | None, typer.Option(help="Text: cls or mean pooling \\[default: mean for minilm-l6, else "
                                                   "cls].", show_default=False)]
 LoraRank = Annotated[int, typer.Option(help="lora: adapter rank.")]
 LoraAlpha = Annotated[int, typer.Option(help="lora: adapter scaling alpha.")]
-LoraTargets = Annotated[str | None, typer.Option(help="lora: comma-separated module names to adapt [default: the "
+LoraTargets = Annotated[str | None, typer.Option(help="lora: comma-separated module names to adapt \\[default: the "
                                                       "attention query/value projections of the architecture].",
                                                  show_default=False)]
 Hidden = Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")]
@@ -93,7 +93,7 @@ def train(
     model: Model = "efficientnet_lite0",
     strategy: Strategy = "two-stage",
     out_dir: Annotated[str | None, typer.Option(
-        "--out", help="Run folder to create [default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
+        "--out", help="Run folder to create \\[default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
     weights: Weights = None,
     epochs: Epochs = None,
     head_epochs: HeadEpochs = 3,
@@ -134,7 +134,7 @@ def train(
     class_weights: Annotated[str, typer.Option(help="none, or auto (inverse class frequency).")] = "none",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases/norms).")] = 0.01,
     warmup: Warmup = 0.1,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers [default: sized to the machine].",
+    workers: Annotated[int | None, typer.Option(help="DataLoader workers \\[default: sized to the machine].",
                                                 show_default=False)] = None,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip (and count) unreadable images instead of "
                                                        "stopping.")] = False,
@@ -144,7 +144,7 @@ def train(
         help="auto: while the backbone is frozen, run it once and train the head on cached float16 features; off: "
              "run it every epoch.")] = "auto",
     cache_dir: Annotated[str | None, typer.Option(help="Where the feature and decoded-input caches live (share it "
-                                                       "between runs to reuse them) [default: RUN/feature-cache].",
+                                                       "between runs to reuse them) \\[default: RUN/feature-cache].",
                                                   show_default=False)] = None,
     cache_views: Annotated[int, typer.Option(help="Augmented views per image to cache for head-only phases (0: "
                                                   "un-augmented features).")] = 0,
@@ -253,11 +253,11 @@ def evaluate(
     run: Annotated[str, typer.Argument(help="A finished run folder.")],
     data: Annotated[str | None, typer.Option(help="Labelled images: a folder of class sub-folders (a tree's "
                                                   "test/ is used), a CSV manifest, or builtin:NAME (its test "
-                                                  "split) [default: the run's own test split].",
+                                                  "split) \\[default: the run's own test split].",
                                              show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a report.")] = False,
     png: Annotated[str | None, typer.Option(help="Where to write the confusion-matrix PNG "
-                                                 "[default: RUN/confusion_matrix.png].", show_default=False)] = None,
+                                                 "\\[default: RUN/confusion_matrix.png].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images.")] = False,
 ) -> None:
