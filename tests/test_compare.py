@@ -86,6 +86,13 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
     saved = json.loads((out / "results.json").read_text())
     assert len(saved["cells"]) == 4 and {f["strategy"] for f in saved["factors"]} == {"linear-probe"}
     assert all(0 <= c["test_accuracy"] <= 1 and c["curve"] for c in saved["cells"])
+    for cell in saved["cells"]:  # curve seconds count from the start of the run: setup (caches) included
+        run = out / "runs" / f"{cell['strategy']}-n{cell['per_class']}-s{cell['seed']}"
+        metrics = json.loads((run / "transferkit.json").read_text())["metrics"]
+        first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
+        start = metrics["setup_seconds"] + metrics["cache_seconds_saved"]
+        assert cell["curve"][0]["seconds"] == pytest.approx(start + first, abs=0.02)
+        assert cell["seconds"] == pytest.approx(metrics["seconds"] + metrics["cache_seconds_saved"], abs=0.02)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3 and "data efficiency" in html
     assert "| linear-probe | 2 |" in (out / "summary.md").read_text()

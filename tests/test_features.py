@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -89,11 +90,16 @@ def test_head_on_cached_features_equals_the_uncached_head(class_folder, tiny_opt
 
 def test_cache_is_shared_across_runs_with_cache_dir(class_folder, tiny_options, tmp_path, caplog):
     options = {**tiny_options, "strategy": "linear-probe", "epochs": 1, "cache_dir": str(tmp_path / "shared")}
-    transferkit.train(class_folder, out=str(tmp_path / "one"), progress=False, **options)
+    one = transferkit.train(class_folder, out=str(tmp_path / "one"), progress=False, **options)
     with caplog.at_level("INFO", logger="transferkit"):
-        transferkit.train(class_folder, out=str(tmp_path / "two"), progress=False, **options)
+        two = transferkit.train(class_folder, out=str(tmp_path / "two"), progress=False, **options)
     assert "Feature cache hit (train)" in caplog.text and "Feature cache hit (val)" in caplog.text
     assert not (tmp_path / "two" / "feature-cache").exists()
+    # what the second run reused is accounted at what the first run paid to build it (train + val features)
+    built = json.loads((tmp_path / "one" / "transferkit.json").read_text())["metrics"]["cache_seconds_built"]
+    saved = json.loads((tmp_path / "two" / "transferkit.json").read_text())["metrics"]
+    assert one.cache_seconds_saved == 0 and built > 0
+    assert two.cache_seconds_saved == pytest.approx(built, abs=0.01) and saved["cache_seconds_built"] == 0
 
 
 def test_two_stage_uses_the_exact_fit_then_trains_on_images(class_folder, tiny_options, tmp_path):

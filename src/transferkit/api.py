@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from .cache import CacheUse
 from .config import TEXT_LORA_LR, TEXT_LR, TEXT_SCRATCH_LR, TrainConfig, parse_lrs
 from .data.checks import check_normalization
 from .data.sources import ImageData
@@ -66,7 +67,9 @@ class TrainResult:
     """What :func:`train` returns: where the run is, how it went, and the trained model.
 
     ``seconds`` is the wall time of training: loading data and model, building the caches, and the
-    epochs (not the final test-set evaluation).
+    epochs (not the final test-set evaluation); ``setup_seconds`` is the part before the first epoch (the
+    ``seconds`` of each ``history`` entry count from there); ``cache_seconds_saved`` is what the cache entries
+    this run reused from earlier runs (``--cache-dir``) took to build.
     """
 
     run_dir: Path
@@ -77,6 +80,8 @@ class TrainResult:
     test: dict[str, Any] | None
     model: TrainedModel
     data_description: str = ""
+    setup_seconds: float = 0.0
+    cache_seconds_saved: float = 0.0
 
 
 def train(data: str | Path | None = None, *, resume: str | Path | None = None, callbacks: Sequence[Callback] = (),
@@ -110,12 +115,14 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     else:
         write_metrics(run_dir, _checkpoint_history(run_dir))
     try:
-        features = head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress)
+        cache_use = CacheUse()
+        features = head_features(model, image_data, config, run_plan, run_dir, resume is not None, progress, cache_use)
         on_images = features is None or leading_head_phases(run_plan) < len(run_plan.phases)
         if is_text(model):
             train_loader, val_loader = text_loaders(image_data, model, config)
         else:
-            train_loader, val_loader = image_loaders(image_data, model, config, run_dir, on_images, progress)
+            train_loader, val_loader = image_loaders(image_data, model, config, run_dir, on_images, progress,
+                                                     cache_use)
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
         fit_config = FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
@@ -153,7 +160,9 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
         "config": asdict(config),
         "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
                     "epochs_run": len(result.history), "seconds": round(setup_seconds + result.seconds, 2),
-                    "setup_seconds": round(setup_seconds, 2), "fit_seconds": round(result.seconds, 2), "test": test},
+                    "setup_seconds": round(setup_seconds, 2), "fit_seconds": round(result.seconds, 2),
+                    "cache_seconds_built": round(cache_use.built_seconds, 2),
+                    "cache_seconds_saved": round(cache_use.saved_seconds, 2), "test": test},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     finish_run(run_dir, info)
@@ -163,8 +172,8 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                 run_dir)
     trained = TrainedModel(model, image_data.classes, info, run_dir)
     return TrainResult(run_dir, result.best_epoch, result.best_val_accuracy, setup_seconds + result.seconds,
-                       result.history, test,
-                       trained, image_data.description)
+                       result.history, test, trained, image_data.description, setup_seconds,
+                       cache_use.saved_seconds)
 
 
 def plan(data: str | Path | None = None, *, num_classes: int | None = None, **options: Any) -> Plan:

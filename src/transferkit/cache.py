@@ -13,7 +13,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,19 @@ def dataset_fingerprint(samples: Any) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class CacheUse:
+    """What one run's cache entries cost: seconds spent computing new entries, and the seconds that reused
+    entries took to compute when an earlier run built them (so comparisons can count them as if paid)."""
+
+    built_seconds: float = 0.0
+    saved_seconds: float = 0.0
+
+
 def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray],
-                    meta: dict[str, Any]) -> tuple[np.ndarray, bool]:
-    """The array stored under ``key`` (memory-mapped), or ``compute()``'s result after storing it.
+                    meta: dict[str, Any], use: CacheUse | None = None) -> tuple[np.ndarray, bool]:
+    """The array stored under ``key`` (memory-mapped), or ``compute()``'s result after storing it; the compute
+    time is stored with the entry and added to ``use``.
 
     Returns:
         ``(array, reused)``.
@@ -56,13 +68,20 @@ def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: 
     if (folder / "meta.json").is_file():
         array = np.load(folder / "data.npy", mmap_mode="r")
         if array.shape == tuple(shape):
+            if use is not None:
+                use.saved_seconds += float(json.loads((folder / "meta.json").read_text()).get("seconds", 0.0))
             return array, True
+    started = time.perf_counter()
     array = compute()
+    seconds = time.perf_counter() - started
+    if use is not None:
+        use.built_seconds += seconds
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
     try:
         np.save(tmp / "data.npy", array)
-        (tmp / "meta.json").write_text(json.dumps({**meta, "shape": list(array.shape), "dtype": str(array.dtype)}))
+        (tmp / "meta.json").write_text(json.dumps({**meta, "shape": list(array.shape), "dtype": str(array.dtype),
+                                                         "seconds": round(seconds, 3)}))
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

@@ -24,7 +24,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .cache import dataset_fingerprint, key_of, load_or_compute
+from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset, ImageSamples
 from .models.model import TransferModel
 
@@ -104,15 +104,16 @@ def extract_features(model: TransferModel, samples: ImageSamples, transform: obj
 
 def cached_features(model: TransferModel, samples: ImageSamples, transform: object, cache_dir: Path, *,
                     views: int = 1, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
-                    workers: int = 0, progress: bool = True, label: str = "") -> CachedFeatures:
-    """Load the features of ``samples`` from ``cache_dir`` or compute and store them."""
+                    workers: int = 0, progress: bool = True, label: str = "",
+                    use: CacheUse | None = None) -> CachedFeatures:
+    """Load the features of ``samples`` from ``cache_dir`` or compute and store them (``use`` adds up the cost)."""
     key = cache_key(model, samples, transform, views, seed)
     labels = np.asarray(samples.labels, dtype=np.int64)
     features, reused = load_or_compute(
         cache_dir, key, (views, len(samples), model.head_config.num_features),
         lambda: extract_features(model, samples, transform, views=views, seed=seed, batch_size=batch_size,
                                  device=device, workers=workers, progress=progress, label=label),
-        {"kind": "features", "format": FORMAT, "model": model.spec.spec, "label": label})
+        {"kind": "features", "format": FORMAT, "model": model.spec.spec, "label": label}, use)
     if reused:
         logger.info("Feature cache hit (%s): %s", label, Path(cache_dir) / key)
     else:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .cache import CacheUse
 from .config import TrainConfig
 from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
@@ -88,7 +89,7 @@ def text_loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[Data
 
 
 def head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
-                   progress: bool) -> HeadFeatures | None:
+                   progress: bool, use: CacheUse | None = None) -> HeadFeatures | None:
     """Cached backbone features for the leading head-only phases, or ``None`` (with the reason logged)."""
     leading = leading_head_phases(run_plan)
     if config.feature_cache == "off" or leading == 0:
@@ -107,6 +108,7 @@ def head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Pl
     device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
     model.to(device)
     common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
+              "use": use,
               "workers": config.workers if config.workers is not None else default_workers()}
     train = cached_features(model, data.train, train_tf if views else eval_tf, cache_dir, views=max(1, views),
                             label="train", **common)
@@ -148,7 +150,7 @@ def resolve_head_fit(model: Any, config: TrainConfig, features: HeadFeatures | N
 
 
 def image_loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Path, on_images: bool,
-             progress: bool) -> tuple[DataLoader, DataLoader]:
+                  progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
     size = model.preprocessing.resize_size
     footprint = (len(data.train) + len(data.val)) * 3 * size * size
@@ -159,9 +161,9 @@ def image_loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Pat
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
     if decoded:
         cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
-        train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train"),
+        train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train", use),
                                    data.train.labels, train_tf)
-        val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val"),
+        val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val", use),
                                  data.val.labels, eval_tf)
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)

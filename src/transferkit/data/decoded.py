@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
-from ..cache import dataset_fingerprint, key_of, load_or_compute
+from ..cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from ..models.preprocessing import Preprocessing
 from .images import ImageSamples, open_image
 
@@ -38,14 +38,14 @@ def decode_images(samples: ImageSamples, preprocessing: Preprocessing, progress:
 
 
 def decoded_images(samples: ImageSamples, preprocessing: Preprocessing, cache_dir: Path, progress: bool = True,
-                   label: str = "") -> np.ndarray:
+                   label: str = "", use: CacheUse | None = None) -> np.ndarray:
     """The decoded array of ``samples``, from ``cache_dir`` or decoded now and stored there."""
     size = preprocessing.resize_size
     key = key_of({"kind": "decoded", "data": dataset_fingerprint(samples), "size": size,
                   "interpolation": preprocessing.interpolation})
     array, reused = load_or_compute(cache_dir, key, (len(samples), 3, size, size),
                                     lambda: decode_images(samples, preprocessing, progress, label),
-                                    {"kind": "decoded", "label": label})
+                                    {"kind": "decoded", "label": label}, use)
     logger.info("Decoded-input cache %s (%s, %d images at %d x %d, uint8): %s", "hit" if reused else "written",
                 label, len(samples), size, size, Path(cache_dir) / key)
     return array

@@ -39,7 +39,8 @@ class Cell:
 
 @dataclass
 class CellResult:
-    """One finished run of the grid; ``curve`` holds (epoch, seconds, val_accuracy) per epoch."""
+    """One finished run of the grid; ``curve`` holds (epoch, seconds, val_accuracy) per epoch, the seconds counted
+    from the start of the run (setup — data, model, caches — included)."""
 
     strategy: str
     per_class: int
@@ -234,10 +235,14 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
             raise TransferKitError(f"compare needs a held-out test split, and {data} has none. Fix: use a folder "
                                    "with train/ and test/ sub-folders, a CSV with a split column, or a builtin "
                                    "dataset.")
-        curve = [{"epoch": h["epoch"], "seconds": h["seconds"], "val_accuracy": h["val_accuracy"]}
+        # Seconds from the start of the run, setup (data, model, caches) included, and cache entries that an
+        # earlier cell built (the shared --cache-dir) counted as if this run had built them: each strategy's
+        # time stands on its own, whatever order the grid ran in.
+        start = result.setup_seconds + result.cache_seconds_saved
+        curve = [{"epoch": h["epoch"], "seconds": round(start + h["seconds"], 3), "val_accuracy": h["val_accuracy"]}
                  for h in result.history]
         return CellResult(cell.strategy, cell.per_class, cell.seed, result.test["accuracy"],
-                          result.test["macro_f1"], result.seconds, curve)
+                          result.test["macro_f1"], result.seconds + result.cache_seconds_saved, curve)
 
     results = run_grid(cells, out, trainer)
     factors = derived_factors(results)
