@@ -54,7 +54,7 @@ def test_convergence_is_95_percent_of_the_runs_own_best():
     assert run.convergence() == (2, 2.0)  # 0.86 >= 0.95 * 0.9
 
 
-def test_grid_resumes_without_rerunning_finished_cells(tmp_path):
+def test_grid_resumes_without_rerunning_finished_cells(tmp_path, caplog):
     cells = grid(["scratch", "linear-probe"], [10, 30], seeds=2, scratch_sizes=[100])
     assert len(cells) == 2 * 2 * 2 + 2 and Cell("scratch", 100, 1) in cells
     calls, crash_at = [], [3]
@@ -70,7 +70,10 @@ def test_grid_resumes_without_rerunning_finished_cells(tmp_path):
     assert len(load_results(tmp_path)) == 2
     calls.clear()
     crash_at[0] = None
-    results = run_grid(cells, tmp_path, trainer)
+    with caplog.at_level("INFO", logger="transferkit"):
+        results = run_grid(cells, tmp_path, trainer)
+    assert "2 of 10 cells done earlier, not rerun" in caplog.text
+    assert "[3/10] scratch-n30-s0 (0m00s elapsed)" in caplog.text and "left)" in caplog.text  # progress + ETA
     assert len(results) == len(cells) and calls[0] == cells[2] and len(calls) == len(cells) - 2
     with pytest.raises(TransferKitError, match="'strategies' parameter"):
         grid(["warp"], [10], 1)

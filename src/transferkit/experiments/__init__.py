@@ -1,5 +1,8 @@
-"""Experiments over many runs: ``compare`` (strategies x data sizes x seeds) and its report."""
+"""Experiments over many runs: ``compare`` (strategies x data sizes x seeds) and its report; ``advise`` (measure
+the data against the model, recommend a strategy)."""
 
-from .compare import Cell, CellResult, compare, derived_factors, examples_needed, grid, run_grid
+from .advise import Advice, Measurements, advise, measure, recommend
+from .compare import Cell, CellResult, compare, derived_factors, examples_needed, grid, ranking, run_grid
 
-__all__ = ["Cell", "CellResult", "compare", "derived_factors", "examples_needed", "grid", "run_grid"]
+__all__ = ["Advice", "Cell", "CellResult", "Measurements", "advise", "compare", "derived_factors", "examples_needed",
+           "grid", "measure", "ranking", "recommend", "run_grid"]

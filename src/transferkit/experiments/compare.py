@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,14 +77,25 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer) -> list[CellRes
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = {r.cell: r for r in load_results(out)}
+    todo = [c for c in cells if c not in done]
+    if len(todo) < len(cells):
+        logger.info("Resuming %s: %d of %d cells done earlier, not rerun", out, len(cells) - len(todo), len(cells))
+    started, finished = time.perf_counter(), 0
     for index, cell in enumerate(cells, start=1):
         if cell in done:
-            logger.info("[%d/%d] %s: done earlier, skipped", index, len(cells), cell.name)
             continue
-        logger.info("[%d/%d] %s", index, len(cells), cell.name)
+        elapsed = time.perf_counter() - started
+        eta = f", about {_duration(elapsed / finished * (len(todo) - finished))} left" if finished else ""
+        logger.info("[%d/%d] %s (%s elapsed%s)", index, len(cells), cell.name, _duration(elapsed), eta)
         done[cell] = trainer(cell, out / "runs" / cell.name)
+        finished += 1
         write_json_atomic(out / RESULTS, {"cells": [asdict(r) for r in done.values()]})
     return [done[c] for c in cells]
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
 def load_results(out: Path) -> list[CellResult]:
