@@ -79,13 +79,13 @@ def recommend(m: Measurements) -> Advice:
               "domain distance not measurable for this model")
     tiny = m.samples < 100 or m.samples < 10 * m.classes
     if tiny:
+        # The seed's rule of thumb adds heavy augmentation here; measured on digits at 5 per class (3 seeds), 8
+        # heavily augmented cached views with an SGD head gave 0.21 test accuracy against 0.68 for the exact fit on
+        # un-augmented features, so advise keeps the exact fit.
         strategy = "linear-probe"
-        if m.modality == "image":
-            options["augment"] = "heavy"
-            options["cache_views"] = 8
-        reasons.append(f"very little data ({m.samples} samples, {m.classes} classes): keep the backbone frozen"
-                       + (" and train the head on 8 heavily augmented views of each image" if m.modality == "image"
-                          else ""))
+        reasons.append(f"very little data ({m.samples} samples, {m.classes} classes): keep the backbone frozen and fit "
+                       "the head exactly on un-augmented features (augmented views with an SGD head did worse on "
+                       "tiny data)")
     elif m.samples < SMALL:
         strategy = "linear-probe"
         reasons.append(f"{m.samples} samples, {domain}: with this little data the frozen features fit as well as "
