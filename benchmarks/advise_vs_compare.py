@@ -42,14 +42,24 @@ def check(report_dir: Path, cache: dict, remeasure: bool = False, measurer=measu
         best, best_acc, best_spread = ranked[0]
         chosen = ranked[rank - 1] if rank else None
         gap = best_acc - chosen[1] if chosen else None
+        seconds = _mean_seconds(results, compared_at)
         rows.append({"data": data, "per_class": n or "full", "compare_at": compared_at,
                      "probe": cache[key]["probe_accuracy"], "domain": cache[key]["domain_distance"],
                      "samples": cache[key]["samples"], "advised": advice.strategy, "rank": rank,
                      "of": len(ranked), "advised_acc": chosen[1] if chosen else None, "best": best,
                      "best_acc": best_acc, "gap": gap,
                      "within_spread": gap is not None and gap <= best_spread + (chosen[2] if chosen else 0),
+                     "advised_s": seconds.get(advice.strategy), "best_s": seconds[best],
                      "ranking": " > ".join(f"{s} {a:.3f}" for s, a, _ in ranked)})
     return rows
+
+
+def _mean_seconds(results: list[CellResult], per_class: int) -> dict[str, float]:
+    by_strategy: dict[str, list[float]] = {}
+    for r in results:
+        if r.per_class == per_class:
+            by_strategy.setdefault(r.strategy, []).append(r.seconds)
+    return {s: sum(v) / len(v) for s, v in by_strategy.items()}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             measurer = _smoke_measure
         rows = [row for folder in args.reports for row in check(folder, cache, args.remeasure, measurer)]
         report("advise_vs_compare", rows, ["data", "per_class", "samples", "probe", "domain", "advised", "rank", "of",
-                                           "gap", "within_spread", "ranking"], out)
+                                           "gap", "within_spread", "advised_s", "best_s", "ranking"], out)
     saved = json.loads(out.read_text())
     saved["measurements"] = cache
     out.write_text(json.dumps(saved, indent=2))
