@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, parser, report  # noqa: E402
 
 from transferkit.experiments.advise import Measurements, measure, recommend  # noqa: E402
-from transferkit.experiments.compare import CellResult, load_results, ranking  # noqa: E402
+from transferkit.experiments.grid import CellResult, load_results, ranking  # noqa: E402
 
 
 def check(report_dir: Path, cache: dict, remeasure: bool = False, measurer=measure) -> list[dict]:

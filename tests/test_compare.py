@@ -8,7 +8,7 @@ import math
 import pytest
 
 from transferkit.errors import TransferKitError
-from transferkit.experiments.compare import (
+from transferkit.experiments.grid import (
     Cell,
     CellResult,
     derived_factors,

@@ -2,7 +2,8 @@
 the data against the model, recommend a strategy)."""
 
 from .advise import Advice, Measurements, advise, measure, recommend
-from .compare import Cell, CellResult, compare, derived_factors, examples_needed, grid, ranking, run_grid
+from .compare import compare
+from .grid import Cell, CellResult, derived_factors, examples_needed, grid, ranking, run_grid
 
 __all__ = ["Advice", "Cell", "CellResult", "Measurements", "advise", "compare", "derived_factors", "examples_needed",
            "grid", "measure", "ranking", "recommend", "run_grid"]

@@ -9,8 +9,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .compare import CellResult, summary_markdown
+from .grid import CellResult
 
+
+def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str) -> str:
+    """The grid and the derived factors as Markdown tables."""
+    lines = [f"# {title}", "", "| strategy | per class | seeds | test accuracy (mean ± spread) | macro-F1 | wall s | "
+             "epochs to 95% of best |", "|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, int], list[CellResult]] = {}
+    for r in results:
+        groups.setdefault((r.strategy, r.per_class), []).append(r)
+    for (strategy, n), runs in sorted(groups.items()):
+        accs = [r.test_accuracy for r in runs]
+        conv = [c[0] for c in (r.convergence() for r in runs) if c]
+        lines.append(f"| {strategy} | {n} | {len(runs)} | {sum(accs) / len(accs):.3f} ± "
+                     f"{(max(accs) - min(accs)) / 2:.3f} | {sum(r.macro_f1 for r in runs) / len(runs):.3f} | "
+                     f"{sum(r.seconds for r in runs) / len(runs):.0f} | "
+                     f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} |")
+    if factors:
+        lines += ["", "| strategy | per class | test accuracy | scratch needs (per class) | data efficiency | "
+                      "speed-up |", "|---|---|---|---|---|---|"]
+        for f in factors:
+            needed = f"{f['scratch_per_class_needed']:.0f}" if f["scratch_per_class_needed"] else "> max"
+            lines.append(f"| {f['strategy']} | {f['per_class']} | {f['test_accuracy']:.3f} | {needed} | "
+                         f"{f['data_efficiency_text']} | {f['speedup_text']} |")
+    return "\n".join(lines) + "\n"
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
