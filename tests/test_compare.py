@@ -66,8 +66,9 @@ def test_grid_resumes_without_rerunning_finished_cells(tmp_path, caplog):
         return CellResult(cell.strategy, cell.per_class, cell.seed, 0.5, 0.5, 1.0, curve((1, 0.5)))
 
     with pytest.raises(RuntimeError):
-        run_grid(cells, tmp_path, trainer)
+        run_grid(cells, tmp_path, trainer, {"data": "d", "model": "m"})
     assert len(load_results(tmp_path)) == 2
+    assert json.loads((tmp_path / "results.json").read_text())["data"] == "d"  # a half-run grid says what it is
     calls.clear()
     crash_at[0] = None
     with caplog.at_level("INFO", logger="transferkit"):

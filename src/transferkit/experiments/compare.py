@@ -46,14 +46,14 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
         return CellResult(cell.strategy, cell.per_class, cell.seed, result.test["accuracy"],
                           result.test["macro_f1"], result.seconds + result.cache_seconds_saved, curve)
 
-    results = run_grid(cells, out, trainer)
-    factors = derived_factors(results)
     options = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
                for k, v in sorted(train_options.items()) if k != "callbacks"}
+    meta = {"data": str(data), "model": model, "options": options}
+    results = run_grid(cells, out, trainer, meta)
+    factors = derived_factors(results)
     title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
                                                                for k, v in options.items())
-    write_json_atomic(out / RESULTS, {"cells": [asdict(r) for r in results], "factors": factors, "data": data,
-                                      "model": model, "options": options})
+    write_json_atomic(out / RESULTS, {**meta, "cells": [asdict(r) for r in results], "factors": factors})
     (out / "summary.md").write_text(summary_markdown(results, factors, title), encoding="utf-8")
     write_report(out / "report.html", results, factors, title)
     return {"results": results, "factors": factors, "out": out}

@@ -69,8 +69,10 @@ class CellResult:
 Trainer = Callable[[Cell, Path], CellResult]
 
 
-def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer) -> list[CellResult]:
-    """Run every cell not yet in ``out/results.json`` (in order), recording each as it finishes."""
+def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
+             meta: dict[str, Any] | None = None) -> list[CellResult]:
+    """Run every cell not yet in ``out/results.json`` (in order), recording each as it finishes (with ``meta``, e.g.
+    the data and model, so a half-run grid's file says what it is)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     done = {r.cell: r for r in load_results(out)}
@@ -86,7 +88,7 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer) -> list[CellRes
         logger.info("[%d/%d] %s (%s elapsed%s)", index, len(cells), cell.name, _duration(elapsed), eta)
         done[cell] = trainer(cell, out / "runs" / cell.name)
         finished += 1
-        write_json_atomic(out / RESULTS, {"cells": [asdict(r) for r in done.values()]})
+        write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
     return [done[c] for c in cells]
 
 
