@@ -418,8 +418,8 @@ def advise(
     from .experiments.advise import advise as run_advise
 
     _setup_logging(quiet=True)
-    advice = run_advise(data, model, weights=weights, per_class=per_class, seed=seed, text_column=text_column,
-                        label_column=label_column)
+    advice = run_advise(data, model, weights=weights, per_class=per_class, seed=seed, progress=True,
+                        text_column=text_column, label_column=label_column)
     extra = {"per_class": per_class, "weights": weights,
              "text_column": None if text_column == "text" else text_column,
              "label_column": None if label_column == "label" else label_column}
