@@ -416,6 +416,7 @@ def advise(
     """Measure the data against the model (counts, sizes, a quick linear probe and nearest-neighbour accuracy on
     frozen features, how far the data is from the pre-training) and recommend a strategy, with the reasons."""
     from .experiments.advise import advise as run_advise
+    from .experiments.domain import FAR
 
     _setup_logging(quiet=True)
     advice = run_advise(data, model, weights=weights, per_class=per_class, seed=seed, progress=True,
@@ -431,7 +432,8 @@ def advise(
     m = advice.measurements
     size = f"{m['median_size']:.0f} {'tokens' if m['modality'] == 'text' else 'px'}"
     domain = ("not measurable (the model stores no feature statistics)" if m["domain_distance"] is None else
-              f"{m['domain_distance']:.2f} {m['domain_measure']} ({'far' if m['far'] else 'close'})")
+              f"{m['domain_measure']} {m['domain_distance']:.2f} ({'far' if m['far'] else 'close'}; over "
+              f"{FAR[m['domain_measure']]} counts as far)")
     print(f"Measured: {m['samples']} samples, {m['classes']} classes ({m['min_per_class']}-{m['max_per_class']} per "
           f"class in training), median size {size} (model input {m['model_input']}), linear probe "
           f"{m['probe_accuracy']:.3f}, 1-NN {m['knn_accuracy']:.3f}; domain: {domain}")
