@@ -101,3 +101,12 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
     assert html.count("data:image/png;base64,") == 3 and "data efficiency" in html
     assert "| linear-probe | 2 |" in (out / "summary.md").read_text()
     assert not math.isnan(report["results"][0].test_accuracy)
+
+
+def test_summary_lists_epochs_and_seconds_to_95_percent():
+    from transferkit.experiments.report import summary_markdown
+
+    text = summary_markdown(stub_results(), derived_factors(stub_results()), "t")
+    # scratch at 10: best val 0.5, 95% of it (0.475) first reached at epoch 2, 20 s
+    assert "| scratch | 10 | 1 | 0.500 ± 0.000 | 0.500 | 30 | 2.0 | 20.0 |" in text
+    assert "| linear-probe | 10 | 0.750 | 316 | 31.6x | 10.0x |" in text

@@ -15,17 +15,19 @@ from .grid import CellResult
 def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str) -> str:
     """The grid and the derived factors as Markdown tables."""
     lines = [f"# {title}", "", "| strategy | per class | seeds | test accuracy (mean ± spread) | macro-F1 | wall s | "
-             "epochs to 95% of best |", "|---|---|---|---|---|---|---|"]
+             "epochs to 95% of best | s to 95% of best |", "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, int], list[CellResult]] = {}
     for r in results:
         groups.setdefault((r.strategy, r.per_class), []).append(r)
     for (strategy, n), runs in sorted(groups.items()):
         accs = [r.test_accuracy for r in runs]
-        conv = [c[0] for c in (r.convergence() for r in runs) if c]
+        reached = [c for c in (r.convergence() for r in runs) if c]
+        conv, conv_s = [c[0] for c in reached], [c[1] for c in reached]
         lines.append(f"| {strategy} | {n} | {len(runs)} | {sum(accs) / len(accs):.3f} ± "
                      f"{(max(accs) - min(accs)) / 2:.3f} | {sum(r.macro_f1 for r in runs) / len(runs):.3f} | "
                      f"{sum(r.seconds for r in runs) / len(runs):.0f} | "
-                     f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} |")
+                     f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} | "
+                     f"{(sum(conv_s) / len(conv_s)) if conv_s else float('nan'):.1f} |")
     if factors:
         lines += ["", "| strategy | per class | test accuracy | scratch needs (per class) | data efficiency | "
                       "speed-up |", "|---|---|---|---|---|---|"]
