@@ -85,3 +85,19 @@ def test_advise_measures_real_data(capsys, image_tree, tiny_weights):
     assert m["domain_measure"] == "feature statistics" and isinstance(m["far"], bool)
     assert advice["strategy"] in ("linear-probe", "two-stage") and advice["reasons"]
     assert advice["command"].startswith(f"transferkit train --data {image_tree}")
+
+
+def test_advise_on_a_model_without_batchnorm_says_the_domain_is_not_measurable(capsys, image_tree, tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from test_cli import run_cli
+
+    torch.manual_seed(0)
+    weights = tmp_path / "test_vit.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("test_vit").state_dict().items()}, str(weights))
+    code, out, err = run_cli(capsys, "advise", "--data", image_tree, "--model", "timm:test_vit", "--weights", weights)
+    assert code == 0, err
+    assert "domain: not measurable (the model stores no feature statistics)" in out
+    assert "Run: transferkit train" in out and "--weights" in out
