@@ -62,7 +62,7 @@ def test_imbalance_small_images_and_far_domain_warnings():
     assert advice.warnings and "pre-trained on similar data" in advice.warnings[0]
     assert "--class-weights auto" in advice.command("d", "m")
     assert advice.command("d", "m", per_class=10, weights=None).startswith(
-        "transferkit train --data d --model m --strategy two-stage --per-class 10 --class-weights auto")
+        "transferkit train --data d --model m --strategy two-stage --per-class 10 --lr 1e-4 --augment light")
     assert not recommend(measured(probe_accuracy=0.5)).warnings  # a poor probe on a close domain: no warning
 
 
@@ -83,6 +83,7 @@ def test_advise_measures_real_data(capsys, image_tree, tiny_weights):
     assert m["samples"] == 33 and m["classes"] == 3 and m["median_size"] == 24
     assert 0 <= m["probe_accuracy"] <= 1 and 0 <= m["knn_accuracy"] <= 1 and m["domain_distance"] >= 0
     assert m["domain_measure"] == "feature statistics" and isinstance(m["far"], bool)
+    assert m["groups"] > 2 and 0 <= m["flip_accuracy"] <= 1
     assert advice["strategy"] in ("linear-probe", "two-stage") and advice["reasons"]
     assert advice["command"].startswith(f"transferkit train --data {image_tree}")
 
@@ -101,3 +102,16 @@ def test_advise_on_a_model_without_batchnorm_says_the_domain_is_not_measurable(c
     assert code == 0, err
     assert "domain: not measurable (the model stores no feature statistics)" in out
     assert "Run: transferkit train" in out and "--weights" in out
+
+
+def test_groups_learning_rates_and_augmentation():
+    probe = recommend(measured(samples=800, min_per_class=80, max_per_class=80, groups=9))
+    assert "lr" not in probe.options and "augment" not in probe.options
+    assert any("freeze all 8 backbone group(s)" in r for r in probe.reasons)
+    images = recommend(measured(groups=9, flip_accuracy=0.79))  # 5,000 samples, probe 0.8: two-stage
+    assert images.strategy == "two-stage" and images.options["lr"] == "1e-4" and images.options["augment"] == "light"
+    assert any("mirrored images keep their class" in r for r in images.reasons)
+    digits_like = recommend(measured(groups=9, flip_accuracy=0.6))  # mirroring costs the probe 0.2: no flips
+    assert digits_like.options["augment"] == "none" and any("flipping changes" in r for r in digits_like.reasons)
+    text = recommend(measured(modality="text", groups=8, domain_measure="tokens per word", domain_distance=1.3))
+    assert text.options["lr"] == "3e-5" and "augment" not in text.options

@@ -145,3 +145,11 @@ def test_eval_data_maps_labels_onto_the_run_classes(tmp_path):
     make_class_folders(tmp_path / "eval", per_class=2, classes={"red": (200, 0, 0)})
     samples = load_eval_data(tmp_path / "eval", ["blue", "green", "red"])
     assert samples.labels == [2, 2] and samples.classes == ["blue", "green", "red"]
+
+
+def test_per_class_beyond_the_pool_says_how_many_fit():
+    with pytest.raises(TransferKitError, match=r"--per-class 200 leaves no validation data for 0, 1, 2, 3, 4 \.\.\. "
+                                               r"\(the pool has 1\d\d .*Fix: use --per-class 1\d\d or less"):
+        load_training_data("builtin:digits", per_class=200)
+    data = load_training_data("builtin:digits", per_class=100)
+    assert len(data.train) == 1000 and len(data.val) == 246  # 25 per class where the pool has them (some have 24)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import TransferKitError
 from .builtin import load_builtin
 from .images import IMAGE_EXTENSIONS, ImageSamples, is_readable_image
-from .splits import stratified_split, take_per_class
+from .splits import per_class_from_pool, stratified_split, take_per_class
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +198,7 @@ def _read_manifest(path: Path, skipped: list[str], skip_bad: bool) -> tuple[dict
 def _builtin_training(name: str, val_fraction: float, per_class: int | None, seed: int) -> ImageData:
     dataset = load_builtin(name)
     if per_class is not None:
-        train, rest = take_per_class(dataset.pool, per_class, seed)
-        n_val = max(1, int(round(per_class * val_fraction / (1.0 - val_fraction))))
-        val, _ = take_per_class(rest, n_val, seed + 1)
+        train, val = per_class_from_pool(dataset.pool, per_class, val_fraction, seed)
     else:
         train, val = stratified_split(dataset.pool, val_fraction, seed)
     return ImageData(dataset.pool.classes, train, val, dataset.test, dataset.description)

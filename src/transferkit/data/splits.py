@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import bad_value
+from ..errors import TransferKitError, bad_value
 from .images import ImageSamples
 
 
@@ -40,3 +40,18 @@ def take_per_class(samples: ImageSamples, per_class: int, seed: int) -> tuple[Im
         taken += indices[:per_class].tolist()
         rest += indices[per_class:].tolist()
     return samples.subset(sorted(taken)), samples.subset(sorted(rest))
+
+
+def per_class_from_pool(pool: ImageSamples, per_class: int, val_fraction: float,
+                        seed: int) -> tuple[ImageSamples, ImageSamples]:
+    """``per_class`` training samples of every class from a pool, and a validation split from the rest (in the
+    same train:val proportion), with a clear error when a class has too few to leave any for validation."""
+    counts = np.bincount(np.asarray(pool.labels), minlength=len(pool.classes))
+    short = [pool.classes[i] for i, n in enumerate(counts) if n <= per_class]
+    if short and per_class >= 1:
+        raise TransferKitError(f"--per-class {per_class} leaves no validation data for {', '.join(short[:5])}"
+                               f"{' ...' if len(short) > 5 else ''} (the pool has {int(counts.min())} of the smallest "
+                               f"class). Fix: use --per-class {max(1, int(counts.min()) - 1)} or less.")
+    train, rest = take_per_class(pool, per_class, seed)
+    val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1.0 - val_fraction)))), seed + 1)
+    return train, val

@@ -19,7 +19,7 @@ from ..errors import TransferKitError
 from .images import IMAGE_EXTENSIONS
 from .images import ImageSamples as Samples
 from .sources import ImageData
-from .splits import stratified_split, take_per_class
+from .splits import per_class_from_pool, stratified_split, take_per_class
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,7 @@ def load_text_training_data(spec: str | Path, *, text_column: str = "text", labe
     if text.startswith("builtin:"):
         pool, test, description = _builtin(text.removeprefix("builtin:"))
         if per_class is not None:
-            train, rest = take_per_class(pool, per_class, seed)
-            val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1 - val_fraction)))), seed + 1)
+            train, val = per_class_from_pool(pool, per_class, val_fraction, seed)
         else:
             train, val = stratified_split(pool, val_fraction, seed)
         return _checked(ImageData(pool.classes, train, val, test, description))

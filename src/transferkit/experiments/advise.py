@@ -36,6 +36,8 @@ class Measurements:
     knn_accuracy: float
     domain_distance: float | None  # see experiments/domain.py; None when the model stores no statistics
     domain_measure: str | None = None  # "feature statistics" (images) or "tokens per word" (text)
+    groups: int = 0  # the model's layer groups, head included
+    flip_accuracy: float | None = None  # images: the probe's accuracy on horizontally mirrored validation images
 
     @property
     def far(self) -> bool:
@@ -106,6 +108,7 @@ def recommend(m: Measurements) -> Advice:
             why.append(f"frozen features separate the classes only partly (linear probe {m.probe_accuracy:.2f})")
         reasons.append(", ".join(why) + ": enough data to adapt every layer; fitting the head first keeps it from "
                        "disturbing the pre-trained features")
+    _training_advice(m, strategy, options, reasons)
     if imbalance >= 3:
         options["class_weights"] = "auto"
         reasons.append(f"classes are imbalanced ({m.min_per_class} to {m.max_per_class} per class): weight the loss")
@@ -124,6 +127,37 @@ def recommend(m: Measurements) -> Advice:
         options["epochs"] = 20
         reasons.append("few samples give few optimizer steps per epoch: train the second stage longer (20 epochs)")
     return Advice(strategy, options, reasons, warnings, {**asdict(m), "far": far})
+
+
+FLIP_DROP = 0.05  # probe accuracy lost on mirrored images from which flips count as changing the class
+
+
+def _training_advice(m: Measurements, strategy: str, options: dict[str, Any], reasons: list[str]) -> None:
+    """Which groups train, at what learning rates, with what augmentation."""
+    backbone = f"{m.groups - 1} backbone group(s)" if m.groups > 1 else "the backbone"
+    if strategy == "linear-probe":
+        reasons.append(f"freeze all {backbone}; only the new head trains (no learning rate to tune: the exact fit "
+                       "chooses its L2 strength on the validation split), and augmentation does not apply (the "
+                       "fit uses un-augmented features)")
+        return
+    text = m.modality == "text"
+    options["lr"] = "3e-5" if text else "1e-4"
+    reasons.append(f"head alone first on frozen features, then all {m.groups or ''} groups unfrozen with "
+                   f"LR {options['lr']} for the pre-trained layers and 1e-3 for the head: "
+                   + ("the BERT fine-tuning recipe (2e-5 to 5e-5)" if text else
+                      "a tenth of the head's, so the pre-trained features move slowly"))
+    if text:
+        return
+    flip_drop = None if m.flip_accuracy is None else m.probe_accuracy - m.flip_accuracy
+    if flip_drop is not None and flip_drop > FLIP_DROP:
+        options["augment"] = "none"
+        reasons.append(f"mirrored images are classified worse by the probe ({m.probe_accuracy:.2f} -> "
+                       f"{m.flip_accuracy:.2f}): flipping changes what an image shows, so no flip augmentation")
+    else:
+        options["augment"] = "light"
+        reasons.append("light augmentation (random resized crops, horizontal flips) for the fine-tuning stage"
+                       + (f": mirrored images keep their class (probe {m.probe_accuracy:.2f} -> "
+                          f"{m.flip_accuracy:.2f})" if flip_drop is not None else ""))
 
 
 def _distance_text(m: Measurements) -> str:
@@ -163,7 +197,18 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
         x_val = torch.from_numpy(np.asarray(cached_features(net, val, transform, cache, progress=progress,
                                                             label="val").features[0], dtype=np.float32))
     y_train, y_val = torch.tensor(train.labels), torch.tensor(val.labels)
-    probe = fit_linear_head(torch.nn.Linear(x_train.shape[1], len(full.classes)), x_train, y_train, x_val, y_val)
+    head = torch.nn.Linear(x_train.shape[1], len(full.classes))
+    probe = fit_linear_head(head, x_train, y_train, x_val, y_val)
+    flip_accuracy = None
+    if not text:
+        from torchvision.transforms import v2
+
+        mirrored = v2.Compose([v2.RandomHorizontalFlip(p=1.0), transform])
+        with tempfile.TemporaryDirectory() as cache:
+            x_flip = torch.from_numpy(np.asarray(cached_features(net, val, mirrored, cache, progress=progress,
+                                                                 label="mirrored val").features[0], dtype=np.float32))
+        with torch.no_grad():
+            flip_accuracy = float((head(x_flip).argmax(dim=1) == y_val).float().mean())
     normed_train = torch.nn.functional.normalize(x_train, dim=1)
     normed_val = torch.nn.functional.normalize(x_val, dim=1)
     knn = float((y_train[(normed_val @ normed_train.T).argmax(dim=1)] == y_val).float().mean())
@@ -181,7 +226,8 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
                                                         for i in range(0, len(tensors), 32)))
     return Measurements("text" if text else "image", samples, len(full.classes), min(counts), max(counts),
                         float(median_size), int(model_input), probe.val_accuracy, knn,
-                        shift.value if shift else None, shift.measure if shift else None)
+                        shift.value if shift else None, shift.measure if shift else None,
+                        len(net.layer_groups()), flip_accuracy)
 
 
 def advise(data: str, model: str = "efficientnet_lite0", **kwargs: Any) -> Advice:
