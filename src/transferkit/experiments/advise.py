@@ -129,7 +129,10 @@ def recommend(m: Measurements) -> Advice:
     return Advice(strategy, options, reasons, warnings, {**asdict(m), "far": far})
 
 
-FLIP_DROP = 0.05  # probe accuracy lost on mirrored images from which flips count as changing the class
+# Probe accuracy lost on mirrored validation images from which flips count as changing the class. Digits lose
+# 0.028 (0.936 -> 0.908) and two-stage at 100/class scored 0.975 without augmentation vs 0.964 with flips and
+# crops (2 seeds); Fashion-MNIST loses 0.004 and scored the same either way (0.824 vs 0.826).
+FLIP_DROP = 0.02
 
 
 def _training_advice(m: Measurements, strategy: str, options: dict[str, Any], reasons: list[str]) -> None:
