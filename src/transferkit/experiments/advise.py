@@ -70,7 +70,7 @@ def recommend(m: Measurements) -> Advice:
 
     Checked against ``compare`` on the built-in datasets (README): under ~1,000 samples the linear probe
     matched or beat two-stage fine-tuning even on domains far from ImageNet (Fashion-MNIST, digits, LFW at 10-50
-    per class), at about a tenth of the cost; from ~1,000 samples on far domains two-stage won by 2-4 points."""
+    per class), at about a tenth of the cost; from ~1,000 samples on far domains two-stage won by 2-5 points."""
     options: dict[str, Any] = {}
     reasons, warnings = [], []
     imbalance = m.max_per_class / max(1, m.min_per_class)
