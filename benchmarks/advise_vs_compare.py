@@ -21,13 +21,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, parser, report  # noqa: E402
 
 from transferkit.experiments.advise import Measurements, measure, recommend  # noqa: E402
-from transferkit.experiments.grid import CellResult, load_results, ranking  # noqa: E402
+from transferkit.experiments.grid import CellResult, ranking  # noqa: E402
 
 
 def check(report_dir: Path, cache: dict, remeasure: bool = False, measurer=measure) -> list[dict]:
     saved = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
     data, model = saved["data"], saved["model"]
-    results: list[CellResult] = load_results(report_dir)
+    results = [CellResult(**row) for row in saved["cells"]]
     transfer_sizes = sorted({r.per_class for r in results if r.strategy != "scratch"})
     rows = []
     for n in [*transfer_sizes, None]:
@@ -37,29 +37,20 @@ def check(report_dir: Path, cache: dict, remeasure: bool = False, measurer=measu
         advice = recommend(Measurements(**cache[key]))
         compared_at = n or transfer_sizes[-1]
         ranked = ranking(results, compared_at)
-        names = [s for s, _, _ in ranked]
+        names = [row.strategy for row in ranked]
         rank = names.index(advice.strategy) + 1 if advice.strategy in names else None
-        best, best_acc, best_spread = ranked[0]
+        best = ranked[0]
         chosen = ranked[rank - 1] if rank else None
-        gap = best_acc - chosen[1] if chosen else None
-        seconds = _mean_seconds(results, compared_at)
+        gap = best.accuracy - chosen.accuracy if chosen else None
         rows.append({"data": data, "per_class": n or "full", "compare_at": compared_at,
                      "probe": cache[key]["probe_accuracy"], "domain": cache[key]["domain_distance"],
                      "samples": cache[key]["samples"], "advised": advice.strategy, "rank": rank,
-                     "of": len(ranked), "advised_acc": chosen[1] if chosen else None, "best": best,
-                     "best_acc": best_acc, "gap": gap,
-                     "within_spread": gap is not None and gap <= best_spread + (chosen[2] if chosen else 0),
-                     "advised_s": seconds.get(advice.strategy), "best_s": seconds[best],
-                     "ranking": " > ".join(f"{s} {a:.3f}" for s, a, _ in ranked)})
+                     "of": len(ranked), "advised_acc": chosen.accuracy if chosen else None, "best": best.strategy,
+                     "best_acc": best.accuracy, "gap": gap,
+                     "within_spread": gap is not None and gap <= best.spread + chosen.spread,
+                     "advised_s": chosen.seconds if chosen else None, "best_s": best.seconds,
+                     "ranking": " > ".join(f"{row.strategy} {row.accuracy:.3f}" for row in ranked)})
     return rows
-
-
-def _mean_seconds(results: list[CellResult], per_class: int) -> dict[str, float]:
-    by_strategy: dict[str, list[float]] = {}
-    for r in results:
-        if r.per_class == per_class:
-            by_strategy.setdefault(r.strategy, []).append(r.seconds)
-    return {s: sum(v) / len(v) for s, v in by_strategy.items()}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

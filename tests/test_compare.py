@@ -110,3 +110,14 @@ def test_summary_lists_epochs_and_seconds_to_95_percent():
     # scratch at 10: best val 0.5, 95% of it (0.475) first reached at epoch 2, 20 s
     assert "| scratch | 10 | 1 | 0.500 ± 0.000 | 0.500 | 30 | 2.0 | 20.0 |" in text
     assert "| linear-probe | 10 | 0.750 | 316 | 31.6x | 10.0x |" in text
+
+
+def test_ranking_orders_strategies_at_one_size_with_spread_and_time():
+    from transferkit.experiments.grid import ranking
+
+    results = [*stub_results(), CellResult("linear-probe", 10, 1, 0.65, 0.65, 4.0, curve((2, 0.6)))]
+    ranked = ranking(results, 10)
+    assert [r.strategy for r in ranked] == ["linear-probe", "scratch"]
+    assert ranked[0].accuracy == pytest.approx(0.70) and ranked[0].spread == pytest.approx(0.05)
+    assert ranked[0].seconds == pytest.approx(3.0) and ranked[1].accuracy == 0.5
+    assert ranking(results, 999) == []

@@ -10,10 +10,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import TransferKitError, bad_value
 from ..strategies import STRATEGIES
@@ -122,24 +122,37 @@ def grid(strategies: Sequence[str], sizes: Sequence[int], seeds: int,
     return cells
 
 
+def _grouped(results: Iterable[CellResult], key: Callable[[CellResult], Any]) -> dict[Any, list[CellResult]]:
+    groups: dict[Any, list[CellResult]] = {}
+    for r in results:
+        groups.setdefault(key(r), []).append(r)
+    return groups
+
+
 def mean_accuracy(results: Sequence[CellResult], strategy: str) -> dict[int, float]:
     """Mean test accuracy over seeds, per training-set size."""
-    by_size: dict[int, list[float]] = {}
-    for r in results:
-        if r.strategy == strategy:
-            by_size.setdefault(r.per_class, []).append(r.test_accuracy)
-    return {n: sum(v) / len(v) for n, v in sorted(by_size.items())}
+    by_size = _grouped((r for r in results if r.strategy == strategy), lambda r: r.per_class)
+    return {n: sum(r.test_accuracy for r in runs) / len(runs) for n, runs in sorted(by_size.items())}
 
 
-def ranking(results: Sequence[CellResult], per_class: int) -> list[tuple[str, float, float]]:
-    """The strategies run at ``per_class``, best first: (strategy, mean test accuracy, half the spread over
-    seeds)."""
-    by_strategy: dict[str, list[float]] = {}
-    for r in results:
-        if r.per_class == per_class:
-            by_strategy.setdefault(r.strategy, []).append(r.test_accuracy)
-    rows = [(s, sum(a) / len(a), (max(a) - min(a)) / 2) for s, a in by_strategy.items()]
-    return sorted(rows, key=lambda row: -row[1])
+class Standing(NamedTuple):
+    """One strategy at one size, over its seeds."""
+
+    strategy: str
+    accuracy: float  # mean test accuracy
+    spread: float  # half the range of test accuracies
+    seconds: float  # mean wall time
+
+
+def ranking(results: Sequence[CellResult], per_class: int) -> list[Standing]:
+    """The strategies run at ``per_class``, best test accuracy first."""
+    by_strategy = _grouped((r for r in results if r.per_class == per_class), lambda r: r.strategy)
+    rows = []
+    for strategy, runs in by_strategy.items():
+        accs = [r.test_accuracy for r in runs]
+        rows.append(Standing(strategy, sum(accs) / len(accs), (max(accs) - min(accs)) / 2,
+                             sum(r.seconds for r in runs) / len(runs)))
+    return sorted(rows, key=lambda row: -row.accuracy)
 
 
 def examples_needed(curve: dict[int, float], accuracy: float) -> float | None:
