@@ -177,6 +177,8 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
     :class:`~transferkit.config.TrainConfig` fields that shape the data (``text_column``, ``label_column``)."""
     import tempfile
 
+    from torchvision.transforms import v2
+
     from ..config import TrainConfig
     from ..data.images import build_transforms, open_image
     from ..data.splits import take_per_class
@@ -194,24 +196,20 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
     net = load_run_model(config, len(full.classes))
     text = is_text(net)
     transform = None if text else build_transforms(net.preprocessing, "none")[1]
+    mirrored = None if text else v2.Compose([v2.RandomHorizontalFlip(p=1.0), transform])
     with tempfile.TemporaryDirectory() as cache:
-        x_train = torch.from_numpy(np.asarray(cached_features(net, train, transform, cache, progress=progress,
-                                                              label="train").features[0], dtype=np.float32))
-        x_val = torch.from_numpy(np.asarray(cached_features(net, val, transform, cache, progress=progress,
-                                                            label="val").features[0], dtype=np.float32))
+
+        def features(samples: Any, view: Any, label: str) -> torch.Tensor:
+            found = cached_features(net, samples, view, cache, progress=progress, label=label)
+            return torch.from_numpy(np.asarray(found.features[0], dtype=np.float32))
+
+        x_train, x_val = features(train, transform, "train"), features(val, transform, "val")
+        x_flip = None if text else features(val, mirrored, "mirrored val")
     y_train, y_val = torch.tensor(train.labels), torch.tensor(val.labels)
     head = torch.nn.Linear(x_train.shape[1], len(full.classes))
     probe = fit_linear_head(head, x_train, y_train, x_val, y_val)
-    flip_accuracy = None
-    if not text:
-        from torchvision.transforms import v2
-
-        mirrored = v2.Compose([v2.RandomHorizontalFlip(p=1.0), transform])
-        with tempfile.TemporaryDirectory() as cache:
-            x_flip = torch.from_numpy(np.asarray(cached_features(net, val, mirrored, cache, progress=progress,
-                                                                 label="mirrored val").features[0], dtype=np.float32))
-        with torch.no_grad():
-            flip_accuracy = float((head(x_flip).argmax(dim=1) == y_val).float().mean())
+    with torch.no_grad():  # the probe on mirrored images: does flipping change the class?
+        flip_accuracy = None if x_flip is None else float((head(x_flip).argmax(dim=1) == y_val).float().mean())
     normed_train = torch.nn.functional.normalize(x_train, dim=1)
     normed_val = torch.nn.functional.normalize(x_val, dim=1)
     knn = float((y_train[(normed_val @ normed_train.T).argmax(dim=1)] == y_val).float().mean())
