@@ -121,3 +121,13 @@ def test_ranking_orders_strategies_at_one_size_with_spread_and_time():
     assert ranked[0].accuracy == pytest.approx(0.70) and ranked[0].spread == pytest.approx(0.05)
     assert ranked[0].seconds == pytest.approx(3.0) and ranked[1].accuracy == 0.5
     assert ranking(results, 999) == []
+
+
+def test_compare_refuses_data_without_a_test_split_before_training(capsys, class_folder, tiny_weights, tmp_path):
+    from test_cli import run_cli
+
+    out = tmp_path / "report"
+    code, _, err = run_cli(capsys, "compare", "--data", class_folder, "--model", "timm:test_efficientnet",
+                           "--weights", tiny_weights, "--image-size", "32", "--out", out)
+    assert code == 2 and "needs a held-out test split" in err and "Traceback" not in err
+    assert not (out / "runs").exists() and not (out / "results.json").exists()

@@ -368,8 +368,10 @@ def demo(
 @app.command()
 def compare(
     data: Annotated[str, typer.Option(help="Data with a held-out test split (a folder with train/ and test/, a "
-                                           "CSV with a split column, or builtin:NAME): every run is tested on it.")],
+                                           "CSV with a split column, a text folder with a test file, or "
+                                           "builtin:NAME): every run is tested on it.")],
     model: Model = "efficientnet_lite0",
+    weights: Weights = None,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "scratch,linear-probe,two-stage",
     per_class: Annotated[str, typer.Option(help="Comma-separated training examples per class.")] = "10,30,100",
     scratch_per_class: Annotated[str, typer.Option(help="Extra sizes for scratch only (to find how much data it "
@@ -384,14 +386,19 @@ def compare(
     test_per_class: Annotated[int | None, typer.Option(help="Test on N images per class of the test split.",
                                                        show_default=False)] = None,
     batch_size: BatchSize = 32,
+    text_column: TextColumn = "text",
+    label_column: LabelColumn = "label",
 ) -> None:
     """Compare strategies across training-set sizes and seeds: accuracy, time, convergence, data efficiency."""
     from .experiments.compare import compare as run_compare
 
     _setup_logging(quiet=False)
     sizes = _int_list("per_class", per_class)
-    options = {k: v for k, v in dict(epochs=epochs, image_size=image_size, max_length=max_length,
-                                     test_per_class=test_per_class, batch_size=batch_size).items() if v is not None}
+    options = {k: v for k, v in dict(weights=weights, epochs=epochs, image_size=image_size, max_length=max_length,
+                                     test_per_class=test_per_class, batch_size=batch_size,
+                                     text_column=None if text_column == "text" else text_column,
+                                     label_column=None if label_column == "label" else label_column).items()
+               if v is not None}
     report = run_compare(data, model=model, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
                          per_class=sizes, seeds=seeds, scratch_per_class=_int_list("scratch_per_class",
                                                                                    scratch_per_class),

@@ -28,15 +28,12 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
     out = Path(out)
     cells = grid(strategies, per_class, seeds, scratch_per_class)
+    _require_test_split(data, model, train_options)
 
     def trainer(cell: Cell, run_dir: Path) -> CellResult:
         result = train(data, model=model, strategy=cell.strategy, per_class=cell.per_class, seed=cell.seed,
                        out=str(run_dir), overwrite=True, cache_dir=str(out / "cache"), progress=progress,
                        **train_options)
-        if result.test is None:
-            raise TransferKitError(f"compare needs a held-out test split, and {data} has none. Fix: use a folder "
-                                   "with train/ and test/ sub-folders, a CSV with a split column, or a builtin "
-                                   "dataset.")
         # Seconds from the start of the run, setup (data, model, caches) included, and cache entries that an
         # earlier cell built (the shared --cache-dir) counted as if this run had built them: each strategy's
         # time stands on its own, whatever order the grid ran in.
@@ -57,3 +54,18 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     (out / "summary.md").write_text(summary_markdown(results, factors, title), encoding="utf-8")
     write_report(out / "report.html", results, factors, title)
     return {"results": results, "factors": factors, "out": out}
+
+
+def _require_test_split(data: str, model: str, train_options: dict[str, Any]) -> None:
+    """Every cell is scored on the data's own test split: refuse, before training anything, data without one."""
+    from ..config import TrainConfig
+    from ..prepare import load_data
+
+    shaping = {k: v for k, v in train_options.items() if k in ("text_column", "label_column", "skip_bad_images")}
+    if train_options.get("evaluate_test") is False:
+        raise TransferKitError("compare scores every run on the test split; drop evaluate_test=False.")
+    test = load_data(TrainConfig(data=str(data), model=model, **shaping)).test
+    if test is None or len(test) == 0:
+        raise TransferKitError(f"compare needs a held-out test split, and {data} has none. Fix: use a folder with "
+                               "train/ and test/ sub-folders, a CSV with a split column, a text folder with a test "
+                               "file, or a builtin dataset.")
