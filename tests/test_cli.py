@@ -123,3 +123,10 @@ def test_help_explains_every_option_and_keeps_the_defaults_text(capsys, monkeypa
     assert not re.search(r"\w \.(\s|$)", out)  # a "[default: ...]" eaten as rich markup leaves "text ."
     if command in ("train", "compare"):
         assert "[default: 10 for images, 4 for text]" in out
+
+
+def test_unknown_model_and_missing_data_name_the_language_side_too(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "advise", "--data", "builtin:digits", "--model", "minilm")
+    assert code == 2 and "minilm-l6, hf:<id>" in err and "Traceback" not in err
+    code, _, err = run_cli(capsys, "advise", "--data", tmp_path / "missing")
+    assert code == 2 and "Data not found" in err and "builtin:bbc-news" in err

@@ -111,8 +111,8 @@ def _existing(text: str) -> Path:
     path = Path(text).expanduser()
     if not path.exists():
         raise TransferKitError(f"Data not found: {path}. Fix: pass --data with an existing folder, a CSV "
-                               "manifest, or a built-in dataset (builtin:fashion-mnist, builtin:lfw-faces, "
-                               "builtin:digits).")
+                               "manifest, a text file, or a built-in dataset (builtin:fashion-mnist, "
+                               "builtin:lfw-faces, builtin:digits, builtin:bbc-news).")
     return path
 
 

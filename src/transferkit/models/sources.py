@@ -52,7 +52,8 @@ def parse_source(spec: str) -> SourceSpec:
                                       did_you_mean(spec, BUILTIN_MODELS)]))
         raise TransferKitError(
             f"Unknown model '{spec}': a model needs a source scheme (timm:, torchvision:) or a built-in name "
-            f"({', '.join(BUILTIN_MODELS)}). {hint}".strip())
+            f"({', '.join(BUILTIN_MODELS)}); language models: minilm-l6, hf:<id>, or a local Hugging Face folder. "
+            f"{hint}".strip())
     if scheme == "hf":
         raise TransferKitError(f"'{spec}' is a language model: load it with transferkit.models.text.load_text_model "
                                "(transferkit.train does this for you).")
