@@ -100,7 +100,7 @@ def test_run_folder_is_self_describing_and_loads_back(image_tree, tiny_options, 
                                head_fit="sgd", **tiny_options)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "transferkit.json", "metrics.jsonl",
-                                               "config.json", "checkpoint"}
+                                               "config.yaml", "checkpoint"}
     info = json.loads((run / "transferkit.json").read_text())
     assert info["classes"] == ["blue", "green", "red"] and info["strategy"] == "linear-probe"
     assert info["model"]["spec"] == "timm:test_efficientnet" and info["preprocessing"]["input_size"] == 32

@@ -9,12 +9,13 @@
 
 __version__ = "0.1.0"
 
-from .api import TrainConfig, TrainResult, plan, train  # noqa: E402
+from .api import TrainResult, plan, train  # noqa: E402
 from .data import load_eval_data, load_training_data  # noqa: E402
 from .errors import IncompleteRunError, TransferKitError  # noqa: E402
 from .evaluate import compute_metrics, format_report, save_confusion_png  # noqa: E402
 from .experiments import advise, compare  # noqa: E402
 from .models import TransferModel, list_sources, load_model  # noqa: E402
+from .options import TrainConfig  # noqa: E402
 from .predict import Prediction, TrainedModel, load  # noqa: E402
 from .strategies import STRATEGIES, Phase, build_phases  # noqa: E402
 

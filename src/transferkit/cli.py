@@ -1,14 +1,23 @@
 """The ``transferkit`` command: thin commands, each mapping to one library call.
 
+Every option is generated from the schema in :mod:`transferkit.options` (help text, default, section), so
+``train``, ``plan``, ``compare`` and ``advise`` cannot disagree about an option. Options not given on the command
+line stay ``None`` here, which is how a recipe (``--config``) knows what the command line overrides.
+
 User mistakes end with a one-line ``error: ...`` on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
 import sys
+import types
+import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import options as schema
 from .errors import TransferKitError
 
 app = typer.Typer(
@@ -27,173 +37,102 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
-HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
-             "(split into train/val); a CSV manifest with path,label[,split] columns; or builtin:fashion-mnist, "
-             "builtin:lfw-faces, builtin:digits.")
-HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
-                 "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
-                 "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
-                 "adapters and the head).")
 
-# Options shared by `train` and `plan` (declared once).
-Data = Annotated[str | None, typer.Option(help=HELP_DATA, show_default=False)]
-Model = Annotated[str, typer.Option(help="Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
-                                         "torchvision:<name>; language models: minilm-l6, hf:<id>, a local Hugging "
-                                         "Face folder. See `transferkit models`.")]
-Weights = Annotated[str | None, typer.Option(help="Start from a local .safetensors / weights-only .pth file "
-                                                  "instead of downloading pre-trained weights.")]
-Strategy = Annotated[str, typer.Option(help=HELP_STRATEGY)]
-Epochs = Annotated[int | None, typer.Option(help="Epochs of the main phase (two-stage/progressive: once all their "
-                                                 "groups train) \\[default: 10 for images, 4 for text].",
-                                            show_default=False)]
-HeadEpochs = Annotated[int, typer.Option(help="two-stage/progressive: epochs of the head-only stage (2-5 is "
-                                              "typical).")]
-Lr = Annotated[float | None, typer.Option(help="LR of pre-trained layers \\[default: 1e-4; scratch: 3e-3].",
-                                          show_default=False)]
-HeadLr = Annotated[float | None, typer.Option(help="LR of the new head \\[default: 1e-3].", show_default=False)]
-Lrs = Annotated[str | None, typer.Option(help="Discriminative LRs spread over the layer groups, early layers first; "
-                                              "the last value is the head's, e.g. 1e-5,1e-4,1e-3.",
-                                         show_default=False)]
-LrDecay = Annotated[float | None, typer.Option(help="Layer-wise LR decay: the head gets --head-lr, each group below "
-                                                    "the next later group's LR times this factor, e.g. 0.5.",
-                                               show_default=False)]
-UnfreezeEvery = Annotated[int, typer.Option(help="progressive: epochs between unfreezing one more group.")]
-MaxUnfrozen = Annotated[int | None, typer.Option(help="progressive: stop unfreezing when this many groups (head "
-                                                      "included) train \\[default: all].", show_default=False)]
-Groups = Annotated[int | None, typer.Option(help="Merge neighbouring layer groups so that N remain (head "
-                                                 "included) \\[default: the architecture's own groups].",
-                                            show_default=False)]
-Bn = Annotated[str, typer.Option(help="BatchNorm: auto (freeze statistics of pre-trained layers and for batches "
-                                      "under 16; train them from scratch), freeze, train.")]
-L2Sp = Annotated[float, typer.Option("--l2-sp", help="L2-SP strength: pull pre-trained weights towards their "
-                                                     "starting values (0: off), e.g. 0.01.")]
-BatchSize = Annotated[int, typer.Option(help="Images per batch.")]
-ImageSize = Annotated[int | None, typer.Option(help="Override the pre-training input size (pixels).",
-                                               show_default=False)]
-Dropout = Annotated[float | None, typer.Option(help="Dropout before the new head's linear layer \\[default: 0.2 for "
-                                                   "images, 0.1 for text].", show_default=False)]
-TextColumn = Annotated[str, typer.Option(help="Text: the column holding the text (CSV/TSV/JSONL).")]
-LabelColumn = Annotated[str, typer.Option(help="Text: the column holding the label (CSV/TSV/JSONL).")]
-MaxLength = Annotated[int | None, typer.Option(help="Text: truncate to this many tokens \\[default: the model's, "
-                                                    "at most 512].", show_default=False)]
-Pooling = Annotated[str | None, typer.Option(help="Text: cls or mean pooling \\[default: mean for minilm-l6, else "
-                                                  "cls].", show_default=False)]
-LoraRank = Annotated[int, typer.Option(help="lora: adapter rank.")]
-LoraAlpha = Annotated[int, typer.Option(help="lora: adapter scaling alpha.")]
-LoraTargets = Annotated[str | None, typer.Option(help="lora: comma-separated module names to adapt \\[default: the "
-                                                      "attention query/value projections of the architecture].",
-                                                 show_default=False)]
-Hidden = Annotated[int, typer.Option(help="Width of an optional hidden layer in the head (0: none).")]
-Warmup = Annotated[float, typer.Option(help="Linear LR warm-up, as a fraction of each phase's steps.")]
+# --- commands generated from the schema ------------------------------------------------------------
 
 
-@app.command()
-def train(
-    data: Data = None,
-    model: Model = "efficientnet_lite0",
-    strategy: Strategy = "two-stage",
-    out_dir: Annotated[str | None, typer.Option(
-        "--out", help="Run folder to create \\[default: runs/<model>-<strategy>-<time>].", show_default=False)] = None,
-    weights: Weights = None,
-    epochs: Epochs = None,
-    head_epochs: HeadEpochs = 3,
-    lr: Lr = None,
-    head_lr: HeadLr = None,
-    lrs: Lrs = None,
-    lr_decay: LrDecay = None,
-    unfreeze_every: UnfreezeEvery = 1,
-    max_unfrozen: MaxUnfrozen = None,
-    groups: Groups = None,
-    bn: Bn = "auto",
-    l2_sp: L2Sp = 0.0,
-    text_column: TextColumn = "text",
-    label_column: LabelColumn = "label",
-    max_length: MaxLength = None,
-    pooling: Pooling = None,
-    lora_rank: LoraRank = 8,
-    lora_alpha: LoraAlpha = 16,
-    lora_targets: LoraTargets = None,
-    trust_remote_code: Annotated[bool, typer.Option(help="Allow a hub model to run code from its repository "
-                                                          "(review it first).")] = False,
-    batch_size: BatchSize = 32,
-    image_size: ImageSize = None,
-    augment: Annotated[str, typer.Option(help="Augmentation: none, light (flip, random resized crop), heavy "
-                                              "(plus colour jitter, rotation, RandAugment).")] = "light",
-    dropout: Dropout = None,
-    hidden: Hidden = 0,
-    val_fraction: Annotated[float, typer.Option(help="Share of each class held out for validation when the "
-                                                     "data has no val split.")] = 0.2,
-    per_class: Annotated[int | None, typer.Option(help="Use only N training images per class (seeded).",
-                                                  show_default=False)] = None,
-    test_per_class: Annotated[int | None, typer.Option(help="Evaluate the test split on N images per class.",
-                                                       show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and data order.")] = 0,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without better val accuracy before a "
-                                               "phase ends (0: off). The best epoch's weights are kept.")] = 3,
-    label_smoothing: Annotated[float, typer.Option(help="Label smoothing for the cross-entropy loss.")] = 0.0,
-    class_weights: Annotated[str, typer.Option(help="none, or auto (inverse class frequency).")] = "none",
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay (not applied to biases/norms).")] = 0.01,
-    warmup: Warmup = 0.1,
-    workers: Annotated[int | None, typer.Option(help="DataLoader workers \\[default: sized to the machine].",
-                                                show_default=False)] = None,
-    skip_bad_images: Annotated[bool, typer.Option(help="Skip (and count) unreadable images instead of "
-                                                       "stopping.")] = False,
-    mixed_precision: Annotated[str, typer.Option(
-        help="auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.")] = "auto",
-    feature_cache: Annotated[str, typer.Option(
-        help="auto: while the backbone is frozen, run it once and train the head on cached float16 features; off: "
-             "run it every epoch.")] = "auto",
-    cache_dir: Annotated[str | None, typer.Option(help="Where the feature and decoded-input caches live (share it "
-                                                       "between runs to reuse them) \\[default: RUN/feature-cache].",
-                                                  show_default=False)] = None,
-    cache_views: Annotated[int, typer.Option(help="Augmented views per image to cache for head-only phases (0: "
-                                                  "un-augmented features).")] = 0,
-    head_fit: Annotated[str, typer.Option(help="Head-only phases on cached features: auto (exact L-BFGS logistic fit "
-                                               "when the head is linear and features are un-augmented), lbfgs, "
-                                               "sgd.")] = "auto",
-    decoded_cache: Annotated[str, typer.Option(help="auto: decode and resize each image once, augment the stored "
-                                                    "uint8 tensors every epoch; off: decode every epoch.")] = "auto",
-    channels_last: Annotated[str, typer.Option(
-        help="auto (on for convolutional networks on a GPU), on, off.")] = "auto",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model (slow to start; pays "
-                                                                  "off on long GPU runs).")] = False,
-    cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is present.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    resume: Annotated[str | None, typer.Option(help="Continue an interrupted run folder from its last "
-                                                    "completed epoch (its saved settings are used).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan (groups, phases, LRs, BatchNorm) and stop.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-epoch lines.")] = False,
-) -> None:
+def command(name: str, *sections: type | tuple[type, Iterable[str]]) -> Callable[[Callable], Callable]:
+    """Register ``fn(**values)`` as command ``name`` with one option per field of ``sections``; a section may come
+    as ``(section, names to leave out)``, and a later section's field wins over an earlier one of the same name.
+    ``fn`` receives every value, ``None`` for options not given."""
+
+    def register(fn: Callable) -> Callable:
+        parameters: dict[str, inspect.Parameter] = {}
+        for entry in sections:
+            composite, excluded = entry if isinstance(entry, tuple) else (entry, ())
+            for section in getattr(composite, "SECTIONS", (composite,)):
+                _add_parameters(parameters, section, set(excluded))
+        ordered = [p for p in parameters.values() if p.default is inspect.Parameter.empty]
+        ordered += [p for p in parameters.values() if p.default is not inspect.Parameter.empty]
+
+        def handler(**values: Any) -> Any:
+            return fn(**values)
+
+        handler.__signature__ = inspect.Signature(ordered)  # type: ignore[attr-defined]
+        handler.__doc__ = fn.__doc__
+        handler.__name__ = fn.__name__
+        app.command(name)(handler)
+        return fn
+
+    return register
+
+
+def _add_parameters(parameters: dict[str, inspect.Parameter], section: type, excluded: set[str]) -> None:
+    hints = schema.type_hints(section)
+    for f in dataclasses.fields(section):
+        spec = schema.spec_of(f)
+        if spec.cli and f.name not in excluded:
+            parameters[f.name] = _parameter(f, spec, hints[f.name], section.PANEL)
+
+
+def _parameter(f: dataclasses.Field, spec: schema.Spec, hint: Any, panel: str) -> inspect.Parameter:
+    base = _without_none(hint)
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    help_text = spec.help if required else f"{spec.help} \\[default: {_default_text(f, spec)}]"
+    if spec.argument:
+        info: Any = typer.Argument(help=help_text, show_default=False)
+    else:
+        info = typer.Option(*spec.flags, help=help_text, show_default=False, rich_help_panel=panel)
+    annotation = Annotated[base if spec.argument and required else base | None, info]
+    default = inspect.Parameter.empty if spec.argument and required else None
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def _without_none(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else hint
+    return hint
+
+
+def _default_text(f: dataclasses.Field, spec: schema.Spec) -> str:
+    if spec.default_text is not None:
+        return spec.default_text
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return "none" if f.default in (None, "") else str(f.default)
+
+
+def _given(values: dict[str, Any], section: type) -> dict[str, Any]:
+    """The values of ``section``'s fields that were given on the command line."""
+    names = {f.name for f in dataclasses.fields(section)}
+    return {k: v for k, v in values.items() if k in names and v is not None}
+
+
+def _flag(values: dict[str, Any], name: str) -> bool:
+    return bool(values.get(name))
+
+
+# --- train, plan ---------------------------------------------------------------------------------------
+
+
+@command("train", schema.TrainConfig, schema.RunControlOptions)
+def train(**values: Any) -> None:
     """Fine-tune a pre-trained model on your images or texts and write a run folder."""
     from . import api
 
+    quiet = _flag(values, "quiet")
     _setup_logging(quiet)
-    options = dict(model=model, strategy=strategy, out=out_dir, weights=weights, epochs=epochs,
-                   head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
-                   unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn, l2_sp=l2_sp,
-                   text_column=text_column, label_column=label_column, max_length=max_length, pooling=pooling,
-                   lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=lora_targets,
-                   trust_remote_code=trust_remote_code, batch_size=batch_size, image_size=image_size,
-                   augment=augment, dropout=dropout, hidden=hidden,
-                   val_fraction=val_fraction, per_class=per_class, test_per_class=test_per_class, seed=seed,
-                   patience=patience, label_smoothing=label_smoothing, class_weights=class_weights,
-                   weight_decay=weight_decay, warmup=warmup, workers=workers, skip_bad_images=skip_bad_images,
-                   mixed_precision=mixed_precision, feature_cache=feature_cache, cache_dir=cache_dir,
-                   cache_views=cache_views, head_fit=head_fit, decoded_cache=decoded_cache, channels_last=channels_last,
-                   compile=compile_model, cpu=cpu, overwrite=overwrite)
-    if dry_run:
-        options.pop("out")
-        print(api.plan(data, **options))
+    given, recipe, resume = _given(values, schema.TrainConfig), values.get("config"), values.get("resume")
+    if values.get("dry_run"):
+        given.pop("out", None)
+        print(api.plan(given.pop("data", None), config=recipe, **given))
         return
-    if resume is not None:
-        options = {}
-    elif data is None:
-        raise TransferKitError("Missing --data. Fix: pass --data FOLDER, a CSV manifest or builtin:fashion-mnist "
-                               "(or --resume RUN to continue a run).")
     try:
-        result = api.train(data, resume=resume, progress=not quiet, **options)
+        result = api.train(given.pop("data", None), resume=resume, config=recipe, progress=not quiet,
+                           **({} if resume is not None else given))
     except KeyboardInterrupt:
-        run = resume or out_dir
+        run = resume or given.get("out")
         console.print(f"[yellow]Interrupted.[/] Continue with: transferkit train --resume {run}" if run else
                       "[yellow]Interrupted.[/] Continue with --resume <run folder> (see the runs/ folder).")
         raise typer.Exit(130) from None
@@ -210,61 +149,30 @@ def train(
               f"transferkit predict {result.run_dir} <images or folders>")
 
 
-@app.command()
-def plan(
-    data: Data = None,
-    num_classes: Annotated[int, typer.Option(help="Classes of the task when --data is not given.")] = 10,
-    model: Model = "efficientnet_lite0",
-    weights: Weights = None,
-    strategy: Strategy = "two-stage",
-    epochs: Epochs = None,
-    head_epochs: HeadEpochs = 3,
-    lr: Lr = None,
-    head_lr: HeadLr = None,
-    lrs: Lrs = None,
-    lr_decay: LrDecay = None,
-    unfreeze_every: UnfreezeEvery = 1,
-    max_unfrozen: MaxUnfrozen = None,
-    groups: Groups = None,
-    bn: Bn = "auto",
-    batch_size: BatchSize = 32,
-    image_size: ImageSize = None,
-    dropout: Dropout = None,
-    hidden: Hidden = 0,
-    max_length: MaxLength = None,
-    pooling: Pooling = None,
-    warmup: Warmup = 0.1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-) -> None:
+@command("plan", (schema.TrainConfig, ("out", "overwrite")), schema.PlanOptions,
+         (schema.RunControlOptions, ("resume", "dry_run", "quiet")))
+def plan(**values: Any) -> None:
     """Print what training would do — layer groups, phases, LR per group, BatchNorm policy — without training."""
     from . import api
 
     _setup_logging(quiet=True)
-    result = api.plan(data, num_classes=num_classes, model=model, weights=weights, strategy=strategy, epochs=epochs,
-                      head_epochs=head_epochs, lr=lr, head_lr=head_lr, lrs=lrs, lr_decay=lr_decay,
-                      unfreeze_every=unfreeze_every, max_unfrozen=max_unfrozen, groups=groups, bn=bn,
-                      batch_size=batch_size, image_size=image_size, dropout=dropout, hidden=hidden,
-                      max_length=max_length, pooling=pooling, warmup=warmup)
-    print(json.dumps(result.to_dict()) if as_json else result)
+    given = _given(values, schema.TrainConfig)
+    result = api.plan(given.pop("data", None), num_classes=values.get("num_classes") or 10,
+                      config=values.get("config"), **given)
+    print(json.dumps(result.to_dict()) if _flag(values, "as_json") else result)
 
 
-@app.command()
-def evaluate(
-    run: Annotated[str, typer.Argument(help="A finished run folder.")],
-    data: Annotated[str | None, typer.Option(help="Labelled images: a folder of class sub-folders (a tree's "
-                                                  "test/ is used), a CSV manifest, or builtin:NAME (its test "
-                                                  "split) \\[default: the run's own test split].",
-                                             show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a report.")] = False,
-    png: Annotated[str | None, typer.Option(help="Where to write the confusion-matrix PNG "
-                                                 "\\[default: RUN/confusion_matrix.png].", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-    skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images.")] = False,
-) -> None:
+# --- evaluate, predict, models, demo -------------------------------------------------------------------
+
+
+@command("evaluate", schema.EvaluateOptions)
+def evaluate(**values: Any) -> None:
     """Accuracy, macro-F1, per-class precision/recall and a confusion matrix of a run on labelled data."""
     from .evaluate import format_report, save_confusion_png
     from .predict import load
 
+    schema.check_values(values, schema.EvaluateOptions)
+    run, data, as_json = values["run"], values.get("data"), _flag(values, "as_json")
     _setup_logging(quiet=as_json)
     model = load(run)
     if data is None:
@@ -272,7 +180,9 @@ def evaluate(
         if not data.startswith("builtin:") and not (Path(data) / "test").is_dir():
             raise TransferKitError(f"The run's data ({data}) has no test split. Fix: pass --data with labelled "
                                    "images to evaluate on.")
-    metrics = model.evaluate(data, batch_size=batch_size, skip_bad_images=skip_bad_images)
+    metrics = model.evaluate(data, batch_size=values.get("batch_size") or 64,
+                             skip_bad_images=_flag(values, "skip_bad_images"))
+    png = values.get("png")
     png_path = save_confusion_png(metrics, Path(png) if png else Path(run) / "confusion_matrix.png")
     if as_json:
         print(json.dumps({**metrics, "data": str(data), "run": str(run), "confusion_matrix_png": str(png_path)}))
@@ -282,24 +192,16 @@ def evaluate(
     out.print(f"confusion matrix image: {png_path}")
 
 
-@app.command()
-def predict(
-    run: Annotated[str, typer.Argument(help="A finished run folder.")],
-    inputs: Annotated[list[str] | None, typer.Argument(help="Image files and/or folders (searched recursively); "
-                                                           "for a language model, the texts.",
-                                                      show_default=False)] = None,
-    file: Annotated[str | None, typer.Option(help="Language models: a file of texts, one per line (or a "
-                                                  "CSV/TSV/JSONL with a text column).", show_default=False)] = None,
-    top_k: Annotated[int, typer.Option(help="How many labels to show per image.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
-) -> None:
-    """Top-k labels with probabilities for images and folders."""
+@command("predict", schema.PredictOptions)
+def predict(**values: Any) -> None:
+    """Top-k labels with probabilities for images and folders (or texts)."""
     from .predict import load
 
+    schema.check_values(values, schema.PredictOptions)
     _setup_logging(quiet=True)
+    run, file = values["run"], values.get("file")
     model = load(run)
-    items = list(inputs or [])
+    items = list(values.get("inputs") or [])
     if file is not None:
         from .data.text import read_lines
 
@@ -309,8 +211,8 @@ def predict(
     if not items:
         raise TransferKitError("Nothing to predict on. Fix: pass images or folders (for a language model: texts, or "
                                "--file FILE).")
-    predictions = model.predict(items, top_k=top_k, batch_size=batch_size)
-    if as_json:
+    predictions = model.predict(items, top_k=values.get("top_k") or 3, batch_size=values.get("batch_size") or 64)
+    if _flag(values, "as_json"):
         print(json.dumps({"run": run, "predictions": [p.to_dict() for p in predictions]}))
         return
     for p in predictions:
@@ -318,13 +220,13 @@ def predict(
         print(f"{p.source}\t{ranked}")
 
 
-@app.command()
-def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False) -> None:
+@command("models", schema.ModelsOptions)
+def models(**values: Any) -> None:
     """List the model sources and the built-in offline weights."""
     from .models.sources import list_sources
 
     sources = list_sources()
-    if as_json:
+    if _flag(values, "as_json"):
         print(json.dumps(sources))
         return
     table = Table(title="Built-in models (weights ship in pip packages; work offline)")
@@ -343,20 +245,19 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
     out.print(schemes)
 
 
-@app.command()
-def demo(
-    out_dir: Annotated[str, typer.Option("--out", help="Folder for the three demo runs.")] = "runs/demo",
-    per_class: Annotated[int, typer.Option(help="Training images per class.")] = 30,
-    image_size: Annotated[int, typer.Option(help="Input size in pixels.")] = 96,
-    epochs: Annotated[int, typer.Option(help="Epochs per run.")] = 8,
-) -> None:
+@command("demo", schema.DemoOptions)
+def demo(**values: Any) -> None:
     """Offline demo: from scratch vs linear probe vs two-stage on Fashion-MNIST with EfficientNet-Lite0."""
     from .demo import run_demo
 
+    schema.check_values(values, schema.DemoOptions)
+    settings = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
+                for f in dataclasses.fields(schema.DemoOptions)}
     _setup_logging(quiet=False)
-    rows = run_demo(Path(out_dir), per_class=per_class, image_size=image_size, epochs=epochs)
-    table = Table(title=f"What transfer buys: Fashion-MNIST, {per_class} images per class, EfficientNet-Lite0 "
-                        f"@ {image_size} px, CPU")
+    rows = run_demo(Path(settings["out"]), per_class=settings["per_class"], image_size=settings["image_size"],
+                    epochs=settings["epochs"])
+    table = Table(title=f"What transfer buys: Fashion-MNIST, {settings['per_class']} images per class, "
+                        f"EfficientNet-Lite0 @ {settings['image_size']} px, CPU")
     for column in ("strategy", "test accuracy", "macro-F1", "wall time", "run folder"):
         table.add_column(column)
     for row in rows:
@@ -365,76 +266,54 @@ def demo(
     out.print(table)
 
 
-@app.command()
-def compare(
-    data: Annotated[str, typer.Option(help="Data with a held-out test split (a folder with train/ and test/, a "
-                                           "CSV with a split column, a text folder with a test file, or "
-                                           "builtin:NAME): every run is tested on it.")],
-    model: Model = "efficientnet_lite0",
-    weights: Weights = None,
-    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = "scratch,linear-probe,two-stage",
-    per_class: Annotated[str, typer.Option(help="Comma-separated training examples per class.")] = "10,30,100",
-    scratch_per_class: Annotated[str, typer.Option(help="Extra sizes for scratch only (to find how much data it "
-                                                        "needs), e.g. 1000.")] = "",
-    seeds: Annotated[int, typer.Option(help="Seeds per (strategy, size).")] = 1,
-    out_dir: Annotated[str, typer.Option("--out", help="Report folder (results.json, summary.md, report.html, "
-                                                       "runs/, cache/); an interrupted grid resumes there.")]
-    = "reports/compare",
-    epochs: Epochs = None,
-    image_size: ImageSize = None,
-    max_length: MaxLength = None,
-    test_per_class: Annotated[int | None, typer.Option(help="Test on N images per class of the test split.",
-                                                       show_default=False)] = None,
-    batch_size: BatchSize = 32,
-    text_column: TextColumn = "text",
-    label_column: LabelColumn = "label",
-) -> None:
-    """Compare strategies across training-set sizes and seeds: accuracy, time, convergence, data efficiency."""
+# --- compare, advise -----------------------------------------------------------------------------------
+
+
+@command("compare", (schema.TrainConfig, schema.COMPARE_OWNS), schema.CompareOptions)
+def compare(**values: Any) -> None:
+    """Compare strategies across training-set sizes and seeds: accuracy, time, convergence, data efficiency.
+    Needs data with a held-out test split (a folder with train/ and test/, a CSV with a split column, a text folder
+    with a test file, or builtin:NAME): every run is tested on it."""
     from .experiments.compare import compare as run_compare
 
     _setup_logging(quiet=False)
-    sizes = _int_list("per_class", per_class)
-    options = {k: v for k, v in dict(weights=weights, epochs=epochs, image_size=image_size, max_length=max_length,
-                                     test_per_class=test_per_class, batch_size=batch_size,
-                                     text_column=None if text_column == "text" else text_column,
-                                     label_column=None if label_column == "label" else label_column).items()
-               if v is not None}
-    report = run_compare(data, model=model, strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-                         per_class=sizes, seeds=seeds, scratch_per_class=_int_list("scratch_per_class",
-                                                                                   scratch_per_class),
-                         out=out_dir, **options)
+    grid = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
+            for f in dataclasses.fields(schema.CompareOptions)}
+    schema.check_values(grid, schema.CompareOptions)
+    train_options = {k: v for k, v in _given(values, schema.TrainConfig).items() if k not in schema.COMPARE_OWNS}
+    data = train_options.pop("data", None)
+    if data is None:
+        raise TransferKitError("Missing --data. Fix: pass --data with a held-out test split, e.g. "
+                               "builtin:fashion-mnist.")
+    report = run_compare(data, strategies=[s.strip() for s in grid["strategies"].split(",") if s.strip()],
+                         per_class=_int_list("per_class", grid["per_class"]), seeds=grid["seeds"],
+                         scratch_per_class=_int_list("scratch_per_class", grid["scratch_per_class"]),
+                         out=grid["out"], **train_options)
     print((Path(report["out"]) / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {Path(report['out']) / 'report.html'}")
 
 
-@app.command()
-def advise(
-    data: Annotated[str, typer.Option(help=HELP_DATA)],
-    model: Model = "efficientnet_lite0",
-    weights: Weights = None,
-    per_class: Annotated[int | None, typer.Option(help="Advise for N training examples per class, as `train "
-                                                       "--per-class N` would use (what if I had less data?).",
-                                                  show_default=False)] = None,
-    text_column: TextColumn = "text",
-    label_column: LabelColumn = "label",
-    seed: Annotated[int, typer.Option(help="Seed for splits and the examples measured.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-) -> None:
+@command("advise", (schema.TrainConfig, [n for n in schema.train_option_names() if n not in schema.ADVISE_USES]),
+         schema.AdviseOptions)
+def advise(**values: Any) -> None:
     """Measure the data against the model (counts, sizes, a quick linear probe and nearest-neighbour accuracy on
     frozen features, how far the data is from the pre-training) and recommend a strategy, with the reasons."""
     from .experiments.advise import advise as run_advise
     from .experiments.domain import FAR
 
     _setup_logging(quiet=True)
-    advice = run_advise(data, model, weights=weights, per_class=per_class, seed=seed, progress=True,
-                        text_column=text_column, label_column=label_column)
-    extra = {"per_class": per_class, "weights": weights,
-             "text_column": None if text_column == "text" else text_column,
-             "label_column": None if label_column == "label" else label_column}
-    command = advice.command(data, model, **extra)
-    if as_json:
+    given = _given(values, schema.TrainConfig)
+    schema.check_values(given, schema.TrainConfig)
+    data, model = given.pop("data", None), given.pop("model", schema.TrainConfig.model)
+    if data is None:
+        raise TransferKitError("Missing --data. Fix: pass --data FOLDER, a CSV manifest or builtin:NAME.")
+    advice = run_advise(data, model, progress=True, **given)
+    fixed = {k: given.get(k) for k in ("per_class", "weights", "text_column", "label_column")}
+    command_line = advice.command(data, model, **fixed)
+    if _flag(values, "as_json"):
         print(json.dumps({"strategy": advice.strategy, "options": advice.options, "reasons": advice.reasons,
-                          "warnings": advice.warnings, "measurements": advice.measurements, "command": command}))
+                          "warnings": advice.warnings, "measurements": advice.measurements,
+                          "command": command_line}))
         return
     m = advice.measurements
     size = f"{m['median_size']:.0f} {'tokens' if m['modality'] == 'text' else 'px'}"
@@ -449,7 +328,10 @@ def advise(
         print(f"  - {reason}")
     for warning in advice.warnings:
         print(f"  ! {warning}")
-    print(f"Run: {command}")
+    print(f"Run: {command_line}")
+
+
+# --- helpers ---------------------------------------------------------------------------------------
 
 
 def _int_list(name: str, text: str) -> list[int]:

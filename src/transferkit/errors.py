@@ -41,3 +41,42 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ``Did you mean: a, b?`` sentence, or an empty string when nothing is close."""
     matches = close_matches(word, candidates)
     return f"Did you mean: {', '.join(matches)}?" if matches else ""
+
+
+# --- value checks: one implementation for the option schema and the library functions ----------------
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value: object, minimum: int = 1, allowed: str | None = None, example: object = None) -> int:
+    """``value`` as an int of at least ``minimum``; otherwise the house-style error."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        words = allowed or {1: "a positive integer", 0: "a non-negative integer"}.get(
+            minimum, f"an integer of at least {minimum}")
+        example = example if example is not None else max(minimum, 8)
+        raise bad_value(name, value, words, f"Pass e.g. {_flag(name)} {example}.")
+    return value
+
+
+def check_range(name: str, value: object, low: float, high: float, *, low_open: bool = False,
+                high_open: bool = True, allowed: str | None = None, example: object = None) -> float:
+    """``value`` as a float within ``low``..``high`` (each end open or closed); otherwise the house-style error."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        words = allowed or (f"a float in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        fix = f"Pass e.g. {_flag(name)} {example}." if example is not None else ""
+        raise bad_value(name, value, words, fix)
+    return float(value)
+
+
+def check_choice(name: str, value: object, choices: Iterable[str], fix: str | None = None) -> str:
+    """``value`` as one of ``choices``; otherwise the house-style error (``fix`` defaults to the first choice)."""
+    choices = list(choices)
+    if value not in choices:
+        words = (f"'{choices[0]}' or '{choices[1]}'" if len(choices) == 2 else f"one of {', '.join(choices)}")
+        raise bad_value(name, value, words, fix if fix is not None else f"Pass e.g. {_flag(name)} {choices[0]}.")
+    return value  # type: ignore[return-value]

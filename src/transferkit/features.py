@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
-from .data.images import ImageDataset, ImageSamples
+from .data.images import ImageDataset
+from .data.samples import Samples
 from .models.model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model: TransferModel, samples: ImageSamples, transform: object, views: int, seed: int) -> str:
+def cache_key(model: TransferModel, samples: Samples, transform: object, views: int, seed: int) -> str:
     return key_of({
         "format": FORMAT,
         "model": [model.spec.kind, model.spec.name],
@@ -72,14 +73,14 @@ def cache_key(model: TransferModel, samples: ImageSamples, transform: object, vi
 
 
 @torch.no_grad()
-def extract_features(model: TransferModel, samples: ImageSamples, transform: object, *, views: int = 1,
+def extract_features(model: TransferModel, samples: Samples, transform: object, *, views: int = 1,
                      seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
                      workers: int = 0, progress: bool = True, label: str = "") -> np.ndarray:
     """Run the backbone (eval mode) over every image ``views`` times; returns (views, N, D) float16."""
     device = device or next(model.parameters()).device
     was_training = model.backbone.training
     model.backbone.eval()
-    if getattr(model, "modality", "image") == "text":
+    if model.is_text:
         from .data.text import TextCollator, TextDataset
 
         loader = DataLoader(TextDataset(samples), batch_size=batch_size, shuffle=False,
@@ -102,7 +103,7 @@ def extract_features(model: TransferModel, samples: ImageSamples, transform: obj
     return out
 
 
-def cached_features(model: TransferModel, samples: ImageSamples, transform: object, cache_dir: Path, *,
+def cached_features(model: TransferModel, samples: Samples, transform: object, cache_dir: Path, *,
                     views: int = 1, seed: int = 0, batch_size: int = 64, device: torch.device | None = None,
                     workers: int = 0, progress: bool = True, label: str = "",
                     use: CacheUse | None = None) -> CachedFeatures:
@@ -123,34 +124,42 @@ def cached_features(model: TransferModel, samples: ImageSamples, transform: obje
 
 
 class FeatureDataset(Dataset):
-    """``(feature, label)`` pairs of one view at a time (set ``view`` before each epoch)."""
+    """``(feature, label)`` pairs of one cached view."""
 
-    def __init__(self, cached: CachedFeatures) -> None:
+    def __init__(self, cached: CachedFeatures, view: int = 0) -> None:
         self.cached = cached
-        self.view = 0
+        self.view = view % cached.views
 
     def __len__(self) -> int:
         return self.cached.features.shape[1]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = np.asarray(self.cached.features[self.view % self.cached.views, index], dtype=np.float32)
+        row = np.asarray(self.cached.features[self.view, index], dtype=np.float32)
         return torch.from_numpy(row), int(self.cached.labels[index])
 
-    def arrays(self, view: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def arrays(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole view as float32 tensors (for the exact head fit)."""
-        return (torch.from_numpy(np.asarray(self.cached.features[view], dtype=np.float32)),
+        return (torch.from_numpy(np.asarray(self.cached.features[self.view], dtype=np.float32)),
                 torch.from_numpy(self.cached.labels))
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadFeatures:
-    """Cached train and validation features for the head-only phases of a run."""
+    """Cached train and validation features for the head-only phases of a run. Epoch ``e`` trains on the
+    cached view ``e mod views``."""
 
-    train: FeatureDataset
-    val: FeatureDataset
+    train: CachedFeatures
+    val: CachedFeatures
     batch_size: int
     drop_last: bool
 
-    def loaders(self) -> tuple[DataLoader, DataLoader]:
-        return (DataLoader(self.train, batch_size=self.batch_size, shuffle=True, drop_last=self.drop_last),
-                DataLoader(self.val, batch_size=max(self.batch_size, 256), shuffle=False))
+    def train_loader(self, epoch: int) -> DataLoader:
+        return DataLoader(FeatureDataset(self.train, epoch), batch_size=self.batch_size, shuffle=True,
+                          drop_last=self.drop_last)
+
+    def val_loader(self) -> DataLoader:
+        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False)
+
+    def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """((x_train, y_train), (x_val, y_val)) of the first view, float32 (for the exact head fit)."""
+        return FeatureDataset(self.train).arrays(), FeatureDataset(self.val).arrays()

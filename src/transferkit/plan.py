@@ -1,13 +1,25 @@
-"""What a run will do, before it does it: layer groups, phases, LRs per group, BatchNorm policy."""
+"""What a run will do, before it does it — decided here, once: layer groups, phases, LRs per group, BatchNorm
+policy, and where each phase runs (on images, on cached backbone features, or as one exact fit of the head).
+
+The cache preparation (:mod:`transferkit.prepare`) and the loop (:mod:`transferkit.training.loop`) read these
+decisions; neither makes them again.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from .models.groups import LayerGroup
 from .models.model import TransferModel
-from .strategies import BN_POLICIES, Phase
+from .options import parse_lrs
+from .strategies import BN_POLICIES, Phase, build_phases, default_lr, resolve_bn_policy
+
+if TYPE_CHECKING:
+    from .options import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +45,14 @@ class Plan:
                    groups=[(g.name, sum(sizes[n] for n in g.param_names)) for g in groups], phases=list(phases),
                    bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes)
 
+    def needs_features(self, start: int = 0) -> bool:
+        """Whether a phase from ``start`` on runs on cached backbone features (exact fit included)."""
+        return any(p.runs_on != "images" for p in self.phases[start:])
+
+    def needs_images(self, start: int = 0) -> bool:
+        """Whether a phase from ``start`` on reads images (so the decoded-input cache pays)."""
+        return any(p.runs_on == "images" for p in self.phases[start:])
+
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "head": self.head, "preprocessing": self.preprocessing,
                 "groups": [{"name": n, "params": c} for n, c in self.groups],
@@ -56,12 +76,55 @@ class Plan:
         for phase in self.phases:
             span = f"epoch {epoch}" if phase.epochs == 1 else f"epochs {epoch}-{epoch + phase.epochs - 1}"
             frozen = len(names) - len(phase.lrs)
+            where = {"images": "", "features": " — on cached features",
+                     "exact-fit": " — one exact fit on cached features"}[phase.runs_on]
             lines.append(f"  {span:<13} {phase.name:<{name_width}} trains {len(phase.lrs)} of {len(names)} groups"
-                         f"{f' ({frozen} frozen)' if frozen else ''}: {_lr_runs(names, phase.lrs)}")
+                         f"{f' ({frozen} frozen)' if frozen else ''}: {_lr_runs(names, phase.lrs)}{where}")
             epoch += phase.epochs
         lines.append(f"  ({epoch - 1} epochs at most; early stopping may end a phase sooner)")
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def make_plan(model: TransferModel, config: TrainConfig) -> Plan:
+    """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs."""
+    groups = model.layer_groups(config.groups)
+    lr = config.lr if config.lr is not None else default_lr(config.strategy, model.is_text)
+    phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
+                          lr=lr, head_lr=config.head_lr, lrs=parse_lrs(config.lrs),
+                          lr_decay=config.lr_decay, unfreeze_every=config.unfreeze_every,
+                          max_unfrozen=config.max_unfrozen)
+    phases, notes = place_phases(phases, groups[-1].name, feature_cache=config.feature_cache,
+                                 head_fit=config.head_fit, cache_views=config.cache_views,
+                                 linear_head=model.linear_head() is not None)
+    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
+    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes)
+
+
+def place_phases(phases: list[Phase], head: str, *, feature_cache: str, head_fit: str, cache_views: int,
+                 linear_head: bool) -> tuple[list[Phase], tuple[str, ...]]:
+    """Where each phase runs, and the plan's note about it.
+
+    The phases at the start that train the head alone see a backbone that is still the pre-trained one: with
+    ``--feature-cache auto`` they run on its cached features. Such a phase is one exact L-BFGS fit when the head
+    is linear and (``--head-fit auto``) the features are un-augmented, or when ``--head-fit lbfgs`` asks for it;
+    otherwise the head trains with SGD epochs on the cached views. Every other phase runs on images.
+    """
+    leading = 0
+    while leading < len(phases) and set(phases[leading].trainable) == {head}:
+        leading += 1
+    if feature_cache != "auto" or leading == 0:
+        return list(phases), ()
+    if head_fit == "lbfgs" and not linear_head:
+        logger.warning("--head-fit lbfgs needs a linear head (--hidden 0); the head trains with SGD instead.")
+    exact = linear_head and (head_fit == "lbfgs" or (head_fit == "auto" and cache_views == 0))
+    placed = [replace(p, runs_on="exact-fit" if exact else "features")
+              for p in phases[:leading]] + list(phases[leading:])
+    how = ("fitted exactly (L-BFGS logistic regression, L2 chosen on validation) in one step" if exact else
+           f"trained with SGD on {'un-augmented' if not cache_views else cache_views} "
+           f"{'view' if cache_views == 1 else 'views'}")
+    which = "The head-only phase" if leading == 1 else f"Head-only phases 1-{leading}"
+    return placed, (f"{which}: on cached backbone features (the frozen backbone runs once); the head is {how}.",)
 
 
 def _lr_runs(names: list[str], lrs: dict[str, float]) -> str:

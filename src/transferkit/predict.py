@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import IMAGE_EXTENSIONS, ImageSamples, build_transforms, open_image
+from .data.images import IMAGE_EXTENSIONS, build_transforms, open_image
+from .data.samples import Samples
 from .data.sources import load_eval_data
 from .errors import TransferKitError
 from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
-from .runfolder import WEIGHTS, read_info
+from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
 from .training.checkpoint import load_weights
 
 
@@ -44,7 +45,7 @@ class TrainedModel:
         self.classes = list(classes)
         self.info = info or {}
         self.run_dir = run_dir
-        self.is_text = getattr(model, "modality", "image") == "text"
+        self.is_text = model.is_text
         self.transform = None if self.is_text else build_transforms(model.preprocessing, "none")[1]
 
     @property
@@ -71,10 +72,10 @@ class TrainedModel:
             results.append(Prediction(name, top[0][0], top[0][1], top))
         return results
 
-    def evaluate(self, data: str | Path | ImageSamples, batch_size: int = 64,
+    def evaluate(self, data: str | Path | Samples, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data."""
-        if isinstance(data, ImageSamples):
+        if isinstance(data, Samples):
             samples = data
         elif self.is_text:
             from .data.text import load_text_eval_data
@@ -122,7 +123,7 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
         merge: for a LoRA run, merge the adapter into the encoder's weights (faster inference).
     """
     run_dir = Path(run_dir)
-    info = read_info(run_dir)
+    info = RunFolder(run_dir).read_info()
     classes = info["classes"]
     if len(classes) != info["head"]["num_classes"]:
         raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "
@@ -132,7 +133,7 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
 
         model = rebuild_text_model(run_dir, info, merge=merge)
         if "lora" in info["model"].get("extra", {}):
-            model.head.load_state_dict(load_weights(run_dir / "head.safetensors"))
+            model.head.load_state_dict(load_weights(run_dir / HEAD_WEIGHTS))
             return TrainedModel(model, classes, info, run_dir)
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])

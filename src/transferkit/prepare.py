@@ -1,43 +1,41 @@
-"""What a run needs before its loop starts, resolved from a :class:`~transferkit.api.TrainConfig`: the data,
-the model (with LoRA adapters when asked), the loaders (decoded-input cache for images, length-bucketed
-batches for texts), the frozen-backbone feature cache, and the device settings."""
+"""What a run needs before its loop starts, from a :class:`~transferkit.options.TrainConfig` and its
+:class:`~transferkit.plan.Plan`: the data, the model (with LoRA adapters when asked), the loaders (decoded-input
+cache for images, length-bucketed batches for texts), the frozen-backbone feature cache when the plan runs
+phases on it, and the device settings."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from .cache import CacheUse
-from .config import TrainConfig
 from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
-from .data.sources import ImageData, load_training_data
+from .data.samples import SplitData
+from .data.sources import load_training_data
 from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
 from .errors import TransferKitError
-from .features import FeatureDataset, HeadFeatures, cached_features
+from .features import HeadFeatures, cached_features
+from .models.model import TransferModel
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
+from .options import TrainConfig
 from .plan import Plan
 from .strategies import uses_pretrained_weights
-from .training.checkpoint import load_checkpoint_state
-from .training.loop import linear_head
+from .training.loop import FitConfig
 
 logger = logging.getLogger("transferkit.api")
 
 DECODED_CACHE_LIMIT = 16e9  # bytes of uint8 images on disk (memory-mapped)
 
 
-def is_text(model: Any) -> bool:
-    return getattr(model, "modality", "image") == "text"
-
-
-def load_data(config: TrainConfig) -> ImageData:
+def load_data(config: TrainConfig) -> SplitData:
+    """The run's data: images or texts, as the model's modality needs."""
     text_model, text_data = is_text_model(config.model), is_text_data(config.data)
     if text_model and not text_data:
         raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
@@ -46,19 +44,17 @@ def load_data(config: TrainConfig) -> ImageData:
     if text_data and not text_model:
         raise TransferKitError(f"--data {config.data} holds texts but {config.model} is a vision model. Fix: pass a "
                                "language model, e.g. --model minilm-l6 or --model hf:bert-base-uncased.")
+    shaping = {"val_fraction": config.val_fraction, "per_class": config.per_class, "seed": config.seed}
     if text_model:
         return load_text_training_data(config.data, text_column=config.text_column, label_column=config.label_column,
-                                       val_fraction=config.val_fraction, per_class=config.per_class, seed=config.seed)
-    return load_training_data(config.data, val_fraction=config.val_fraction, per_class=config.per_class,
-                              seed=config.seed, skip_bad_images=config.skip_bad_images)
+                                       **shaping)
+    return load_training_data(config.data, skip_bad_images=config.skip_bad_images, **shaping)
 
 
-def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> Any:
+def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> TransferModel:
+    """The model with a new head for ``num_classes`` classes (LoRA adapters applied for ``lora``)."""
     pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
     if not is_text_model(config.model):
-        if config.strategy == "lora":
-            raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
-                                   "--strategy for vision models.")
         return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
                           dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
     model = load_text_model(config.model, num_classes, pretrained=pretrained, dropout=config.dropout,
@@ -70,12 +66,15 @@ def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | Non
     return model
 
 
-def data_and_model(config: TrainConfig) -> tuple[ImageData, Any]:
-    data = load_data(config)
-    return data, load_run_model(config, len(data.classes))
+def loaders(data: SplitData, model: TransferModel, config: TrainConfig, plan: Plan, start_phase: int,
+            cache_dir: Path, progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders of the run's modality."""
+    if model.is_text:
+        return text_loaders(data, model, config)
+    return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use)
 
 
-def text_loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
+def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
     """Length-bucketed, dynamically padded batches of tokenised texts."""
     collate = TextCollator(model.tokenizer, model.preprocessing.max_length)
     lengths = [len(t) for t in data.train.items]
@@ -88,68 +87,7 @@ def text_loaders(data: ImageData, model: Any, config: TrainConfig) -> tuple[Data
     return train, val
 
 
-def head_features(model: Any, data: ImageData, config: TrainConfig, run_plan: Plan, run_dir: Path, resuming: bool,
-                   progress: bool, use: CacheUse | None = None) -> HeadFeatures | None:
-    """Cached backbone features for the leading head-only phases, or ``None`` (with the reason logged)."""
-    leading = leading_head_phases(run_plan)
-    if config.feature_cache == "off" or leading == 0:
-        logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
-                    "no phase trains the head alone on a frozen backbone")
-        return None
-    if resuming and checkpoint_state(run_dir)["phase_index"] >= leading:
-        return None
-    if is_text(model):
-        train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
-        views = 0
-    else:
-        train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
-        views = config.cache_views
-    cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
-    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
-    model.to(device)
-    common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
-              "use": use,
-              "workers": config.workers if config.workers is not None else default_workers()}
-    train = cached_features(model, data.train, train_tf if views else eval_tf, cache_dir, views=max(1, views),
-                            label="train", **common)
-    val = cached_features(model, data.val, eval_tf, cache_dir, label="val", **common)
-    model.to("cpu")
-    what = (f"{views} augmented view(s) per image ('{config.augment}' augmentation)" if views else
-            "un-augmented features (--augment does not apply to head-only phases; --cache-views K caches K "
-            "augmented views)")
-    logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
-                "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
-                "--feature-cache off turns it off.")
-    return HeadFeatures(FeatureDataset(train), FeatureDataset(val), config.batch_size,
-                        drop_last=len(data.train) > config.batch_size)
-
-
-def leading_head_phases(run_plan: Plan) -> int:
-    """How many phases at the start train the head alone (the backbone is still the pre-trained one)."""
-    head = run_plan.groups[-1][0]
-    count = 0
-    while count < len(run_plan.phases) and set(run_plan.phases[count].trainable) == {head}:
-        count += 1
-    return count
-
-
-def use_channels_last(model: Any, config: TrainConfig) -> bool:
-    if config.channels_last != "auto":
-        return config.channels_last == "on"
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return has_conv and torch.cuda.is_available() and not config.cpu
-
-
-def resolve_head_fit(model: Any, config: TrainConfig, features: HeadFeatures | None) -> str:
-    """``auto``: the exact L-BFGS fit when the head is linear and trains on un-augmented cached features."""
-    if config.head_fit != "auto":
-        if config.head_fit == "lbfgs" and (features is None or linear_head(model) is None):
-            logger.warning("--head-fit lbfgs needs a linear head (--hidden 0) and the feature cache; using SGD.")
-        return config.head_fit
-    return "lbfgs" if features is not None and config.cache_views == 0 and linear_head(model) is not None else "sgd"
-
-
-def image_loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Path, on_images: bool,
+def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, cache_dir: Path, on_images: bool,
                   progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
     size = model.preprocessing.resize_size
@@ -160,14 +98,13 @@ def image_loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Pat
                     "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
     if decoded:
-        cache_dir = Path(config.cache_dir) if config.cache_dir else run_dir / "feature-cache"
         train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train", use),
                                    data.train.labels, train_tf)
         val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val", use),
                                  data.val.labels, eval_tf)
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
-    workers = config.workers if config.workers is not None else default_workers()
+    workers = workers_for(config)
     common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": workers > 0}
     train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
@@ -175,12 +112,65 @@ def image_loaders(data: ImageData, model: Any, config: TrainConfig, run_dir: Pat
     return train, val
 
 
+def head_features(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, start_phase: int,
+                  cache_dir: Path, progress: bool, use: CacheUse | None = None) -> HeadFeatures | None:
+    """The cached backbone features the plan's phases run on (from ``start_phase``), or ``None`` (with the reason
+    logged)."""
+    if not plan.needs_features(start_phase):
+        if not plan.needs_features():
+            logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
+                        "no phase trains the head alone on a frozen backbone")
+        return None
+    if model.is_text:
+        train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
+        views = 0
+    else:
+        train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
+        views = config.cache_views
+    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    model.to(device)
+    common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
+              "use": use, "workers": workers_for(config)}
+    train = cached_features(model, data.train, train_tf if views else eval_tf, cache_dir, views=max(1, views),
+                            label="train", **common)
+    val = cached_features(model, data.val, eval_tf, cache_dir, label="val", **common)
+    model.to("cpu")
+    what = (f"{views} augmented view(s) per image ('{config.augment}' augmentation)" if views else
+            "un-augmented features (--augment does not apply to head-only phases; --cache-views K caches K "
+            "augmented views)")
+    leading = sum(p.runs_on != "images" for p in plan.phases)
+    logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
+                "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
+                "--feature-cache off turns it off.")
+    return HeadFeatures(train, val, config.batch_size, drop_last=len(data.train) > config.batch_size)
+
+
+def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, progress: bool) -> FitConfig:
+    """The loop's settings: optimisation from the configuration, devices resolved for this machine."""
+    return FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
+                     label_smoothing=config.label_smoothing, class_weights=class_weights(data, config),
+                     patience=config.patience or None, bn=plan.bn, l2_sp=config.l2_sp, groups=config.groups,
+                     mixed_precision=resolve_mixed_precision(config), channels_last=use_channels_last(model, config),
+                     compile=config.compile, cpu=config.cpu, progress=progress)
+
+
+def use_channels_last(model: TransferModel, config: TrainConfig) -> bool:
+    if config.channels_last != "auto":
+        return config.channels_last == "on"
+    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    return has_conv and torch.cuda.is_available() and not config.cpu
+
+
+def workers_for(config: TrainConfig) -> int:
+    return config.workers if config.workers is not None else default_workers()
+
+
 def default_workers() -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 0 if cpus <= 2 else min(8, cpus - 1)
 
 
-def class_weights(data: ImageData, config: TrainConfig) -> list[float] | None:
+def class_weights(data: SplitData, config: TrainConfig) -> list[float] | None:
     if config.class_weights != "auto":
         return None
     counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)
@@ -193,7 +183,3 @@ def resolve_mixed_precision(config: TrainConfig) -> str:
     if config.cpu or not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def checkpoint_state(run_dir: Path) -> dict[str, Any]:
-    return load_checkpoint_state(run_dir)["train"]

@@ -1,102 +1,210 @@
-"""The self-describing run folder.
+"""The self-describing run folder: its files, every write and every read, in one object.
 
 ```
 runs/pets/
-  config.json          the resolved training configuration (written first; what --resume reads)
+  config.yaml          the resolved configuration, a recipe (written first; what --resume reads)
   checkpoint/          resumable state after the last completed epoch (weights, optimizer, best, state)
   metrics.jsonl        one JSON line per epoch
   model.safetensors    the final (best-epoch) weights           } written last, in this order, so a
   transferkit.json     model source, labels, preprocessing...   } folder without it is never "finished"
 ```
+
+Every write is atomic (a temporary file renamed into place) and happens in the main process only, so several
+processes of one distributed run (``torchrun``, ``accelerate launch``) write each file once. Runs made before
+``config.yaml`` existed have a ``config.json``; both are read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
+import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .errors import IncompleteRunError, TransferKitError
-from .training.checkpoint import CHECKPOINT, write_json_atomic
+from .training.checkpoint import (
+    CHECKPOINT,
+    Checkpoint,
+    load_checkpoint,
+    load_checkpoint_state,
+    save_checkpoint,
+    save_weights,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+if TYPE_CHECKING:
+    from .data.samples import SplitData
+    from .models.model import TransferModel
+    from .options import TrainConfig
+    from .plan import Plan
+    from .training.loop import FitResult
 
 INFO = "transferkit.json"
-CONFIG = "config.json"
+CONFIG = "config.yaml"
+LEGACY_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+HEAD_WEIGHTS = "head.safetensors"
 METRICS = "metrics.jsonl"
 FORMAT_VERSION = 1
 
 
-def is_finished(run_dir: Path) -> bool:
-    return (Path(run_dir) / INFO).is_file()
+def is_main_process() -> bool:
+    """Rank 0 of a ``torchrun`` / ``accelerate launch`` job, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
-def has_checkpoint(run_dir: Path) -> bool:
-    return (Path(run_dir) / CHECKPOINT / "state.json").is_file()
+class RunFolder:
+    """One run folder. Reads work in every process; writes happen only in the main process.
 
+    Args:
+        path: the folder.
+        main_process: whether this process writes (default: rank 0 of a distributed job, or the only process).
+    """
 
-def check_new_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished or interrupted run unless ``overwrite`` (checked before any training)."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return
-    if overwrite:
-        return
-    if is_finished(run_dir):
-        raise TransferKitError(f"{run_dir} already holds a finished run. Fix: choose another --out, or pass "
-                               "--overwrite to replace it.")
-    if has_checkpoint(run_dir):
-        raise TransferKitError(f"{run_dir} holds an interrupted run. Fix: continue it with --resume {run_dir}, "
-                               "or pass --overwrite to start again.")
-    raise TransferKitError(f"{run_dir} exists and is not empty. Fix: choose another --out, or pass --overwrite.")
+    def __init__(self, path: str | Path, *, main_process: bool | None = None) -> None:
+        self.path = Path(path)
+        self.main_process = is_main_process() if main_process is None else main_process
 
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
 
-def create_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
-    run_dir = Path(run_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / CONFIG, config)
+    # --- what is there ---------------------------------------------------------------------------
 
+    @property
+    def is_finished(self) -> bool:
+        return (self.path / INFO).is_file()
 
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG
-    if not path.is_file():
-        raise TransferKitError(f"{run_dir} is not a transferkit run folder (no {CONFIG}). Fix: pass the --out "
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT / "state.json").is_file()
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def read_config(self) -> dict[str, Any]:
+        """The saved configuration (``config.yaml``, or ``config.json`` of older runs) as options."""
+        from .options import load_recipe
+
+        if (self.path / CONFIG).is_file():
+            return load_recipe(self.path / CONFIG)
+        if (self.path / LEGACY_CONFIG).is_file():
+            return json.loads((self.path / LEGACY_CONFIG).read_text(encoding="utf-8"))
+        raise TransferKitError(f"{self.path} is not a transferkit run folder (no {CONFIG}). Fix: pass the --out "
                                "folder of a run.")
-    return json.loads(path.read_text(encoding="utf-8"))
 
+    def read_info(self) -> dict[str, Any]:
+        """The finished run's ``transferkit.json``; a clear error for anything else."""
+        if not self.path.is_dir():
+            raise TransferKitError(f"Run folder not found: {self.path}. Fix: pass the --out folder of a training "
+                                   "run.")
+        if not self.is_finished:
+            if self.has_checkpoint:
+                raise IncompleteRunError(f"{self.path} holds an interrupted run, not a finished model. Fix: continue "
+                                         f"it with `transferkit train --resume {self.path}`.")
+            raise TransferKitError(f"{self.path} holds no finished run ({INFO} missing). Fix: pass the --out folder "
+                                   "of a completed training run.")
+        info = json.loads((self.path / INFO).read_text(encoding="utf-8"))
+        if info.get("format") != FORMAT_VERSION:
+            raise TransferKitError(f"{self.path / INFO} has format {info.get('format')!r}; this transferkit reads "
+                                   f"format {FORMAT_VERSION}. Fix: upgrade transferkit.")
+        return info
 
-def read_info(run_dir: Path) -> dict[str, Any]:
-    """The finished run's ``transferkit.json``; a clear error for anything else."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise TransferKitError(f"Run folder not found: {run_dir}. Fix: pass the --out folder of a training run.")
-    if not is_finished(run_dir):
-        if has_checkpoint(run_dir):
-            raise IncompleteRunError(f"{run_dir} holds an interrupted run, not a finished model. Fix: continue it "
-                                     f"with `transferkit train --resume {run_dir}`.")
-        raise TransferKitError(f"{run_dir} holds no finished run ({INFO} missing). Fix: pass the --out folder of "
-                               "a completed training run.")
-    info = json.loads((run_dir / INFO).read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT_VERSION:
-        raise TransferKitError(f"{run_dir / INFO} has format {info.get('format')!r}; this transferkit reads "
-                               f"format {FORMAT_VERSION}. Fix: upgrade transferkit.")
-    return info
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Where the last checkpoint stands (``epoch``, ``phase_index``, ``history``...), without the tensors."""
+        return load_checkpoint_state(self.path)["train"]
 
+    def load_checkpoint(self) -> Checkpoint:
+        return load_checkpoint(self.path)
 
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` from the history (used at the start of a resumed run)."""
-    lines = "".join(json.dumps(record) + "\n" for record in history)
-    tmp = Path(run_dir) / f".{METRICS}.tmp"
-    tmp.write_text(lines, encoding="utf-8")
-    tmp.replace(Path(run_dir) / METRICS)
+    # --- writes (main process only) ---------------------------------------------------------------
 
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse to clobber a finished or interrupted run unless ``overwrite`` (checked before any training)."""
+        if not self.path.exists() or not any(self.path.iterdir()) or overwrite:
+            return
+        if self.is_finished:
+            raise TransferKitError(f"{self.path} already holds a finished run. Fix: choose another --out, or pass "
+                                   "--overwrite to replace it.")
+        if self.has_checkpoint:
+            raise TransferKitError(f"{self.path} holds an interrupted run. Fix: continue it with --resume "
+                                   f"{self.path}, or pass --overwrite to start again.")
+        raise TransferKitError(f"{self.path} exists and is not empty. Fix: choose another --out, or pass "
+                               "--overwrite.")
 
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    def create(self, config: TrainConfig, overwrite: bool) -> None:
+        """Make the folder and write the configuration first (what ``--resume`` reads)."""
+        if not self.main_process:
+            return
+        if overwrite and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        header = (f"transferkit recipe: the resolved configuration of {self.path}.\n"
+                  f"Reproduce it: transferkit train --config {self.path / CONFIG} --out NEW_FOLDER")
+        write_text_atomic(self.path / CONFIG, config.to_recipe(header))
+
+    def discard_if_unstarted(self) -> None:
+        """Remove a new folder that never reached its first checkpoint (a failed start leaves nothing behind)."""
+        if self.main_process and not self.has_checkpoint:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def save_checkpoint(self, *, state: dict[str, Any], model: dict[str, torch.Tensor],
+                        best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None) -> None:
+        if self.main_process:
+            save_checkpoint(self.path, state=state, model=model, best=best, optimizer=optimizer)
+
+    def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
+        """``metrics.jsonl`` from the history (at the start of a resumed run)."""
+        if self.main_process:
+            write_text_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in history))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if self.main_process:
+            with open(self.path / METRICS, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def save_model(self, model: TransferModel) -> None:
+        """The trained model: full weights, or a LoRA run's head (its adapter goes to ``adapter/``); text models
+        also save their tokenizer and encoder config."""
+        if not self.main_process:
+            return
+        if model.is_text:
+            model.save_parts(self.path)
+        if getattr(model, "has_lora", False):
+            save_weights(self.path / HEAD_WEIGHTS, model.head.state_dict())
+        else:
+            save_weights(self.path / WEIGHTS, model.state_dict())
+
+    def finish(self, *, model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, result: FitResult,
+               test: dict[str, Any] | None, timings: dict[str, float]) -> dict[str, Any]:
+        """Write ``transferkit.json`` last and atomically: from now on the folder is a finished run. Returns it.
+
+        This is the one place that knows what ``transferkit.json`` holds.
+        """
+        info = {
+            "format": FORMAT_VERSION,
+            "status": "complete", "modality": model.modality, "model": asdict(model.spec),
+            "head": model.head_config.to_dict(), "preprocessing": model.preprocessing.to_dict(),
+            "classes": data.classes, "strategy": config.strategy, "bn_policy": plan.bn,
+            "phases": [p.to_dict() for p in plan.phases],
+            "layer_groups": [{"name": name, "params": count} for name, count in plan.groups],
+            "data": {"description": data.description, "train": len(data.train), "val": len(data.val),
+                     "skipped_images": len(data.skipped), "class_counts": data.train.class_counts()},
+            "config": asdict(config),
+            "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
+                        "epochs_run": len(result.history), **{k: round(v, 2) for k, v in timings.items()},
+                        "test": test},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": versions(),
+        }
+        if self.main_process:
+            write_json_atomic(self.path / INFO, info)
+        return info
 
 
 def versions() -> dict[str, str]:
@@ -104,7 +212,6 @@ def versions() -> dict[str, str]:
 
     import accelerate
     import timm
-    import torch
     import torchvision
 
     try:
@@ -113,8 +220,3 @@ def versions() -> dict[str, str]:
         own = "unknown"
     return {"transferkit": own, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
-
-
-def finish_run(run_dir: Path, info: dict[str, Any]) -> None:
-    """Write ``transferkit.json`` last and atomically: from now on the folder is a finished run."""
-    write_json_atomic(Path(run_dir) / INFO, {"format": FORMAT_VERSION, **info, "versions": versions()})

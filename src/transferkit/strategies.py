@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
-from .errors import TransferKitError, bad_value
+from .errors import TransferKitError, check_choice, check_int, check_range
 from .models.groups import LayerGroup
 
 STRATEGIES = {
@@ -37,6 +37,48 @@ BN_POLICIES = {
 DEFAULT_HEAD_LR = 1e-3
 DEFAULT_LR = 1e-4
 DEFAULT_SCRATCH_LR = 3e-3
+# Language models: the BERT recipe (2e-5..5e-5); LoRA adapters learn faster.
+TEXT_LR, TEXT_SCRATCH_LR, TEXT_LORA_LR = 3e-5, 1e-4, 5e-4
+
+
+def default_lr(strategy: str, text: bool) -> float | None:
+    """The LR of pre-trained layers when ``--lr`` is not given (``None``: :func:`build_phases` picks it)."""
+    if not text:
+        return None
+    return {"lora": TEXT_LORA_LR, "scratch": TEXT_SCRATCH_LR}.get(strategy, TEXT_LR)
+
+
+# --- the checks of the strategy options (the option schema calls them too) ------------------------
+
+
+def check_strategy(name: str, value: object) -> str:
+    return check_choice(name, value, STRATEGIES, "See `transferkit train --help`.")
+
+
+def check_lr(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return check_range(name, value, 0, 1, low_open=True, allowed="a learning rate in (0, 1)", example="1e-4")
+
+
+def check_lr_decay(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    return check_range(name, value, 0, 1, low_open=True, high_open=False, allowed="a factor in (0, 1]", example=0.5)
+
+
+def check_max_unfrozen(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    return check_int(name, value, 2, "an integer of at least 2 (the head and one more group)", 3)
+
+
+def check_warmup(name: str, value: object) -> float:
+    return check_range(name, value, 0, 1, allowed="a fraction of the phase's steps in [0, 1)", example=0.1)
+
+
+def check_bn(name: str, value: object) -> str:
+    return check_choice(name, value, BN_POLICIES, "Pass e.g. --bn auto.")
 
 
 @dataclass(frozen=True)
@@ -47,11 +89,15 @@ class Phase:
         name: shown to the user (``head``, ``all``, ``+blocks.5``).
         epochs: epochs in this phase.
         lrs: peak learning rate per trainable layer group; groups not listed are frozen.
+        runs_on: where the phase's forward passes start — ``images`` (the whole model runs), ``features``
+            (the head trains on cached backbone features) or ``exact-fit`` (the linear head is fitted exactly on
+            cached features: one step, which ends the phase). Decided by :func:`transferkit.plan.make_plan`.
     """
 
     name: str
     epochs: int
     lrs: dict[str, float] = field(default_factory=dict)
+    runs_on: str = "images"
 
     @property
     def trainable(self) -> tuple[str, ...]:
@@ -80,14 +126,13 @@ class LRPolicy:
     lr_decay: float | None = None
 
     def __post_init__(self) -> None:
-        _check_lr("lr", self.lr)
-        _check_lr("head_lr", self.head_lr)
+        check_lr("lr", self.lr)
+        check_lr("head_lr", self.head_lr)
         if self.lrs is not None and self.lr_decay is not None:
             raise TransferKitError("Pass either --lrs or --lr-decay, not both: both set per-group learning rates.")
         for value in self.lrs or ():
-            _check_lr("lrs", value)
-        if self.lr_decay is not None and not 0 < self.lr_decay <= 1:
-            raise bad_value("lr_decay", self.lr_decay, "a factor in (0, 1]", "Pass e.g. --lr-decay 0.5.")
+            check_lr("lrs", value)
+        check_lr_decay("lr_decay", self.lr_decay)
 
     @property
     def discriminative(self) -> bool:
@@ -132,9 +177,8 @@ def build_phases(strategy: str, groups: list[LayerGroup], *, epochs: int, head_e
         unfreeze_every: ``progressive``: epochs between unfreezing one more group.
         max_unfrozen: ``progressive``: stop unfreezing when this many groups (head included) train.
     """
-    if strategy not in STRATEGIES:
-        raise bad_value("strategy", strategy, f"one of {', '.join(STRATEGIES)}", "See `transferkit train --help`.")
-    _check_positive("epochs", epochs)
+    check_strategy("strategy", strategy)
+    check_int("epochs", epochs)
     names = [g.name for g in groups]
     head = names[-1]
     base = DEFAULT_SCRATCH_LR if strategy == "scratch" else DEFAULT_LR
@@ -151,16 +195,13 @@ def build_phases(strategy: str, groups: list[LayerGroup], *, epochs: int, head_e
         return [Phase("lora", epochs, {"lora": policy.lr, head: policy.head_lr})]
     if strategy == "fine-tune":
         return [Phase("all", epochs, table)]
-    _check_positive("head_epochs", head_epochs)
+    check_int("head_epochs", head_epochs)
     head_phase = Phase("head", head_epochs, {head: table[head]})
     if strategy == "two-stage":
         return [head_phase, Phase("all", epochs, table if policy.discriminative else {n: policy.lr for n in names})]
-    _check_positive("unfreeze_every", unfreeze_every)
-    limit = len(names) if max_unfrozen is None else max_unfrozen
-    if not isinstance(limit, int) or not 2 <= limit:
-        raise bad_value("max_unfrozen", max_unfrozen, "an integer of at least 2 (the head and one more group)",
-                        "Pass e.g. --max-unfrozen 3.")
-    limit = min(limit, len(names))
+    check_int("unfreeze_every", unfreeze_every)
+    check_max_unfrozen("max_unfrozen", max_unfrozen)
+    limit = min(len(names) if max_unfrozen is None else max_unfrozen, len(names))
     phases = [head_phase]
     for count in range(2, limit + 1):  # groups training, head included
         training = names[-count:]
@@ -181,8 +222,7 @@ def resolve_bn_policy(policy: str, strategy: str, batch_size: int) -> str:
     """``auto`` becomes ``freeze`` when layers start from pre-trained weights or batches are under 16
     (small batches give noisy statistics; re-estimating pre-trained statistics on a small, shifted
     dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+."""
-    if policy not in BN_POLICIES:
-        raise bad_value("bn", policy, f"one of {', '.join(BN_POLICIES)}", "Pass e.g. --bn auto.")
+    check_bn("bn", policy)
     if policy != "auto":
         return policy
     return "freeze" if uses_pretrained_weights(strategy) or batch_size < 16 else "train"
@@ -232,9 +272,7 @@ def set_phase_lrs(optimizer, phase: Phase, multiplier: float) -> None:
 
 def warmup_cosine(total_steps: int, warmup_fraction: float):
     """LR multiplier: linear warm-up over ``warmup_fraction`` of the steps, then cosine decay to zero."""
-    if not 0.0 <= warmup_fraction < 1.0:
-        raise bad_value("warmup", warmup_fraction, "a fraction of the phase's steps in [0, 1)",
-                        "Pass e.g. --warmup 0.1.")
+    check_warmup("warmup", warmup_fraction)
     warmup = int(round(total_steps * warmup_fraction))
 
     def multiplier(step: int) -> float:
@@ -244,14 +282,3 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return multiplier
-
-
-def _check_lr(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise bad_value(name, value, "a learning rate in (0, 1)", f"Pass e.g. --{name.replace('_', '-')} 1e-4.")
-    return float(value)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise bad_value(name, value, "a positive integer", f"Pass e.g. --{name.replace('_', '-')} 5.")

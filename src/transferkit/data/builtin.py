@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TransferKitError, did_you_mean
-from .images import ImageSamples
+from .samples import ImageSamples
 
 logger = logging.getLogger(__name__)
 

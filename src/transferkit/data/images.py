@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,39 +11,12 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from ..errors import TransferKitError, bad_value
+from ..errors import TransferKitError, check_choice
 from ..models.preprocessing import Preprocessing
+from .samples import ImageItem, ImageSamples
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUGMENTATIONS = ("none", "light", "heavy")
-
-ImageItem = Path | np.ndarray
-
-
-@dataclass
-class ImageSamples:
-    """A list of images (files or in-memory uint8 arrays) with integer labels into ``classes``."""
-
-    items: list[ImageItem]
-    labels: list[int]
-    classes: list[str]
-    names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.names:
-            self.names = [str(it) if isinstance(it, Path) else f"#{i}" for i, it in enumerate(self.items)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def subset(self, indices: list[int] | np.ndarray) -> ImageSamples:
-        return ImageSamples([self.items[i] for i in indices], [self.labels[i] for i in indices],
-                            self.classes, [self.names[i] for i in indices])
-
-    def class_counts(self) -> dict[str, int]:
-        counts = Counter(self.labels)
-        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
-
 
 def open_image(item: ImageItem) -> Image.Image:
     """Open a file or array as a 3-channel RGB image (greyscale is repeated, alpha is composited on white)."""
@@ -91,6 +62,10 @@ class ImageDataset(Dataset):
         return self.transform(image), self.samples.labels[index]
 
 
+def check_augment(name: str, value: object) -> str:
+    return check_choice(name, value, AUGMENTATIONS, "Pass e.g. --augment light.")
+
+
 def build_transforms(preprocessing: Preprocessing, augment: str = "light",
                      decoded: bool = False) -> tuple[T.Transform, T.Transform]:
     """The training and evaluation transforms for a model's preprocessing.
@@ -102,8 +77,7 @@ def build_transforms(preprocessing: Preprocessing, augment: str = "light",
         decoded: inputs are uint8 tensors already resized to ``resize_size`` squares (the decoded-input
             cache), so the evaluation transform only centre-crops.
     """
-    if augment not in AUGMENTATIONS:
-        raise bad_value("augment", augment, f"one of {', '.join(AUGMENTATIONS)}", "Pass e.g. --augment light.")
+    check_augment("augment", augment)
     interpolation = InterpolationMode(preprocessing.interpolation)
     to_tensor = [T.ToImage(), T.ToDtype(torch.float32, scale=True),
                  T.Normalize(mean=list(preprocessing.mean), std=list(preprocessing.std))]

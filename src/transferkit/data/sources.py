@@ -1,40 +1,29 @@
 """Where images come from: a folder tree, a single class-folder, a CSV manifest, or a built-in dataset.
 
-``load_training_data`` returns train/val(/test) splits with class names; ``load_eval_data`` returns the
-images to evaluate, with labels mapped onto the classes a run was trained on.
+``load_training_data`` returns train/val(/test) splits with class names (a :class:`SplitData`);
+``load_eval_data`` returns the images to evaluate, with labels mapped onto the classes a run was trained on.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import TransferKitError
 from .builtin import load_builtin
-from .images import IMAGE_EXTENSIONS, ImageSamples, is_readable_image
-from .splits import per_class_from_pool, stratified_split, take_per_class
+from .images import IMAGE_EXTENSIONS, is_readable_image
+from .samples import ImageSamples, SplitData
+from .splits import from_pool, from_splits, onto_classes
 
 logger = logging.getLogger(__name__)
 
 VAL_NAMES = ("val", "valid", "validation")
-
-
-@dataclass
-class ImageData:
-    """Training data, split and labelled."""
-
-    classes: list[str]
-    train: ImageSamples
-    val: ImageSamples
-    test: ImageSamples | None
-    description: str
-    skipped: list[str] = field(default_factory=list)
+ImageData = SplitData  # the name before texts shared the type
 
 
 def load_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_class: int | None = None,
-                       seed: int = 0, skip_bad_images: bool = False) -> ImageData:
+                       seed: int = 0, skip_bad_images: bool = False) -> SplitData:
     """Resolve ``--data`` for training.
 
     Args:
@@ -47,8 +36,10 @@ def load_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_class
     """
     skipped: list[str] = []
     text = str(spec)
+    shaping = {"val_fraction": val_fraction, "per_class": per_class, "seed": seed}
     if text.startswith("builtin:"):
-        data = _builtin_training(text.removeprefix("builtin:"), val_fraction, per_class, seed)
+        dataset = load_builtin(text.removeprefix("builtin:"))
+        data = from_pool(dataset.pool, dataset.test, dataset.description, **shaping)
     else:
         path = _existing(text)
         if path.suffix.lower() in (".csv", ".tsv"):
@@ -67,11 +58,10 @@ def load_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_class
             classes = _class_folders(path)
             splits = {"train": _scan_classes(path, classes, skipped, skip_bad_images)}
             desc = f"class folders in {path}"
-        data = _assemble(splits, classes, val_fraction, per_class, seed, desc)
+        data = from_splits(splits, classes, desc, **shaping)
     data.skipped = skipped
     if skipped:
         logger.warning("Skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
-    _check_trainable(data)
     return data
 
 
@@ -84,13 +74,16 @@ def load_eval_data(spec: str | Path, classes: list[str], *, skip_bad_images: boo
     text = str(spec)
     skipped: list[str] = []
     if text.startswith("builtin:"):
-        samples = load_builtin(text.removeprefix("builtin:")).test
-        found = samples.classes
-        return _relabel(samples, found, classes, text)
+        return _evaluable(load_builtin(text.removeprefix("builtin:")).test, classes, text)
     path = _existing(text)
     if path.suffix.lower() in (".csv", ".tsv"):
         splits, found = _read_manifest(path, skipped, skip_bad_images)
-        samples = splits.get("test") or _concat([s for s in splits.values()], found)
+        samples = splits.get("test")
+        if samples is None:
+            parts = list(splits.values())
+            samples = parts[0]
+            for part in parts[1:]:
+                samples = samples.concat(part)
     else:
         folder = path
         for name in ("test", *VAL_NAMES):
@@ -101,7 +94,7 @@ def load_eval_data(spec: str | Path, classes: list[str], *, skip_bad_images: boo
         samples = _scan_classes(folder, found, skipped, skip_bad_images)
     if skipped:
         logger.warning("Skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
-    return _relabel(samples, samples.classes, classes, text)
+    return _evaluable(samples, classes, text)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -195,56 +188,8 @@ def _read_manifest(path: Path, skipped: list[str], skip_bad: bool) -> tuple[dict
     return {k: ImageSamples(v[0], v[1], classes) for k, v in grouped.items()}, classes
 
 
-def _builtin_training(name: str, val_fraction: float, per_class: int | None, seed: int) -> ImageData:
-    dataset = load_builtin(name)
-    if per_class is not None:
-        train, val = per_class_from_pool(dataset.pool, per_class, val_fraction, seed)
-    else:
-        train, val = stratified_split(dataset.pool, val_fraction, seed)
-    return ImageData(dataset.pool.classes, train, val, dataset.test, dataset.description)
-
-
-def _assemble(splits: dict[str, ImageSamples], classes: list[str], val_fraction: float, per_class: int | None,
-              seed: int, description: str) -> ImageData:
-    train = splits.get("train")
-    if train is None or len(train) == 0:
-        raise TransferKitError(f"No training images in {description}. Fix: add images (or rows with split=train).")
-    val = splits.get("val")
-    if val is None or len(val) == 0:
-        train, val = stratified_split(train, val_fraction, seed)
-        description += f"; {val_fraction:.0%} of each class held out for validation (seed {seed})"
-    if per_class is not None:
-        train, _ = take_per_class(train, per_class, seed)
-    return ImageData(classes, train, val, splits.get("test"), description)
-
-
-def _check_trainable(data: ImageData) -> None:
-    counts = data.train.class_counts()
-    empty = [name for name, n in counts.items() if n == 0]
-    if empty:
-        raise TransferKitError(f"No training images for class(es) {', '.join(empty)}. Fix: add images for them "
-                               "or remove the classes.")
-    if len(data.val) == 0:
-        raise TransferKitError("The validation split is empty: every class needs at least two images so one can "
-                               "be held out. Fix: add images or provide a val/ folder.")
-
-
-def _relabel(samples: ImageSamples, found: list[str], classes: list[str], label: str) -> ImageSamples:
-    unknown = sorted({found[i] for i in samples.labels} - set(classes))
-    if unknown:
-        raise TransferKitError(f"Label(s) {', '.join(repr(u) for u in unknown)} in {label} were not seen in "
-                               f"training; the run knows {', '.join(classes)}. Fix: evaluate on data with "
-                               "the training classes only.")
+def _evaluable(samples: ImageSamples, classes: list[str], label: str) -> ImageSamples:
+    samples = onto_classes(samples, classes, label)
     if len(samples) == 0:
         raise TransferKitError(f"No images to evaluate in {label}.")
-    labels = [classes.index(found[i]) for i in samples.labels]
-    return ImageSamples(samples.items, labels, list(classes), samples.names)
-
-
-def _concat(parts: list[ImageSamples], classes: list[str]) -> ImageSamples:
-    items, labels, names = [], [], []
-    for part in parts:
-        items += part.items
-        labels += part.labels
-        names += part.names
-    return ImageSamples(items, labels, classes, names)
+    return samples

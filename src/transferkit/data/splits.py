@@ -1,18 +1,18 @@
-"""Seeded, stratified splitting and per-class subsampling."""
+"""Seeded, stratified splitting and per-class subsampling, and the one way a :class:`SplitData` is assembled
+and checked — for images and texts alike."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import TransferKitError, bad_value
-from .images import ImageSamples
+from ..errors import TransferKitError, bad_value, check_range
+from .samples import S, Samples, SplitData
 
 
-def stratified_split(samples: ImageSamples, fraction: float, seed: int) -> tuple[ImageSamples, ImageSamples]:
+def stratified_split(samples: S, fraction: float, seed: int) -> tuple[S, S]:
     """Split into (kept, held out) with ``fraction`` of every class held out (at least one per class
     that has two or more samples)."""
-    if not 0.0 < fraction < 1.0:
-        raise bad_value("val_fraction", fraction, "a float in (0, 1)", "Pass e.g. --val-fraction 0.2.")
+    check_range("val_fraction", fraction, 0, 1, low_open=True, example=0.2)
     rng = np.random.default_rng(seed)
     labels = np.asarray(samples.labels)
     kept, held = [], []
@@ -28,7 +28,7 @@ def stratified_split(samples: ImageSamples, fraction: float, seed: int) -> tuple
     return samples.subset(sorted(kept)), samples.subset(sorted(held))
 
 
-def take_per_class(samples: ImageSamples, per_class: int, seed: int) -> tuple[ImageSamples, ImageSamples]:
+def take_per_class(samples: S, per_class: int, seed: int) -> tuple[S, S]:
     """Take ``per_class`` random samples of every class; returns (taken, the rest)."""
     if per_class < 1:
         raise bad_value("per_class", per_class, "a positive integer", "Pass e.g. --per-class 100.")
@@ -42,8 +42,7 @@ def take_per_class(samples: ImageSamples, per_class: int, seed: int) -> tuple[Im
     return samples.subset(sorted(taken)), samples.subset(sorted(rest))
 
 
-def per_class_from_pool(pool: ImageSamples, per_class: int, val_fraction: float,
-                        seed: int) -> tuple[ImageSamples, ImageSamples]:
+def per_class_from_pool(pool: S, per_class: int, val_fraction: float, seed: int) -> tuple[S, S]:
     """``per_class`` training samples of every class from a pool, and a validation split from the rest (in the
     same train:val proportion), with a clear error when a class has too few to leave any for validation."""
     counts = np.bincount(np.asarray(pool.labels), minlength=len(pool.classes))
@@ -55,3 +54,63 @@ def per_class_from_pool(pool: ImageSamples, per_class: int, val_fraction: float,
     train, rest = take_per_class(pool, per_class, seed)
     val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1.0 - val_fraction)))), seed + 1)
     return train, val
+
+
+# --- assembling and checking the splits of a run ----------------------------------------------------
+
+
+def from_pool(pool: Samples, test: Samples | None, description: str, *, val_fraction: float,
+              per_class: int | None, seed: int) -> SplitData:
+    """A built-in dataset's pool split into train / val (``per_class`` taken from the pool first)."""
+    if per_class is not None:
+        train, val = per_class_from_pool(pool, per_class, val_fraction, seed)
+    else:
+        train, val = stratified_split(pool, val_fraction, seed)
+    return check_trainable(SplitData(list(pool.classes), train, val, test, description))
+
+
+def from_splits(splits: dict[str, Samples], classes: list[str], description: str, *, val_fraction: float,
+                per_class: int | None, seed: int) -> SplitData:
+    """Data with its own train (val, test) splits: a missing val split is held out of train (stratified, seeded),
+    then ``per_class`` examples per class are kept for training."""
+    train = splits.get("train")
+    if train is None or len(train) == 0:
+        raise TransferKitError(f"No training examples in {description}. Fix: add some (or rows with split=train).")
+    val = splits.get("val")
+    if val is None or len(val) == 0:
+        train, val = stratified_split(train, val_fraction, seed)
+        description += f"; {val_fraction:.0%} of each class held out for validation (seed {seed})"
+    if per_class is not None:
+        train, _ = take_per_class(train, per_class, seed)
+    return check_trainable(SplitData(list(classes), train, val, splits.get("test"), description))
+
+
+def check_trainable(data: SplitData) -> SplitData:
+    """At least two classes, every class in training, a non-empty validation split."""
+    unit = data.unit
+    if len(data.classes) < 2:
+        raise TransferKitError(f"Only one class ({', '.join(data.classes)}) in the training data: a classifier needs "
+                               "at least two.")
+    empty = [name for name, n in data.train.class_counts().items() if n == 0]
+    if empty:
+        raise TransferKitError(f"No training {unit} for class(es) {', '.join(empty)}. Fix: add {unit} for them or "
+                               "remove the classes.")
+    if len(data.val) == 0:
+        raise TransferKitError(f"The validation split is empty: every class needs at least two {unit} so one can be "
+                               "held out. Fix: add some or provide a validation split.")
+    return data
+
+
+def onto_classes(samples: S, classes: list[str], where: str, *, training: bool = False) -> S:
+    """``samples`` relabelled onto a run's ``classes``; a label outside them is an error (during training: a label
+    only in another split; afterwards: data the run never saw)."""
+    found = sorted({samples.classes[i] for i in samples.labels})
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        listed = ", ".join(repr(u) for u in unknown)
+        if training:
+            raise TransferKitError(f"Label(s) {listed} appear in the {where} split but never in training. Fix: add "
+                                   "training examples for them or drop those rows.")
+        raise TransferKitError(f"Label(s) {listed} in {where} were not seen in training; the run knows "
+                               f"{', '.join(classes)}. Fix: evaluate on data with the training classes only.")
+    return samples.relabelled(classes)

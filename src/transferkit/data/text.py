@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ..errors import TransferKitError
+from ..models.text import tokenize
 from .images import IMAGE_EXTENSIONS
-from .images import ImageSamples as Samples
-from .sources import ImageData
-from .splits import per_class_from_pool, stratified_split, take_per_class
+from .samples import SplitData
+from .samples import TextSamples as Samples
+from .splits import from_pool, from_splits, onto_classes, stratified_split
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +46,17 @@ def is_text_data(spec: str | Path) -> bool:
 
 
 def load_text_training_data(spec: str | Path, *, text_column: str = "text", label_column: str = "label",
-                            val_fraction: float = 0.2, per_class: int | None = None, seed: int = 0) -> ImageData:
+                            val_fraction: float = 0.2, per_class: int | None = None, seed: int = 0) -> SplitData:
     """Resolve ``--data`` for a text run: train / val (/ test) splits of texts with class names."""
     text = str(spec)
+    shaping = {"val_fraction": val_fraction, "per_class": per_class, "seed": seed}
     if text.startswith("builtin:"):
         pool, test, description = _builtin(text.removeprefix("builtin:"))
-        if per_class is not None:
-            train, val = per_class_from_pool(pool, per_class, val_fraction, seed)
-        else:
-            train, val = stratified_split(pool, val_fraction, seed)
-        return _checked(ImageData(pool.classes, train, val, test, description))
+        return from_pool(pool, test, description, **shaping)
     splits = _read_splits(Path(text), text_column, label_column)
     classes = sorted({splits["train"].classes[i] for i in splits["train"].labels})
-    splits = {name: _relabel(samples, classes, name) for name, samples in splits.items()}
-    train, val = splits["train"], splits.get("val")
-    description = f"texts from {text}"
-    if val is None:
-        train, val = stratified_split(train, val_fraction, seed)
-        description += f"; {val_fraction:.0%} of each class held out for validation (seed {seed})"
-    if per_class is not None:
-        train, _ = take_per_class(train, per_class, seed)
-    return _checked(ImageData(classes, train, val, splits.get("test"), description))
+    splits = {name: onto_classes(samples, classes, name, training=True) for name, samples in splits.items()}
+    return from_splits(splits, classes, f"texts from {text}", **shaping)
 
 
 def load_text_eval_data(spec: str | Path, classes: list[str], *, text_column: str = "text",
@@ -77,11 +68,7 @@ def load_text_eval_data(spec: str | Path, classes: list[str], *, text_column: st
     else:
         splits = _read_splits(Path(text), text_column, label_column, require_train=False)
         samples = splits.get("test") or splits.get("val") or splits["train"]
-    unknown = sorted({samples.classes[i] for i in samples.labels} - set(classes))
-    if unknown:
-        raise TransferKitError(f"Label(s) {', '.join(map(repr, unknown))} in {text} were not seen in training; the "
-                               f"run knows {', '.join(classes)}. Fix: evaluate on data with the training classes only.")
-    return _relabel(samples, classes, "evaluation")
+    return onto_classes(samples, classes, text)
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -115,14 +102,9 @@ class TextCollator:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="pt")
-        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-
     def __call__(self, batch: list[tuple[str, int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         texts, labels = zip(*batch, strict=True)
-        return self.encode(list(texts)), torch.tensor(labels, dtype=torch.long)
+        return tokenize(self.tokenizer, list(texts), self.max_length), torch.tensor(labels, dtype=torch.long)
 
 
 class LengthBucketSampler(Sampler[list[int]]):
@@ -267,25 +249,3 @@ def _read_text_or_latin1(path: Path) -> str:
         return _read_text(path)
     except TransferKitError:
         return path.read_bytes().decode("cp1252", errors="replace")
-
-
-def _relabel(samples: Samples, classes: list[str], split: str) -> Samples:
-    names = [samples.classes[i] for i in samples.labels]
-    unknown = sorted(set(names) - set(classes))
-    if unknown:
-        raise TransferKitError(f"Label(s) {', '.join(map(repr, unknown))} appear in the {split} split but never in "
-                               "training. Fix: add training examples for them or drop those rows.")
-    return Samples(samples.items, [classes.index(n) for n in names], list(classes), samples.names)
-
-
-def _checked(data: ImageData) -> ImageData:
-    counts = data.train.class_counts()
-    if len(data.classes) < 2:
-        raise TransferKitError(f"Only one class ({', '.join(data.classes)}) in the training data: a classifier "
-                               "needs at least two.")
-    missing = [n for n, c in counts.items() if c == 0]
-    if missing:
-        raise TransferKitError(f"No training texts for class(es) {', '.join(missing)}.")
-    if len(data.val) == 0:
-        raise TransferKitError("The validation split is empty. Fix: add texts or a val file.")
-    return data

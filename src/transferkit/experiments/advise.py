@@ -174,16 +174,16 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
     """Counts, sizes, a linear probe and 1-NN on frozen features (up to ``max_per_class`` per class), and how far
     the data is from the pre-training (:mod:`transferkit.experiments.domain`). ``per_class`` first reduces the
     data as ``train --per-class`` would (what-if advice for a smaller dataset); ``data_options`` are other
-    :class:`~transferkit.config.TrainConfig` fields that shape the data (``text_column``, ``label_column``)."""
+    :class:`~transferkit.options.TrainConfig` fields that shape the data (``text_column``, ``label_column``)."""
     import tempfile
 
     from torchvision.transforms import v2
 
-    from ..config import TrainConfig
     from ..data.images import build_transforms, open_image
     from ..data.splits import take_per_class
     from ..features import cached_features
-    from ..prepare import is_text, load_data, load_run_model
+    from ..options import TrainConfig
+    from ..prepare import load_data, load_run_model
     from ..training.headfit import fit_linear_head
 
     config = TrainConfig(data=data, model=model, weights=weights, per_class=per_class, seed=seed, **data_options)
@@ -194,7 +194,7 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
     train, _ = take_per_class(full.train, max_per_class, seed)
     val, _ = take_per_class(full.val, max(10, max_per_class // 4), seed)
     net = load_run_model(config, len(full.classes))
-    text = is_text(net)
+    text = net.is_text
     transform = None if text else build_transforms(net.preprocessing, "none")[1]
     mirrored = None if text else v2.Compose([v2.RandomHorizontalFlip(p=1.0), transform])
     with tempfile.TemporaryDirectory() as cache:

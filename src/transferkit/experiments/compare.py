@@ -58,7 +58,7 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
 def _require_test_split(data: str, model: str, train_options: dict[str, Any]) -> None:
     """Every cell is scored on the data's own test split: refuse, before training anything, data without one."""
-    from ..config import TrainConfig
+    from ..options import TrainConfig
     from ..prepare import load_data
 
     shaping = {k: v for k, v in train_options.items() if k in ("text_column", "label_column", "skip_bad_images")}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import bad_value
+from ..errors import check_int
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,16 @@ def group_by_forward_order(module: nn.Module, example: torch.Tensor) -> list[Lay
     return stem + rest
 
 
+def check_groups(name: str, value: object) -> int | None:
+    return None if value is None else check_int(name, value, 2, "an integer of at least 2 (backbone groups + the head)",
+                                                4)
+
+
 def coarsen(groups: list[LayerGroup], n: int | None) -> list[LayerGroup]:
     """Merge neighbouring backbone groups so that ``n`` groups remain, the head (last) kept on its own."""
     if n is None:
         return groups
-    if not isinstance(n, int) or n < 2:
-        raise bad_value("groups", n, "an integer of at least 2 (backbone groups + the head)", "Pass e.g. --groups 4.")
+    check_groups("groups", n)
     body, head = groups[:-1], groups[-1]
     if n - 1 >= len(body):
         return groups

@@ -8,9 +8,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import bad_value
+from ..errors import bad_value, check_int, check_range
 from .groups import LayerGroup, coarsen
 from .preprocessing import Preprocessing
+
+
+def check_dropout(name: str, value: object) -> float | None:
+    return None if value is None else check_range(name, value, 0, 1, example=0.2)
+
+
+def check_hidden(name: str, value: object) -> int:
+    return check_int(name, value, 0, "0 (no hidden layer) or a positive integer", 512)
 
 
 @dataclass(frozen=True)
@@ -26,11 +34,8 @@ class HeadConfig:
         if self.num_classes < 2:
             raise bad_value("num_classes", self.num_classes, "at least 2",
                             "A classifier needs two or more classes in the training data.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise bad_value("dropout", self.dropout, "a float in [0, 1)", "Pass e.g. --dropout 0.2.")
-        if self.hidden < 0:
-            raise bad_value("hidden", self.hidden, "0 (no hidden layer) or a positive integer",
-                            "Pass e.g. --hidden 512.")
+        check_dropout("dropout", self.dropout)
+        check_hidden("hidden", self.hidden)
 
     def build(self) -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -111,6 +116,16 @@ class TransferModel(nn.Module):
     @property
     def num_classes(self) -> int:
         return self.head_config.num_classes
+
+    @property
+    def is_text(self) -> bool:
+        """The one answer to "is this a language model?" (inputs are token dicts, not image tensors)."""
+        return self.modality == "text"
+
+    def linear_head(self) -> nn.Linear | None:
+        """The head's only ``nn.Linear`` when the head is linear (dropout aside), else ``None``."""
+        layers = [m for m in self.head if not isinstance(m, nn.Dropout)]
+        return layers[0] if len(layers) == 1 and isinstance(layers[0], nn.Linear) else None
 
     def layer_groups(self, n: int | None = None) -> list[LayerGroup]:
         """Parameter groups from input to output; the new head is always the last one.

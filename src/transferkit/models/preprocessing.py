@@ -16,6 +16,12 @@ from ..errors import bad_value
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
+def check_image_size(name: str, value: object) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 16 <= value <= 2048):
+        raise bad_value(name, value, "an integer between 16 and 2048", "Pass e.g. --image-size 128.")
+    return value
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How images must look to the model: what the pre-training used.
@@ -45,9 +51,7 @@ class Preprocessing:
         """The same preprocessing at another input size (``--image-size``); the crop ratio is kept."""
         if size is None:
             return self
-        if not isinstance(size, int) or size < 16 or size > 2048:
-            raise bad_value("image_size", size, "an integer between 16 and 2048",
-                            "Pass e.g. --image-size 128.")
+        check_image_size("image_size", size)
         return replace(self, input_size=size, source=f"{self.source}; input size overridden to {size}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TransferKitError, bad_value
+from ..errors import TransferKitError, check_choice, check_int
 from .groups import LayerGroup, coarsen, group_encoder_layers
 from .model import HeadConfig, ModelSpec, TransferModel
 
@@ -53,6 +53,21 @@ class TextPreprocessing:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextPreprocessing:
         return cls(**{k: data[k] for k in ("tokenizer", "max_length", "pooling", "source")})
+
+
+def check_pooling(name: str, value: object) -> str | None:
+    return None if value is None else check_choice(name, value, POOLINGS, "Pass --pooling mean.")
+
+
+def check_max_length(name: str, value: object) -> int | None:
+    return None if value is None else check_int(name, value, 8, "an integer of at least 8", 256)
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+    """The one tokenisation of transferkit: truncate to ``max_length``, pad to the longest text of the batch,
+    keep only the tensors encoders take."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
 def is_text_model(spec: str) -> bool:
@@ -96,9 +111,7 @@ class TextTransferModel(TransferModel):
         return coarsen([*groups, head], n)
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.preprocessing.max_length,
-                                 padding=True, return_tensors="pt")
-        return {k: v for k, v in encoded.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        return tokenize(self.tokenizer, texts, self.preprocessing.max_length)
 
     def describe_head(self) -> str:
         return f"Head: {self.preprocessing.pooling} pooling → new {self.head_config.describe()}"
@@ -119,8 +132,7 @@ def load_text_model(spec: str, num_classes: int, *, pretrained: bool = True, dro
     """Build a :class:`TextTransferModel` with a new head for ``num_classes`` classes."""
     path, kind, default_pooling = _resolve(spec)
     pooling = pooling or default_pooling
-    if pooling not in POOLINGS:
-        raise bad_value("pooling", pooling, "'cls' or 'mean'", "Pass --pooling mean.")
+    check_pooling("pooling", pooling)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     try:
@@ -162,8 +174,7 @@ def apply_lora(model: TextTransferModel, *, rank: int = 8, alpha: int = 16, drop
     if not targets:
         raise TransferKitError(f"No default LoRA target modules for model type '{model_type}'. Fix: pass "
                                "--lora-targets with the names of its attention projections, e.g. query,value.")
-    if not isinstance(rank, int) or rank < 1:
-        raise bad_value("lora_rank", rank, "a positive integer", "Pass e.g. --lora-rank 8.")
+    check_int("lora_rank", rank)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
@@ -237,9 +248,7 @@ def _without_pooler(build):
 
 def _max_length(tokenizer: Any, config: Any, requested: int | None) -> int:
     if requested is not None:
-        if not isinstance(requested, int) or requested < 8:
-            raise bad_value("max_length", requested, "an integer of at least 8", "Pass e.g. --max-length 256.")
-        return requested
+        return check_max_length("max_length", requested)
     candidates = [getattr(tokenizer, "model_max_length", None), getattr(config, "max_position_embeddings", None)]
     usable = [int(c) for c in candidates if isinstance(c, int) and 0 < c < 100_000]
     return min([512, *usable])

@@ -1,0 +1,498 @@
+"""The one schema: every option of transferkit, declared once — default, help text, allowed values, check.
+
+Options are grouped in small dataclasses (sections). :class:`TrainConfig` is every section a run needs, as one
+flat dataclass (``config.epochs``, ``train(epochs=...)``, ``--epochs``). The command line is generated from these
+declarations (:mod:`transferkit.cli`), so a default or a help text cannot drift between ``train``, ``plan``,
+``compare`` and ``advise``; a recipe file (YAML or TOML) sets the same names.
+
+Adding an option = adding one field to one section below (with :func:`option`), and reading it where it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .data.images import check_augment
+from .errors import TransferKitError, bad_value, check_choice, check_int, check_range, did_you_mean
+from .models.groups import check_groups
+from .models.model import check_dropout, check_hidden
+from .models.preprocessing import check_image_size
+from .models.text import check_max_length, check_pooling, is_text_model
+from .strategies import check_bn, check_lr, check_lr_decay, check_max_unfrozen, check_strategy, check_warmup
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+HEAD_FITS = ("auto", "lbfgs", "sgd")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What the schema knows about one option besides its name, type and default.
+
+    Attributes:
+        help: the ``--help`` text (rich markup: write a literal ``[`` as ``\\[``).
+        check: validates a set value (called with the option's name and value); ``None``: no check.
+        default_text: shown as ``[default: ...]`` when the default depends on something (a ``None`` default).
+        flags: the command-line spelling when it is not ``--name-with-dashes`` (e.g. ``("--quiet", "-q")``).
+        argument: a positional command-line argument instead of an option.
+        cli: ``False`` keeps the option out of the command line (Python and recipes only).
+    """
+
+    help: str
+    check: Callable[[str, Any], Any] | None = None
+    default_text: str | None = None
+    flags: tuple[str, ...] = ()
+    argument: bool = False
+    cli: bool = True
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, check: Callable[[str, Any], Any] | None = None,
+           choices: Iterable[str] = (), default_text: str | None = None, flags: tuple[str, ...] = (),
+           argument: bool = False, cli: bool = True) -> Any:
+    """A dataclass field carrying its :class:`Spec`; ``choices`` adds a membership check."""
+    choices = tuple(choices)
+    if choices and check is None:
+        def check(name: str, value: Any, choices: tuple[str, ...] = choices) -> Any:
+            return check_choice(name, value, choices)
+    spec = Spec(help, check, default_text, flags, argument, cli)
+    return field(default=default, metadata={"spec": spec})
+
+
+def spec_of(f: dataclasses.Field) -> Spec:
+    return f.metadata["spec"]
+
+
+# --- checks used by several options ------------------------------------------------------------------
+
+
+def positive(name: str, value: Any) -> None:
+    check_int(name, value, 1)
+
+
+def positive_or_none(name: str, value: Any) -> None:
+    if value is not None:
+        check_int(name, value, 1)
+
+
+def non_negative(name: str, value: Any) -> None:
+    check_int(name, value, 0)
+
+
+def non_negative_float(name: str, value: Any, example: str | None = None) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if not ok:
+        raise bad_value(name, value, "a non-negative float" + (" (0: off)" if example else ""),
+                        f"Pass e.g. --{name.replace('_', '-')} {example}." if example else "")
+
+
+def parse_lrs(value: str | Iterable[float] | None) -> tuple[float, ...] | None:
+    """``--lrs 1e-5,1e-4,1e-3`` as a tuple of floats (``None`` when not set)."""
+    if value is None or value == "":
+        return None
+    try:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(float(v) for v in parts)
+    except (TypeError, ValueError) as exc:
+        raise bad_value("lrs", value, "comma-separated learning rates, early layers first",
+                        "Pass e.g. --lrs 1e-5,1e-4,1e-3.") from exc
+
+
+def _lrs(name: str, value: Any) -> None:
+    for lr in parse_lrs(value) or ():
+        check_lr(name, lr)
+
+
+# --- the sections of a training run ------------------------------------------------------------------
+
+HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
+             "(split into train/val); a CSV manifest with path,label\\[,split] columns; a text file "
+             "(CSV/TSV/JSONL with text and label columns) or folder of them; or builtin:fashion-mnist, "
+             "builtin:lfw-faces, builtin:digits, builtin:bbc-news.")
+HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
+                 "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
+                 "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
+                 "adapters and the head).")
+
+
+@dataclass
+class DataOptions:
+    """Where the examples come from and how they are split."""
+
+    PANEL: ClassVar[str] = "Data"
+
+    data: str = option(help=HELP_DATA)
+    text_column: str = option("text", "Text: the column holding the text (CSV/TSV/JSONL).")
+    label_column: str = option("label", "Text: the column holding the label (CSV/TSV/JSONL).")
+    val_fraction: float = option(0.2, "Share of each class held out for validation when the data has no val "
+                                      "split.",
+                                 check=lambda n, v: check_range(n, v, 0, 1, low_open=True, example=0.2))
+    per_class: int | None = option(None, "Use only N training examples per class (seeded).", check=positive_or_none)
+    test_per_class: int | None = option(None, "Evaluate the test split on N examples per class.",
+                                        check=positive_or_none)
+    skip_bad_images: bool = option(False, "Skip (and count) unreadable images instead of stopping.")
+
+
+@dataclass
+class ModelOptions:
+    """The pre-trained model and the new head."""
+
+    PANEL: ClassVar[str] = "Model"
+
+    model: str = option("efficientnet_lite0", "Model source: efficientnet_lite0, efficientnet_lite2, timm:<name>, "
+                                              "torchvision:<name>; language models: minilm-l6, hf:<id>, a local "
+                                              "Hugging Face folder. See `transferkit models`.")
+    weights: str | None = option(None, "Start from a local .safetensors / weights-only .pth file instead of "
+                                       "downloading pre-trained weights.")
+    image_size: int | None = option(None, "Override the pre-training input size (pixels).",
+                                    default_text="from the weights", check=check_image_size)
+    dropout: float | None = option(None, "Dropout before the new head's linear layer.",
+                                   default_text="0.2 for images, 0.1 for text", check=check_dropout)
+    hidden: int = option(0, "Width of an optional hidden layer in the head (0: none).", check=check_hidden)
+    max_length: int | None = option(None, "Text: truncate to this many tokens.",
+                                    default_text="the model's, at most 512", check=check_max_length)
+    pooling: str | None = option(None, "Text: cls or mean pooling.", default_text="mean for minilm-l6, else cls",
+                                 check=check_pooling)
+    trust_remote_code: bool = option(False, "Allow a hub model to run code from its repository (review it first).")
+    lora_rank: int = option(8, "lora: adapter rank.", check=positive)
+    lora_alpha: int = option(16, "lora: adapter scaling alpha.", check=positive)
+    lora_targets: str | None = option(None, "lora: comma-separated module names to adapt.",
+                                      default_text="the attention query/value projections of the architecture")
+
+
+@dataclass
+class StrategyOptions:
+    """Which layers train, when, at what learning rate, on what inputs."""
+
+    PANEL: ClassVar[str] = "Strategy and optimisation"
+
+    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy)
+    epochs: int | None = option(None, "Epochs of the main phase (two-stage/progressive: once all their groups "
+                                      "train).", default_text="10 for images, 4 for text", check=positive_or_none)
+    head_epochs: int = option(3, "two-stage/progressive: epochs of the head-only stage (2-5 is typical).",
+                              check=positive)
+    lr: float | None = option(None, "LR of pre-trained layers.", default_text="1e-4; scratch: 3e-3; text: 3e-5, "
+                                                                               "lora 5e-4", check=check_lr)
+    head_lr: float | None = option(None, "LR of the new head.", default_text="1e-3", check=check_lr)
+    lrs: str | None = option(None, "Discriminative LRs spread over the layer groups, early layers first; the last "
+                                   "value is the head's, e.g. 1e-5,1e-4,1e-3.", check=_lrs)
+    lr_decay: float | None = option(None, "Layer-wise LR decay: the head gets --head-lr, each group below the next "
+                                          "later group's LR times this factor, e.g. 0.5.",
+                                    check=check_lr_decay)
+    unfreeze_every: int = option(1, "progressive: epochs between unfreezing one more group.", check=positive)
+    max_unfrozen: int | None = option(None, "progressive: stop unfreezing when this many groups (head included) "
+                                            "train.", default_text="all",
+                                      check=check_max_unfrozen)
+    groups: int | None = option(None, "Merge neighbouring layer groups so that N remain (head included).",
+                                default_text="the architecture's own groups",
+                                check=check_groups)
+    bn: str = option("auto", "BatchNorm: auto (freeze statistics of pre-trained layers and for batches under 16; "
+                             "train them from scratch), freeze, train.", check=check_bn)
+    l2_sp: float = option(0.0, "L2-SP strength: pull pre-trained weights towards their starting values (0: off), "
+                               "e.g. 0.01.", flags=("--l2-sp",),
+                          check=lambda n, v: non_negative_float(n, v, "0.01"))
+    batch_size: int = option(32, "Examples per batch.", check=positive)
+    augment: str = option("light", "Augmentation: none, light (flip, random resized crop), heavy (plus colour "
+                                   "jitter, rotation, RandAugment).", check=check_augment)
+    label_smoothing: float = option(0.0, "Label smoothing for the cross-entropy loss.",
+                                    check=lambda n, v: check_range(n, v, 0, 1))
+    class_weights: str = option("none", "none, or auto (inverse class frequency).", choices=("none", "auto"))
+    weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases/norms).", check=non_negative_float)
+    warmup: float = option(0.1, "Linear LR warm-up, as a fraction of each phase's steps.", check=check_warmup)
+    patience: int = option(3, "Early stopping: epochs without better val accuracy before a phase ends (0: off). "
+                              "The best epoch's weights are kept.",
+                           check=lambda n, v: check_int(n, v, 0, "a non-negative integer (0 turns early stopping "
+                                                                 "off)", 3))
+    seed: int = option(0, "Seed for splits, initialisation and data order.")
+
+
+@dataclass
+class CacheOptions:
+    """What is computed once and reused."""
+
+    PANEL: ClassVar[str] = "Caches"
+
+    feature_cache: str = option("auto", "auto: while the backbone is frozen, run it once and train the head on "
+                                        "cached float16 features; off: run it every epoch.", choices=("auto", "off"))
+    cache_dir: str | None = option(None, "Where the feature and decoded-input caches live (share it between runs "
+                                         "to reuse them).", default_text="RUN/feature-cache")
+    cache_views: int = option(0, "Augmented views per image to cache for head-only phases (0: un-augmented "
+                                 "features).",
+                              check=lambda n, v: check_int(n, v, 0, "0 (un-augmented features) or a positive number "
+                                                                    "of augmented views", 5))
+    head_fit: str = option("auto", "Head-only phases on cached features: auto (exact L-BFGS logistic fit when the "
+                                   "head is linear and features are un-augmented), lbfgs, sgd.", choices=HEAD_FITS)
+    decoded_cache: str = option("auto", "auto: decode and resize each image once, augment the stored uint8 tensors "
+                                        "every epoch; off: decode every epoch.", choices=("auto", "off"))
+
+
+@dataclass
+class RuntimeOptions:
+    """Devices, precision and workers."""
+
+    PANEL: ClassVar[str] = "Devices and speed"
+
+    workers: int | None = option(None, "DataLoader workers.", default_text="sized to the machine",
+                                 check=lambda n, v: v is None or check_int(n, v, 0))
+    mixed_precision: str = option("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.",
+                                  choices=MIXED_PRECISION)
+    channels_last: str = option("auto", "auto (on for convolutional networks on a GPU), on, off.",
+                                choices=("auto", "on", "off"))
+    compile: bool = option(False, "torch.compile the model (slow to start; pays off on long GPU runs).",
+                           flags=("--compile",))
+    cpu: bool = option(False, "Train on the CPU even if a GPU is present.")
+
+
+@dataclass
+class OutputOptions:
+    """Where the run goes."""
+
+    PANEL: ClassVar[str] = "Output"
+
+    out: str | None = option(None, "Run folder to create.", default_text="runs/<model>-<strategy>-<time>")
+    overwrite: bool = option(False, "Replace an existing run folder.")
+    evaluate_test: bool = option(True, "Evaluate the test split at the end of the run.", cli=False)
+
+
+TRAIN_SECTIONS: tuple[type, ...] = (DataOptions, ModelOptions, StrategyOptions, CacheOptions, RuntimeOptions,
+                                    OutputOptions)
+
+
+@dataclass
+class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, ModelOptions, DataOptions):
+    """Everything a run needs: every section above as one flat dataclass. Saved in the run folder as
+    ``config.yaml`` (a recipe; what ``--resume`` reads). See ``transferkit train --help`` for each field."""
+
+    SECTIONS: ClassVar[tuple[type, ...]] = TRAIN_SECTIONS
+
+    def resolve_defaults(self) -> None:
+        """Defaults that depend on the modality: images 10 epochs, head dropout 0.2; text (the BERT recipe)
+        4 epochs, dropout 0.1."""
+        text = is_text_model(self.model)
+        if self.epochs is None:
+            self.epochs = 4 if text else 10
+        if self.dropout is None:
+            self.dropout = 0.1 if text else 0.2
+
+    def validate(self) -> TrainConfig:
+        """Check every field (its schema check) and the rules between fields; returns ``self``."""
+        self.resolve_defaults()
+        if isinstance(self.lrs, (list, tuple)):
+            self.lrs = ",".join(str(v) for v in self.lrs)
+        for f in fields(self):
+            check = spec_of(f).check
+            if check is not None:
+                check(f.name, getattr(self, f.name))
+        if self.lrs and self.lr_decay is not None:
+            raise TransferKitError("Pass either --lrs or --lr-decay, not both: both set per-group learning rates.")
+        if self.strategy == "lora" and not is_text_model(self.model):
+            raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
+                                   "--strategy for vision models.")
+        return self
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> TrainConfig:
+        """A validated config from keyword options (unknown names are an error that lists the known ones)."""
+        check_names(options, cls, "option")
+        if options.get("data") in (None, ""):
+            raise TransferKitError("Missing --data. Fix: pass --data FOLDER, a CSV manifest or builtin:fashion-mnist "
+                                   "(or --resume RUN to continue a run, or --config RECIPE with a data: line).")
+        return cls(**options).validate()
+
+    def to_recipe(self, header: str = "") -> str:
+        """This configuration as a YAML recipe, one section per block (``train --config`` reads it back)."""
+        import yaml
+
+        values = dataclasses.asdict(self)
+        lines = [f"# {line}" for line in header.splitlines()] + ([""] if header else [])
+        for section in TRAIN_SECTIONS:
+            lines.append(f"# {section.PANEL}")
+            for f in fields(section):
+                if f.name in RECIPE_EXCLUDES:
+                    continue
+                lines.append(yaml.safe_dump({f.name: values[f.name]}, sort_keys=False,
+                                            default_flow_style=False, allow_unicode=True).rstrip())
+            lines.append("")
+        return "\n".join(lines)
+
+
+RECIPE_EXCLUDES = ("out", "overwrite")  # where a run goes is not part of how it trains
+
+
+def train_option_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def check_names(options: Mapping[str, Any], schema: type, what: str = "option") -> None:
+    """Refuse names that ``schema`` (a dataclass) does not declare, naming the closest known ones."""
+    known = [f.name for f in fields(schema)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        hints = " ".join(filter(None, (did_you_mean(name, known) for name in unknown)))
+        raise TransferKitError(f"Unknown {what}(s) {', '.join(unknown)}. {hints + ' ' if hints else ''}"
+                               f"Known: {', '.join(sorted(known))}.")
+
+
+# --- recipes -----------------------------------------------------------------------------------------
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """The options of a recipe file: YAML (``.yaml``/``.yml``) or TOML (``.toml``), flat ``name: value`` lines
+    (dashes or underscores), optionally grouped under section tables (``[strategy]`` / ``strategy:``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TransferKitError(f"Recipe not found: {path}. Fix: pass --config with an existing .yaml or .toml file.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            raw = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml", ".json"):
+            import yaml
+
+            raw = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
+        else:
+            raise TransferKitError(f"Recipe {path} must be a .yaml, .yml or .toml file. Fix: rename it.")
+    except TransferKitError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, tomllib.TOMLDecodeError, JSONDecodeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TransferKitError(f"Cannot parse recipe {path}: {first}. Fix: correct the file's syntax.") from exc
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise TransferKitError(f"Recipe {path} must hold name: value pairs; found {type(raw).__name__}.")
+    flat: dict[str, Any] = {}
+    panels = {section.PANEL.lower(): section for section in TRAIN_SECTIONS}
+    names = {s.__name__.removesuffix("Options").lower() for s in TRAIN_SECTIONS} | set(panels)
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if isinstance(value, dict) and name.lower() in names:  # a section table
+            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[name] = value
+    check_names(flat, TrainConfig, f"option in recipe {path}")
+    return flat
+
+
+def merge_options(recipe: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Recipe values, overridden by the options given explicitly (``None`` means not given)."""
+    return {**recipe, **{k: v for k, v in given.items() if v is not None}}
+
+
+# --- options of the other commands ------------------------------------------------------------------
+
+
+def json_flag() -> Any:
+    return option(False, "Print one JSON document.", flags=("--json",))
+
+
+@dataclass
+class PlanOptions:
+    PANEL: ClassVar[str] = "Plan"
+
+    num_classes: int = option(10, "Classes of the task when --data is not given.", check=positive)
+    as_json: bool = json_flag()
+
+
+@dataclass
+class RunControlOptions:
+    """``train``'s own switches (not part of the configuration)."""
+
+    PANEL: ClassVar[str] = "Run"
+
+    config: str | None = option(None, "A recipe (YAML or TOML) that sets any option; flags on the command line "
+                                      "override it. A run's own config.yaml is one.")
+    resume: str | None = option(None, "Continue an interrupted run folder from its last completed epoch (its saved "
+                                      "settings are used).")
+    dry_run: bool = option(False, "Print the plan (groups, phases, LRs, BatchNorm) and stop.")
+    quiet: bool = option(False, "No progress bars or per-epoch lines.", flags=("--quiet", "-q"))
+
+
+@dataclass
+class CompareOptions:
+    """``compare``'s grid (every other option is a ``train`` option)."""
+
+    PANEL: ClassVar[str] = "Grid"
+
+    strategies: str = option("scratch,linear-probe,two-stage", "Comma-separated strategies.")
+    per_class: str = option("10,30,100", "Comma-separated training examples per class.")
+    scratch_per_class: str = option("", "Extra sizes for scratch only (to find how much data it needs), e.g. 1000.")
+    seeds: int = option(1, "Seeds per (strategy, size).", check=positive)
+    out: str = option("reports/compare", "Report folder (results.json, summary.md, report.html, runs/, cache/); an "
+                                         "interrupted grid resumes there.")
+
+
+# ``train`` options that compare sets per cell or owns.
+COMPARE_OWNS = ("strategy", "per_class", "seed", "out", "overwrite", "cache_dir", "evaluate_test")
+ADVISE_USES = ("data", "model", "weights", "per_class", "text_column", "label_column", "seed")
+
+
+@dataclass
+class AdviseOptions:
+    PANEL: ClassVar[str] = "Output"
+
+    as_json: bool = json_flag()
+
+
+@dataclass
+class EvaluateOptions:
+    PANEL: ClassVar[str] = "Evaluate"
+
+    run: str = option(help="A finished run folder.", argument=True)
+    data: str | None = option(None, "Labelled examples: a folder of class sub-folders (a tree's test/ is used), a "
+                                    "CSV manifest, a text file, or builtin:NAME (its test split).",
+                              default_text="the run's own test split")
+    as_json: bool = option(False, "Print one JSON document instead of a report.", flags=("--json",))
+    png: str | None = option(None, "Where to write the confusion-matrix PNG.",
+                             default_text="RUN/confusion_matrix.png")
+    batch_size: int = option(64, "Examples per batch.", check=positive)
+    skip_bad_images: bool = option(False, "Skip unreadable images.")
+
+
+@dataclass
+class PredictOptions:
+    PANEL: ClassVar[str] = "Predict"
+
+    run: str = option(help="A finished run folder.", argument=True)
+    inputs: list[str] | None = option(None, "Image files and/or folders (searched recursively); for a language "
+                                            "model, the texts.", argument=True)
+    file: str | None = option(None, "Language models: a file of texts, one per line (or a CSV/TSV/JSONL with a text "
+                                    "column).")
+    top_k: int = option(3, "How many labels to show per input.", check=positive)
+    as_json: bool = json_flag()
+    batch_size: int = option(64, "Examples per batch.", check=positive)
+
+
+@dataclass
+class DemoOptions:
+    PANEL: ClassVar[str] = "Demo"
+
+    out: str = option("runs/demo", "Folder for the three demo runs.")
+    per_class: int = option(30, "Training images per class.", check=positive)
+    image_size: int = option(96, "Input size in pixels.", check=positive)
+    epochs: int = option(8, "Epochs per run.", check=positive)
+
+
+@dataclass
+class ModelsOptions:
+    PANEL: ClassVar[str] = "Output"
+
+    as_json: bool = json_flag()
+
+
+def check_values(values: Mapping[str, Any], schema: type) -> None:
+    """Run the schema checks of ``schema``'s fields on the given (non-``None``) values."""
+    for f in fields(schema):
+        value = values.get(f.name)
+        if value is not None and spec_of(f).check is not None:
+            spec_of(f).check(f.name, value)
+
+
+def type_hints(schema: type) -> dict[str, Any]:
+    """The resolved field types of a section (annotations are strings under ``from __future__ import``)."""
+    return typing.get_type_hints(schema)
