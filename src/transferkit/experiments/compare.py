@@ -58,10 +58,12 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
 def _require_test_split(data: str, model: str, train_options: dict[str, Any]) -> None:
     """Every cell is scored on the data's own test split: refuse, before training anything, data without one."""
-    from ..options import TrainConfig
+    from dataclasses import fields
+
+    from ..options import DataOptions, TrainConfig
     from ..prepare import load_data
 
-    shaping = {k: v for k, v in train_options.items() if k in ("text_column", "label_column", "skip_bad_images")}
+    shaping = {k: v for k, v in train_options.items() if k in {f.name for f in fields(DataOptions)} - {"data"}}
     if train_options.get("evaluate_test") is False:
         raise TransferKitError("compare scores every run on the test split; drop evaluate_test=False.")
     test = load_data(TrainConfig(data=str(data), model=model, **shaping)).test
