@@ -23,13 +23,13 @@ app = typer.Typer(
     name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Adapt a pre-trained vision or language model to your images or texts: train, evaluate, predict. "
          "Offline built-ins: efficientnet_lite0/2 and minilm-l6 weights; builtin:fashion-mnist / lfw-faces / "
-         "digits / bbc-news data.")
+         "digits / fashion-mnist-m / font-digits / bbc-news data.")
 console = Console(stderr=True)
 out = Console()
 
 HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
              "(split into train/val); a CSV manifest with path,label[,split] columns; or builtin:fashion-mnist, "
-             "builtin:lfw-faces, builtin:digits.")
+             "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, builtin:font-digits.")
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "

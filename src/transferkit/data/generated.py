@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,18 +54,23 @@ def cached_arrays(name: str, version: int, params: dict,
     arrays = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        tmp = temporary_name(path.parent, ".npz")
         try:
-            with os.fdopen(handle, "wb") as out:
+            with open(tmp, "xb") as out:  # "x": never another writer's file; permissions follow the umask
                 np.savez(out, **arrays)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp.exists():
+                tmp.unlink()
         logger.info("Cached %s in %s", name, path)
     except OSError as exc:  # a read-only or full cache must not stop the user: the arrays are already built
         logger.warning("Could not cache %s in %s (%s); it will be generated again next time", name, path, exc)
     return arrays
+
+
+def temporary_name(parent: Path, suffix: str = "") -> Path:
+    """A fresh ``.tmp-*`` name in ``parent`` (unique across processes), for writing before an atomic rename."""
+    return parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
 
 
 def publish_dir(tmp: Path, final: Path) -> Path:

@@ -32,7 +32,6 @@ import colorsys
 import json
 import logging
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,7 @@ from tqdm.auto import tqdm
 
 from ..errors import TransferKitError, bad_value
 from .builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, fashion_mnist_dir, read_idx
-from .generated import cache_key, generated_dir, publish_dir
+from .generated import cache_key, generated_dir, publish_dir, temporary_name
 from .photos import load_photo, photo_names
 
 logger = logging.getLogger(__name__)
@@ -218,7 +217,8 @@ def fashion_scenes(train_scenes: int = 3000, test_scenes: int = 500, size: int =
     if (final / "dataset.json").is_file():
         return final
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".tmp-"))
+    tmp = temporary_name(parent)
+    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stay on the published folder
     try:
         _write(tmp, counts, size, seed, params, progress)
         return publish_dir(tmp, final)
