@@ -33,7 +33,7 @@ app = typer.Typer(
     name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Adapt a pre-trained vision or language model to your images or texts: train, evaluate, predict. "
          "Offline built-ins: efficientnet_lite0/2 and minilm-l6 weights; builtin:fashion-mnist / lfw-faces / "
-         "digits / bbc-news data.")
+         "digits / fashion-mnist-m / font-digits / bbc-news data.")
 console = Console(stderr=True)
 out = Console()
 

@@ -112,7 +112,7 @@ def _lrs(name: str, value: Any) -> None:
 HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
              "(split into train/val); a CSV manifest with path,label\\[,split] columns; a text file "
              "(CSV/TSV/JSONL with text and label columns) or folder of them; or builtin:fashion-mnist, "
-             "builtin:lfw-faces, builtin:digits, builtin:bbc-news.")
+             "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, builtin:font-digits, builtin:bbc-news.")
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "

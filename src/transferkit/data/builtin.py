@@ -1,9 +1,11 @@
-"""Built-in offline datasets: ``builtin:fashion-mnist``, ``builtin:lfw-faces``, ``builtin:digits``.
+"""Built-in offline datasets: ``builtin:fashion-mnist``, ``builtin:lfw-faces``, ``builtin:digits``, and the
+domain-shifted ``builtin:fashion-mnist-m`` and ``builtin:font-digits`` (generated, see :mod:`.shifted`).
 
 Each loader returns a pool of training images and a held-out test set, as in-memory uint8 arrays.
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or ``$TRANSFERKIT_DATA``, or a
 download from the dataset authors' repository into the user's cache as a last resort); LFW faces from
-scikit-image; digits from scikit-learn.
+scikit-image; digits from scikit-learn. ``builtin:fashion-scenes`` (segmentation and detection scenes,
+:mod:`.scenes`) is not a classification dataset and is therefore not in :data:`BUILTIN_DATASETS`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class BuiltinDataset:
 
 def load_builtin(name: str) -> BuiltinDataset:
     """Load a built-in dataset by name (without the ``builtin:`` prefix)."""
+    if name in DENSE_BUILTINS:
+        raise TransferKitError(f"'builtin:{name}' is {DENSE_BUILTINS[name]}, not a classification dataset: "
+                               "it has no image-level labels. Fix: use it with --task segmentation or --task "
+                               "detection (or transferkit.data.scenes.fashion_scenes() in Python); for "
+                               f"classification use one of {', '.join('builtin:' + n for n in BUILTIN_DATASETS)}.")
     if name not in BUILTIN_DATASETS:
         raise TransferKitError(f"Unknown built-in dataset 'builtin:{name}'. Available: "
                                f"{', '.join('builtin:' + n for n in BUILTIN_DATASETS)}. "
@@ -153,8 +160,29 @@ def _cache_dir() -> Path:
     return Path(base) / "transferkit"
 
 
+# --- generated, domain-shifted datasets (imported on use: shifted.py builds on this module) ----------
+
+
+def _fashion_mnist_m() -> BuiltinDataset:
+    from .shifted import fashion_mnist_m
+
+    return fashion_mnist_m()
+
+
+def _font_digits() -> BuiltinDataset:
+    from .shifted import font_digits
+
+    return font_digits()
+
+
 BUILTIN_DATASETS: dict[str, Callable[[], BuiltinDataset]] = {
     "fashion-mnist": _fashion_mnist,
     "lfw-faces": _lfw_faces,
     "digits": _digits,
+    "fashion-mnist-m": _fashion_mnist_m,
+    "font-digits": _font_digits,
 }
+
+DENSE_BUILTINS = {"fashion-scenes": "a segmentation and detection dataset (Fashion-MNIST items pasted on photos, "
+                                    "with per-pixel masks and boxes)"}
+"""Built-ins for dense tasks, named here only so that classification can refuse them with a clear message."""

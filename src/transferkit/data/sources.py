@@ -105,7 +105,8 @@ def _existing(text: str) -> Path:
     if not path.exists():
         raise TransferKitError(f"Data not found: {path}. Fix: pass --data with an existing folder, a CSV "
                                "manifest, a text file, or a built-in dataset (builtin:fashion-mnist, "
-                               "builtin:lfw-faces, builtin:digits, builtin:bbc-news).")
+                               "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, "
+                               "builtin:font-digits, builtin:bbc-news).")
     return path
 
 
