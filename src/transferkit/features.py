@@ -28,10 +28,11 @@ from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset
 from .data.samples import Samples
 from .models.model import TransferModel
+from .seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: augmented views seeded by derive_seed(seed, "view", v)
 
 
 @dataclass
@@ -91,7 +92,7 @@ def extract_features(model: TransferModel, samples: Samples, transform: object, 
     out = np.empty((views, len(samples), model.head_config.num_features), dtype=np.float16)
     try:
         for view in range(views):
-            torch.manual_seed(seed + 7919 * view)  # each augmented view is reproducible
+            torch.manual_seed(derive_seed(seed, "view", view))  # each augmented view is reproducible
             start = 0
             desc = f"caching {label} features" + (f" (view {view + 1}/{views})" if views > 1 else "")
             for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):

@@ -207,7 +207,8 @@ class StrategyOptions:
                               "The best epoch's weights are kept.",
                            check=lambda n, v: check_int(n, v, 0, "a non-negative integer (0 turns early stopping "
                                                                  "off)", 3))
-    seed: int = option(0, "Seed for splits, initialisation and data order.")
+    seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
+                          "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 
 
 @dataclass

@@ -11,6 +11,7 @@ so a resumed run needs only (phase, step) to continue.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -24,9 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..errors import TransferKitError
 from ..features import HeadFeatures
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
+from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
@@ -123,14 +126,14 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
                 callback.on_epoch_start(state)
-            set_seed(config.seed + state.epoch)
+            set_seed(derive_seed(config.seed, "epoch", state.epoch))
             if phase.runs_on == "exact-fit":
                 train_metrics, val_metrics = exact_head_fit(model, features, config)
             else:
                 train_data = train_loader if phase.runs_on == "images" else accelerator.prepare(
                     features.train_loader(state.epoch))
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
-                                                _label(state, phase), config,
+                                                _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
                                                 penalty)
                 val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator)
@@ -240,10 +243,15 @@ def make_accelerator(config: FitConfig) -> Accelerator:
         return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
 
 
+class NonFiniteLossError(TransferKitError):
+    """The training loss became NaN or infinite; the last checkpoint on disk is the last good state."""
+
+
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
-                    accelerator: Accelerator, label: str, config: FitConfig, set_lr: Callable[[int], None],
+                    accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
                     penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy and throughput."""
+    """One pass over ``loader``; returns mean loss, accuracy and throughput. Stops with a
+    :class:`NonFiniteLossError` before a NaN or infinite loss can reach the weights."""
     set_train_mode(model, config.bn)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
@@ -253,10 +261,17 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         logits = net(inputs)
         loss = loss_fn(logits, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"The training loss became {value} at epoch {epoch + 1}, step {step + 1} ({label}). Likely cause: a "
+                "learning rate too high for this model and data, or NaN/Inf values in the inputs. Fix: start again "
+                "with a lower --lr / --head-lr (the run folder keeps its last good checkpoint; --resume retries from "
+                "it with the same settings).")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        total_loss += loss.item() * labels.size(0)
+        total_loss += value * labels.size(0)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += labels.size(0)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",

@@ -1,0 +1,92 @@
+"""Random streams of different seeds never coincide; a NaN loss stops the run with a clear error and keeps the last
+good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+import torch
+
+import transferkit
+from transferkit.seeding import derive_seed
+from transferkit.training import loop as loop_module
+from transferkit.training.callbacks import Callback
+from transferkit.training.loop import NonFiniteLossError
+
+
+def test_epoch_streams_of_neighbouring_seeds_do_not_collide(class_folder, tiny_options, tmp_path, monkeypatch):
+    """``seed + epoch`` gave seed 0 at epoch 1 the stream of seed 1 at epoch 0: every compare seed replayed its
+    neighbour's shuffles one epoch late."""
+    seen: dict[int, list[int]] = {}
+    original = loop_module.set_seed
+    current = {}
+
+    def record(value, *args, **kwargs):
+        seen.setdefault(current["seed"], []).append(value)
+        return original(value, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module, "set_seed", record)
+    for seed in (0, 1):
+        current["seed"] = seed
+        transferkit.train(class_folder, strategy="fine-tune", epochs=3, seed=seed, patience=0, progress=False,
+                          out=str(tmp_path / f"s{seed}"), **{k: v for k, v in tiny_options.items() if k != "epochs"})
+    assert len(seen[0]) == len(seen[1]) == 3
+    assert not set(seen[0]) & set(seen[1])
+    streams = {derive_seed(s, "epoch", e) for s in range(20) for e in range(100)}
+    assert len(streams) == 2000  # no two (seed, epoch) pairs share a stream
+    assert derive_seed(3, "view", 1) != derive_seed(3, "epoch", 1)
+
+
+class PoisonHead(Callback):
+    """Sets the head's weights to NaN when epoch ``at`` starts."""
+
+    def __init__(self, model_holder, at):
+        self.holder, self.at = model_holder, at
+
+    def on_epoch_start(self, state):
+        if state.epoch == self.at:
+            with torch.no_grad():
+                for p in self.holder["model"].head.parameters():
+                    p.fill_(math.nan)
+
+
+def test_a_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(class_folder, tiny_options,
+                                                                                  tmp_path, monkeypatch):
+    holder = {}
+    original_fit = transferkit.api.fit
+
+    def capture(model, *args, **kwargs):
+        holder["model"] = model
+        return original_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(transferkit.api, "fit", capture)
+    run = tmp_path / "run"
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 3, "patience": 0}
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, step 1 .*lower --lr"):
+        transferkit.train(class_folder, out=str(run), progress=False, callbacks=[PoisonHead(holder, 1)], **options)
+    state = json.loads((run / "checkpoint" / "state.json").read_text())["train"]
+    assert state["epoch"] == 1 and not (run / "transferkit.json").exists()
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())  # the NaN never reached a checkpoint
+    monkeypatch.setattr(transferkit.api, "fit", original_fit)
+    resumed = transferkit.train(resume=run, progress=False)
+    assert len(resumed.history) == 3 and all(math.isfinite(h["train_loss"]) for h in resumed.history)
+
+
+def test_the_cli_reports_a_nan_loss_in_one_line(capsys, class_folder, tiny_weights, tmp_path, monkeypatch):
+    from test_cli import run_cli, tiny_flags
+
+    class Poisoned(torch.nn.Module):
+        def forward(self, logits, labels):
+            return logits.sum() * math.inf
+
+    monkeypatch.setattr(loop_module.nn, "CrossEntropyLoss", lambda **kw: Poisoned())
+    code, _, err = run_cli(capsys, "train", "--data", class_folder, "--strategy", "fine-tune", "--epochs", "1",
+                           "--out", tmp_path / "run", *tiny_flags(tiny_weights))
+    assert code == 2 and re.match(r"error: The training loss became -?inf at epoch 1, step 1", err)
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()  # nothing half-written before a checkpoint
