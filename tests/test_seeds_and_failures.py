@@ -90,3 +90,44 @@ def test_the_cli_reports_a_nan_loss_in_one_line(capsys, class_folder, tiny_weigh
                            "--out", tmp_path / "run", *tiny_flags(tiny_weights))
     assert code == 2 and re.match(r"error: The training loss became -?inf at epoch 1, step 1", err)
     assert err.count("\n") == 1 and not (tmp_path / "run").exists()  # nothing half-written before a checkpoint
+
+
+# --- which split was evaluated: one rule for the library and the CLI --------------------------------------------
+
+
+def _csv_without_test(tmp_path, class_folder):
+    rows = ["path,label,split"]
+    for i, image in enumerate(sorted(class_folder.rglob("*.png"))):
+        rows.append(f"{image},{image.parent.name},{'val' if i % 4 == 0 else 'train'}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def test_evaluate_says_which_split_and_warns_on_data_the_run_saw(capsys, tmp_path, class_folder, image_tree,
+                                                                 tiny_weights):
+    """The CLI used to refuse a CSV with a split column (no test rows) that the library evaluated silently on
+    all its rows — the data the run trained and early-stopped on."""
+    from test_cli import run_cli, tiny_flags
+
+    manifest = _csv_without_test(tmp_path, class_folder)
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", manifest, "--strategy", "linear-probe", "--out", run,
+                           *tiny_flags(tiny_weights))
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "evaluate", run, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["split"] == "all" and report["seen_in_training"] is True
+    assert report["n"] == len(list(class_folder.rglob("*.png"))) and "warning:" in err and "optimistic" in err
+    library = transferkit.load(run).evaluate()
+    assert library["split"] == "all" and library["seen_in_training"] and library["n"] == report["n"]
+
+    tree_run = tmp_path / "tree-run"
+    code, _, err = run_cli(capsys, "train", "--data", image_tree, "--strategy", "linear-probe", "--out", tree_run,
+                           *tiny_flags(tiny_weights))
+    code, out, err = run_cli(capsys, "evaluate", tree_run, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["split"] == "test" and report["seen_in_training"] is False and report["n"] == 9
+    assert "warning" not in err
+    other = transferkit.load(tree_run).evaluate(class_folder)  # other data: not the run's, so not "seen"
+    assert other["split"] == "all" and other["seen_in_training"] is False

@@ -175,19 +175,18 @@ def evaluate(**values: Any) -> None:
     run, data, as_json = values["run"], values.get("data"), _flag(values, "as_json")
     _setup_logging(quiet=as_json)
     model = load(run)
-    if data is None:
-        data = model.info.get("config", {}).get("data", "")
-        if not data.startswith("builtin:") and not (Path(data) / "test").is_dir():
-            raise TransferKitError(f"The run's data ({data}) has no test split. Fix: pass --data with labelled "
-                                   "images to evaluate on.")
     metrics = model.evaluate(data, batch_size=values.get("batch_size") or 64,
                              skip_bad_images=_flag(values, "skip_bad_images"))
     png = values.get("png")
     png_path = save_confusion_png(metrics, Path(png) if png else Path(run) / "confusion_matrix.png")
+    if metrics["seen_in_training"]:
+        console.print(f"[bold yellow]warning:[/] this is the {metrics['split']} split of the run's own training "
+                      "data: the run saw it (validation chose the best epoch), so the score is optimistic. Pass "
+                      "--data with held-out examples.", highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps({**metrics, "data": str(data), "run": str(run), "confusion_matrix_png": str(png_path)}))
+        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path)}))
         return
-    out.print(f"[bold]{run}[/] on {data}")
+    out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
     print(format_report(metrics))
     out.print(f"confusion matrix image: {png_path}")
 
