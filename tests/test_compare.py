@@ -131,3 +131,20 @@ def test_compare_refuses_data_without_a_test_split_before_training(capsys, class
                            "--weights", tiny_weights, "--image-size", "32", "--out", out)
     assert code == 2 and "needs a held-out test split" in err and "Traceback" not in err
     assert not (out / "runs").exists() and not (out / "results.json").exists()
+
+
+def test_a_grid_started_with_other_settings_is_not_resumed(tmp_path):
+    """Rerunning compare with the same --out but another --epochs used to mix old and new cells."""
+    cells = grid(["linear-probe"], [10, 30], seeds=1)
+
+    def trainer(cell, run_dir):
+        return CellResult(cell.strategy, cell.per_class, cell.seed, 0.5, 0.5, 1.0, curve((1, 0.5)))
+
+    meta = {"data": "builtin:digits", "model": "efficientnet_lite0", "options": {"epochs": 6, "image_size": 64}}
+    run_grid(cells[:1], tmp_path, trainer, meta)
+    run_grid(cells, tmp_path, trainer, meta)  # same settings: resumes
+    changed = {**meta, "options": {"epochs": 10, "image_size": 64}}
+    with pytest.raises(TransferKitError, match=r"other settings \(epochs: 6 before, 10 now\).*another --out"):
+        run_grid(cells, tmp_path, trainer, changed)
+    with pytest.raises(TransferKitError, match=r"model: 'efficientnet_lite0' before, 'minilm-l6' now"):
+        run_grid(cells, tmp_path, trainer, {**meta, "model": "minilm-l6"})
