@@ -131,3 +131,54 @@ def test_evaluate_says_which_split_and_warns_on_data_the_run_saw(capsys, tmp_pat
     assert "warning" not in err
     other = transferkit.load(tree_run).evaluate(class_folder)  # other data: not the run's, so not "seen"
     assert other["split"] == "all" and other["seen_in_training"] is False
+
+
+# --- exact resume with DataLoader workers and with an fp16 gradient scaler --------------------------------------
+
+
+def _interrupted_and_resumed(folder, options, tmp_path, name, at=2):
+    from test_training import InterruptAt
+
+    with pytest.raises(KeyboardInterrupt):
+        transferkit.train(folder, out=str(tmp_path / name), progress=False, callbacks=[InterruptAt(at)], **options)
+    return transferkit.train(resume=tmp_path / name, progress=False)
+
+
+def _same_weights(a, b):
+    from safetensors.torch import load_file
+
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_resume_is_exact_with_persistent_workers_and_augmentation(class_folder, tiny_options, tmp_path):
+    """Persistent workers kept their own random state: a resumed run augmented differently."""
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 3, "patience": 0, "augment": "light",
+               "workers": 2, "batch_size": 4}
+    transferkit.train(class_folder, out=str(tmp_path / "full"), progress=False, **options)
+    _interrupted_and_resumed(class_folder, options, tmp_path, "cut")
+    assert _same_weights(tmp_path / "full", tmp_path / "cut")
+    # and the crops do not depend on the number of workers
+    transferkit.train(class_folder, out=str(tmp_path / "w0"), progress=False, **{**options, "workers": 0})
+    assert _same_weights(tmp_path / "full", tmp_path / "w0")
+
+
+def test_resume_restores_the_fp16_gradient_scaler(class_folder, tiny_options, tmp_path, monkeypatch):
+    """The loss scale of fp16 training was not checkpointed: a resumed run restarted it from its initial value."""
+    original = loop_module.make_accelerator
+    scalers = []
+
+    def with_scaler(config):
+        accelerator = original(config)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)
+        scalers.append(accelerator.scaler)
+        return accelerator
+
+    monkeypatch.setattr(loop_module, "make_accelerator", with_scaler)
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 3, "patience": 0}
+    transferkit.train(class_folder, out=str(tmp_path / "full"), progress=False, **options)
+    full_scale = scalers[-1].get_scale()
+    _interrupted_and_resumed(class_folder, options, tmp_path, "cut")
+    assert full_scale > 2.0**8  # the scale grew during the run
+    assert scalers[-1].get_scale() == full_scale
+    assert _same_weights(tmp_path / "full", tmp_path / "cut")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset
 from .data.samples import Samples
+from .data.sampling import SeededShuffle
 from .models.model import TransferModel
 from .seeding import derive_seed
 
@@ -134,7 +135,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.cached.features.shape[1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index = key[0] if isinstance(key, tuple) else key  # features are not augmented: the item seed is unused
         row = np.asarray(self.cached.features[self.view, index], dtype=np.float32)
         return torch.from_numpy(row), int(self.cached.labels[index])
 
@@ -155,11 +157,14 @@ class HeadFeatures:
     drop_last: bool
 
     def train_loader(self, epoch: int) -> DataLoader:
-        return DataLoader(FeatureDataset(self.train, epoch), batch_size=self.batch_size, shuffle=True,
-                          drop_last=self.drop_last)
+        """The same order of examples as the image loader draws for this epoch (:class:`SeededShuffle`)."""
+        dataset = FeatureDataset(self.train, epoch)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffle(len(dataset)),
+                          drop_last=self.drop_last, generator=torch.Generator().manual_seed(0))
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False)
+        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False,
+                          generator=torch.Generator().manual_seed(0))
 
     def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((x_train, y_train), (x_val, y_val)) of the first view, float32 (for the exact head fit)."""

@@ -17,6 +17,7 @@ from .cache import CacheUse
 from .data.decoded import DecodedDataset, decoded_images
 from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
+from .data.sampling import SeededShuffle
 from .data.sources import load_training_data
 from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
 from .errors import TransferKitError
@@ -107,8 +108,11 @@ def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, ca
     workers = workers_for(config)
     common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
               "persistent_workers": workers > 0}
-    train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
-    val = DataLoader(val_set, shuffle=False, **common)
+    # The loaders' own draws (worker base seeds) come from private generators, so the global random stream that
+    # dropout and the shuffle use does not depend on how many workers there are.
+    train = DataLoader(train_set, sampler=SeededShuffle(len(train_set)), drop_last=len(data.train) > config.batch_size,
+                       generator=torch.Generator().manual_seed(0), **common)
+    val = DataLoader(val_set, shuffle=False, generator=torch.Generator().manual_seed(0), **common)
     return train, val
 
 

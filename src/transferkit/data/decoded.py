@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from ..models.preprocessing import Preprocessing
 from .images import ImageSamples, open_image
+from .sampling import with_item_seed
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class DecodedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return with_item_seed(key, self._item)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self.images[index]))
         return self.transform(image), self.labels[index]

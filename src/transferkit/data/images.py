@@ -14,6 +14,7 @@ from torchvision.transforms import v2 as T
 from ..errors import TransferKitError, check_choice
 from ..models.preprocessing import Preprocessing
 from .samples import ImageItem, ImageSamples
+from .sampling import with_item_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUGMENTATIONS = ("none", "light", "heavy")
@@ -57,7 +58,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return with_item_seed(key, self._item)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int]:
         image = open_image(self.samples.items[index])
         return self.transform(image), self.samples.labels[index]
 

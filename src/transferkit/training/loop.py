@@ -111,7 +111,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         model.to(memory_format=torch.channels_last)
     state, stopper, best = TrainState(), EarlyStopping(config.patience), None
     if resume:
-        best = _restore(run, model, optimizer, state, stopper)
+        best = _restore(run, model, optimizer, state, stopper, accelerator)
     _check_inputs(phases[state.phase_index:], features)
     weight = torch.tensor(config.class_weights) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
@@ -146,7 +146,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             if run is not None:
                 run.save_checkpoint(state={"train": asdict(state), "early_stopping": stopper.state_dict(),
                                            "last_phase": {"phase": phase.name, "unfrozen": list(phase.trainable),
-                                                          "lrs": dict(phase.lrs)}},
+                                                          "lrs": dict(phase.lrs)},
+                                           "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
                                     optimizer=optimizer.state_dict())
             if phase_over:
@@ -167,15 +168,24 @@ def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None) -> Non
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-             stopper: EarlyStopping) -> dict[str, torch.Tensor] | None:
-    """Load the last checkpoint into the model, optimizer, state and early stopping; returns the best weights."""
+             stopper: EarlyStopping, accelerator: Accelerator) -> dict[str, torch.Tensor] | None:
+    """Load the last checkpoint into the model, optimizer, fp16 gradient scaler, state and early stopping; returns
+    the best weights."""
     checkpoint = run.load_checkpoint()
     for key, value in checkpoint.state["train"].items():
         setattr(state, key, value)
     stopper.load_state_dict(checkpoint.state["early_stopping"])
     model.load_state_dict(checkpoint.model)
     optimizer.load_state_dict(checkpoint.optimizer)
+    scaler = checkpoint.state.get("grad_scaler")
+    if scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(scaler)
     return checkpoint.best
+
+
+def _scaler_state(accelerator: Accelerator) -> dict[str, Any] | None:
+    """fp16 training's loss scale (and its growth counter): part of the state a resumed run must continue from."""
+    return accelerator.scaler.state_dict() if accelerator.scaler is not None else None
 
 
 def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator, config: FitConfig) -> nn.Module:
