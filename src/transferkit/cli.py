@@ -452,6 +452,72 @@ def advise(
     print(f"Run: {command}")
 
 
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="A finished run folder.")],
+    format: Annotated[str, typer.Option("--format", help="onnx (onnxruntime), pt2 (torch.export program) or hf (a "
+                                                          "Hugging Face folder for AutoModelForSequenceClassification; "
+                                                          "text runs with cls pooling).")],
+    out_path: Annotated[str, typer.Option("--out", help="The output file (onnx, pt2) or folder (hf); a JSON sidecar "
+                                                        "with labels, preprocessing and the verification goes beside "
+                                                        "it.")],
+    include_preprocessing: Annotated[bool, typer.Option(help="Images: the graph takes uint8 NCHW images at the "
+                                                             "model's input size and scales and normalises them "
+                                                             "itself (resize and crop stay outside).")] = False,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    tolerance: Annotated[float, typer.Option(help="Largest difference in class probabilities between the export "
+                                                  "and the PyTorch model that the check accepts.")] = 1e-4,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+) -> None:
+    """Export a run (ONNX, torch.export or a Hugging Face folder), verified against the PyTorch model."""
+    from .export import export as run_export
+
+    _setup_logging(quiet=True)
+    result = run_export(run, format, out_path, include_preprocessing=include_preprocessing, opset=opset,
+                        tolerance=tolerance, overwrite=overwrite)
+    check = result.verification
+    print(f"exported: {result.path}")
+    print(f"sidecar: {result.sidecar}")
+    print(f"verified: max probability difference {check['max_abs_diff_probabilities']:.1e} (tolerance "
+          f"{check['tolerance']:.0e}) on {check['samples']} samples, top-1 agreement {check['top1_agreement']:.0%}")
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Argument(help="A finished run folder (PyTorch) or an exported .onnx file with its "
+                                               "sidecar (onnxruntime).")],
+    host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: all, e.g. in a container).")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch_size: Annotated[int, typer.Option(help="Dynamic batching: most inputs per model call (1: off).")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="Dynamic batching: how long a batch waits for more inputs.")]
+    = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Most inputs waiting for the model; beyond it requests get 503.")]
+    = 256,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body in MB (413 beyond).")] = 16.0,
+    max_inputs: Annotated[int, typer.Option(help="Most images or texts in one request (413 beyond).")] = 64,
+    max_image_pixels: Annotated[int, typer.Option(help="Largest image, width x height (413 beyond: decompression "
+                                                       "bombs).")] = 40_000_000,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take (408 reading, 504 predicting).")] = 30.0,
+    top_k: Annotated[int, typer.Option(help="Labels per prediction when the request does not say.")] = 3,
+    api_key: Annotated[str | None, typer.Option(help="Require this key ('X-API-Key: KEY' or 'Authorization: Bearer "
+                                                     "KEY') on /predict and /info \\[default: the "
+                                                     "TRANSFERKIT_API_KEY environment variable, else none].",
+                                                show_default=False)] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads \\[default: the runtime's].",
+                                                show_default=False)] = None,
+) -> None:
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /info."""
+    from .serve import ServeConfig
+    from .serve import serve as run_serve
+
+    _setup_logging(quiet=False)
+    config = ServeConfig(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                         max_request_bytes=int(max_request_mb * 1024 * 1024), max_inputs=max_inputs,
+                         max_image_pixels=max_image_pixels, timeout_s=timeout, top_k=top_k, api_key=api_key)
+    run_serve(source, host=host, port=port, config=config, threads=threads)
+
+
 def _int_list(name: str, text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
