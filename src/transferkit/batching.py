@@ -49,14 +49,15 @@ class DynamicBatcher:
         self._items: deque[tuple[Any, asyncio.Future]] = deque()
         self._added: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-batch")
+        self._executor: ThreadPoolExecutor | None = None
         self._sizes: Counter[int] = Counter()
         self._rejected = 0
         self._busy_s = 0.0
 
     async def start(self) -> None:
-        """Start the batching loop on the running event loop."""
+        """Start the batching loop (and its worker thread) on the running event loop; again after :meth:`stop`."""
         self._added = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-batch")
         self._task = asyncio.get_running_loop().create_task(self._run(), name="transferkit-batcher")
 
     async def stop(self) -> None:
@@ -67,7 +68,9 @@ class DynamicBatcher:
         for _, future in self._items:
             future.cancel()
         self._items.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._task = self._added = self._executor = None
 
     async def submit(self, inputs: Sequence[Any]) -> list[Any]:
         """Queue all of ``inputs`` (or none of them: :class:`QueueFull`) and wait for their results."""

@@ -178,9 +178,7 @@ def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, conf
 
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise bad_value("port", port, "an integer between 0 and 65535", "Pass e.g. --port 8000.")
-    config = config or ServeConfig()
-    if config.api_key is None and os.environ.get(API_KEY_ENV):
-        config = ServeConfig(**{**asdict(config), "api_key": os.environ[API_KEY_ENV]})
+    config = with_env_api_key(config or ServeConfig())
     if threads:
         import torch
 
@@ -190,6 +188,12 @@ def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, conf
                 source, predictor.modality, predictor.runtime, len(predictor.classes), host, port,
                 config.max_batch_size, config.max_wait_ms, "; API key required" if config.api_key else "")
     uvicorn.run(create_app(predictor, config), host=host, port=port, log_level=log_level, timeout_keep_alive=5)
+
+
+def with_env_api_key(config: ServeConfig) -> ServeConfig:
+    """``config`` with the API key from ``TRANSFERKIT_API_KEY`` when it sets none itself."""
+    key = os.environ.get(API_KEY_ENV)
+    return ServeConfig(**{**asdict(config), "api_key": key}) if config.api_key is None and key else config
 
 
 # --- reading requests ---------------------------------------------------------------------------------------------
@@ -281,13 +285,17 @@ async def _read_inputs(request: Any, predictor: Predictor, config: ServeConfig) 
 
 async def _read_form(request: Any, config: ServeConfig) -> tuple[list[str], list[bytes], list[str], Any]:
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException
     from starlette.formparsers import MultiPartException
 
     try:
         form = await request.form(max_files=config.max_inputs, max_fields=config.max_inputs + 1,
                                   max_part_size=config.max_text_chars * 4)
-    except MultiPartException as exc:
-        raise RequestError(422, f"Malformed multipart body: {exc.message}") from exc
+    except (MultiPartException, HTTPException) as exc:  # Starlette turns its parser's errors into 400s
+        message = str(getattr(exc, "message", None) or getattr(exc, "detail", exc))
+        too_much = "Too many" in message or "exceeded maximum size" in message
+        raise RequestError(413 if too_much else 422, f"{'Too large' if too_much else 'Malformed'} multipart body: "
+                                                     f"{message}") from exc
     names, raw, texts, top_k = [], [], [], None
     try:
         for key, value in form.multi_items():
@@ -398,4 +406,4 @@ def _prediction(name: str, row: np.ndarray, classes: list[str], top_k: int) -> d
     return {"source": name, "label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
 
 
-__all__ = ["API_KEY_ENV", "RequestError", "ServeConfig", "create_app", "serve"]
+__all__ = ["API_KEY_ENV", "RequestError", "ServeConfig", "create_app", "serve", "with_env_api_key"]
