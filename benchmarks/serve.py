@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     notes = "\n".join(ratios) + (f"\n{args.clients} concurrent clients over loopback on the same machine as the "
                                  "server; one input per request; batching on = --max-batch-size "
                                  f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}; {args.threads} inference "
-                                 "thread(s) in both runtimes.")
+                                 f"thread(s) in both runtimes; load average at the end {os.getloadavg()[0]:.1f} on "
+                                 f"{os.cpu_count()} CPUs.")
     report("serve", rows, columns, args.out, notes)
     return rows
 
