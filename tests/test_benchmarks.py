@@ -38,3 +38,17 @@ def test_advise_vs_compare_ranks_the_advised_strategy(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "check.json").read_text())
     assert set(saved["measurements"]) == {"smoke|m|10", "smoke|m|100", "smoke|m|full"}
     sys.modules.pop("advise_vs_compare", None)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_smoke(tmp_path, monkeypatch):
+    """Trains a tiny run, exports it, starts `transferkit serve` in subprocesses and load-tests them over loopback."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("serve")
+    rows = module.main(["--smoke", "--out", str(tmp_path / "serve.json")])
+    served = [row for row in rows if row["runtime"] in ("pytorch", "onnxruntime")]
+    assert {(r["runtime"], r["batching"]) for r in served} == {("pytorch", "on"), ("onnxruntime", "off")}
+    assert all(r["req_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in served)
+    raw = next(row for row in rows if row["runtime"] == "raw model")
+    assert raw["ort_vs_torch_b1"] > 0 and json.loads((tmp_path / "serve.json").read_text())["rows"]
+    sys.modules.pop("serve", None)

@@ -113,6 +113,18 @@ def _flag(values: dict[str, Any], name: str) -> bool:
     return bool(values.get(name))
 
 
+def _settings(values: dict[str, Any], section: type) -> dict[str, Any]:
+    """Every field of ``section``: the given value, else the schema's default; checked, and required ones present."""
+    settings = {}
+    for f in dataclasses.fields(section):
+        value = values.get(f.name)
+        if value is None and f.default is dataclasses.MISSING:
+            raise TransferKitError(f"Missing --{f.name.replace('_', '-')}. Fix: pass it (see --help).")
+        settings[f.name] = value if value is not None else f.default
+    schema.check_values(settings, section)
+    return settings
+
+
 # --- train, plan ---------------------------------------------------------------------------------------
 
 
@@ -249,9 +261,7 @@ def demo(**values: Any) -> None:
     """Offline demo: from scratch vs linear probe vs two-stage on Fashion-MNIST with EfficientNet-Lite0."""
     from .demo import run_demo
 
-    schema.check_values(values, schema.DemoOptions)
-    settings = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
-                for f in dataclasses.fields(schema.DemoOptions)}
+    settings = _settings(values, schema.DemoOptions)
     _setup_logging(quiet=False)
     rows = run_demo(Path(settings["out"]), per_class=settings["per_class"], image_size=settings["image_size"],
                     epochs=settings["epochs"])
@@ -276,9 +286,7 @@ def compare(**values: Any) -> None:
     from .experiments.compare import compare as run_compare
 
     _setup_logging(quiet=False)
-    grid = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
-            for f in dataclasses.fields(schema.CompareOptions)}
-    schema.check_values(grid, schema.CompareOptions)
+    grid = _settings(values, schema.CompareOptions)
     train_options = {k: v for k, v in _given(values, schema.TrainConfig).items() if k not in schema.COMPARE_OWNS}
     data = train_options.pop("data", None)
     if data is None:
@@ -331,6 +339,40 @@ def advise(**values: Any) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+
+@command("export", schema.ExportOptions)
+def export(**values: Any) -> None:
+    """Export a run (ONNX, torch.export or a Hugging Face folder), verified against the PyTorch model."""
+    from .export import export as run_export
+
+    settings = _settings(values, schema.ExportOptions)
+    _setup_logging(quiet=True)
+    result = run_export(settings["run"], settings["format"], settings["out"],
+                        include_preprocessing=settings["include_preprocessing"], opset=settings["opset"],
+                        tolerance=settings["tolerance"], overwrite=settings["overwrite"])
+    check = result.verification
+    print(f"exported: {result.path}")
+    print(f"sidecar: {result.sidecar}")
+    print(f"verified: max probability difference {check['max_abs_diff_probabilities']:.1e} (tolerance "
+          f"{check['tolerance']:.0e}) on {check['samples']} samples, top-1 agreement {check['top1_agreement']:.0%}")
+
+
+@command("serve", schema.ServeOptions)
+def serve(**values: Any) -> None:
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /info."""
+    from .serve import ServeConfig
+    from .serve import serve as run_serve
+
+    settings = _settings(values, schema.ServeOptions)
+    _setup_logging(quiet=False)
+    config = ServeConfig(max_batch_size=settings["max_batch_size"], max_wait_ms=settings["max_wait_ms"],
+                         max_queue=settings["max_queue"],
+                         max_request_bytes=int(settings["max_request_mb"] * 1024 * 1024),
+                         max_inputs=settings["max_inputs"], max_image_pixels=settings["max_image_pixels"],
+                         timeout_s=settings["timeout"], top_k=settings["top_k"], api_key=settings["api_key"])
+    run_serve(settings["source"], host=settings["host"], port=settings["port"], config=config,
+              threads=settings["threads"])
 
 
 def _int_list(name: str, text: str) -> list[int]:
