@@ -122,3 +122,33 @@ def test_exact_fit_solves_the_logistic_problem_and_folds_standardisation():
     assert accuracy == pytest.approx(result.val_accuracy) and accuracy > 0.95
     assert result.l2 in [row["l2"] for row in result.grid]
     assert result.val_loss == min(row["val_loss"] for row in result.grid)
+
+
+def test_an_augmented_single_view_is_keyed_on_the_seed(setup):
+    """--cache-views 1 stores one augmented view: another seed draws other crops, so it must not reuse it."""
+    model, data, eval_tf = setup
+    train_tf, _ = build_transforms(model.preprocessing, "light")
+    assert cache_key(model, data.train, train_tf, 1, 0) != cache_key(model, data.train, train_tf, 1, 1)
+    assert cache_key(model, data.train, train_tf, 2, 0) != cache_key(model, data.train, train_tf, 2, 1)
+    # un-augmented features do not depend on the seed: every seed shares them
+    assert cache_key(model, data.train, eval_tf, 1, 0) == cache_key(model, data.train, eval_tf, 1, 7)
+
+
+def test_different_seeds_sharing_a_cache_dir_get_their_own_augmented_view(setup, tmp_path):
+    model, data, _ = setup
+    train_tf, _ = build_transforms(model.preprocessing, "heavy")
+    first = cached_features(model, data.train, train_tf, tmp_path, views=1, seed=0, progress=False)
+    other = cached_features(model, data.train, train_tf, tmp_path, views=1, seed=1, progress=False)
+    assert not other.reused and not np.array_equal(np.asarray(other.features), np.asarray(first.features))
+
+
+@pytest.mark.parametrize("package", ["torch", "torchvision", "timm", "transformers", "pillow"])
+def test_cache_key_changes_with_library_versions(setup, monkeypatch, package):
+    import importlib.metadata
+
+    model, data, eval_tf = setup
+    key = cache_key(model, data.train, eval_tf, 1, 0)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "99.0" if name.lower() == package else real(name))
+    assert cache_key(model, data.train, eval_tf, 1, 0) != key

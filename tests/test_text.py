@@ -231,3 +231,29 @@ def test_compare_and_advise_work_for_text(capsys, tiny_bert, tmp_path):
     assert m["modality"] == "text" and m["samples"] == 24 and m["domain_measure"] == "tokens per word"
     assert m["domain_distance"] == pytest.approx(1.0)  # every word of the synthetic reviews is in the vocabulary
     assert advice["strategy"] == "linear-probe" and "--augment" not in advice["command"]
+
+
+def test_feature_cache_key_covers_the_tokenizer_contents(tiny_bert, reviews, tmp_path):
+    """Same encoder, same texts, a tokenizer whose vocabulary maps two words the other way: other features."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from transferkit.features import cache_key
+    from transferkit.models.text import load_text_model
+
+    model = load_text_model(str(tiny_bert), 2)
+    data = load_text_training_data(reviews)
+    key = cache_key(model, data.train, None, 1, 0)
+    model.tokenizer("a film", truncation=True, max_length=16)  # using the tokenizer must not change the key
+    assert cache_key(model, data.train, None, 1, 0) == key
+    assert cache_key(model, data.train, None, 1, 3) == key  # texts are not augmented: the seed does not matter
+    other = tmp_path / "other-tokenizer"
+    shutil.copytree(tiny_bert, other)
+    saved = json.loads((other / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = saved["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+    (other / "tokenizer.json").write_text(json.dumps(saved), encoding="utf-8")
+    model.tokenizer = AutoTokenizer.from_pretrained(str(other))
+    assert model.tokenizer("good")["input_ids"] != AutoTokenizer.from_pretrained(str(tiny_bert))("good")["input_ids"]
+    assert cache_key(model, data.train, None, 1, 0) != key
