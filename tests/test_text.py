@@ -257,3 +257,77 @@ def test_feature_cache_key_covers_the_tokenizer_contents(tiny_bert, reviews, tmp
     model.tokenizer = AutoTokenizer.from_pretrained(str(other))
     assert model.tokenizer("good")["input_ids"] != AutoTokenizer.from_pretrained(str(tiny_bert))("good")["input_ids"]
     assert cache_key(model, data.train, None, 1, 0) != key
+
+
+def _edit_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    edit(state)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_the_unused_pooler_is_reported_as_expected(tiny_bert, caplog):
+    from transferkit.models.text import load_text_model
+
+    with caplog.at_level("INFO", logger="transferkit"):
+        model = load_text_model(str(tiny_bert), 2)
+    # the checkpoint's pooler is not used (the new head pools itself): reported, and said to be expected
+    assert "pooler.dense.weight" in caplog.text and "expected" in caplog.text
+    assert "pooler" in model.spec.replaced
+
+
+def test_missing_encoder_weights_are_an_error(tiny_bert, tmp_path):
+    import shutil
+
+    from transferkit.models.text import load_text_model
+
+    broken = tmp_path / "broken-bert"
+    shutil.copytree(tiny_bert, broken)
+    _edit_weights(broken, lambda state: state.pop("encoder.layer.1.attention.self.query.weight"))
+    with pytest.raises(TransferKitError, match=r"1 encoder weight\(s\) missing .*encoder\.layer\.1\.attention\.self\."
+                                               r"query\.weight.*would start from random values") as info:
+        load_text_model(str(broken), 2)
+    assert "\n" not in str(info.value) and "Fix:" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_bert, tmp_path_factory):
+    """A LoRA run on a copy of the tiny BERT (the tests below change that copy): (run folder, base folder)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("lora-run")
+    base = root / "base-bert"
+    shutil.copytree(tiny_bert, base)
+    transferkit.train(write_csv(root / "reviews.csv"), strategy="lora", out=str(root / "lora"), lora_rank=4,
+                      **tiny(base, epochs=1))
+    return root / "lora", base
+
+
+def test_lora_run_refuses_a_mismatched_head_in_one_line(lora_run):
+    from transferkit.training.checkpoint import load_weights, save_weights
+
+    run, _ = lora_run
+    texts = ["great superb story", "boring poor film"]
+    before = transferkit.load(run).predict_proba(texts)
+    head = load_weights(run / "head.safetensors")  # a head for 3 classes in a 2-class run
+    save_weights(run / "head.safetensors", {k: torch.cat([v, v[:1]]) for k, v in head.items()})
+    try:
+        with pytest.raises(TransferKitError, match=r"head\.safetensors does not fit .*wrong shapes: head\.1\.weight "
+                                                   r"\(3, 32\) \(expected \(2, 32\)\)") as info:
+            transferkit.load(run)
+        assert "\n" not in str(info.value)
+    finally:
+        save_weights(run / "head.safetensors", head)
+    assert transferkit.load(run).predict_proba(texts) == pytest.approx(before, abs=1e-6)
+
+
+def test_lora_run_refuses_a_changed_base(lora_run):
+    run, base = lora_run
+    _edit_weights(base, lambda state: state["encoder.layer.0.attention.self.query.weight"].add_(0.01))
+    with pytest.raises(TransferKitError, match=r"base encoder .* has changed") as info:
+        transferkit.load(run)
+    message = str(info.value)
+    assert "\n" not in message and str(base) in message and "Fix:" in message
+    recorded = json.loads((run / "adapter" / "base.json").read_text())  # the hash the run was trained on
+    assert recorded["source"] == str(base) and recorded["sha256"][:12] in message
