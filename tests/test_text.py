@@ -234,7 +234,12 @@ def test_compare_and_advise_work_for_text(capsys, tiny_bert, tmp_path):
     compare(str(data), model=str(tiny_bert), strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1,
             out=tmp_path / "report", **options)
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert len(saved["cells"]) == 4 and all(c["curve"] and 0 <= c["test_accuracy"] <= 1 for c in saved["cells"])
+    assert len(saved["cells"]) == 4
+    for cell in saved["cells"]:  # each cell's score is its own run's score on the 12 test reviews
+        run = tmp_path / "report" / "runs" / f"{cell['strategy']}-n{cell['per_class']}-s{cell['seed']}"
+        metrics = json.loads((run / "transferkit.json").read_text())["metrics"]
+        assert metrics["test"]["n"] == 12 and cell["test_accuracy"] == metrics["test"]["accuracy"]
+        assert len(cell["curve"]) == metrics["epochs_run"] and cell["curve"][-1]["epoch"] == metrics["epochs_run"]
     assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
 
     code, out, err = run_cli(capsys, "advise", "--data", str(data), "--model", str(tiny_bert), "--json")
