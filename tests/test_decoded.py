@@ -12,7 +12,7 @@ import torch
 import transferkit
 from conftest import make_image
 from transferkit.data import build_transforms, load_training_data, open_image
-from transferkit.data.decoded import DecodedDataset, decoded_images
+from transferkit.data.decoded import DecodedDataset, decoded_images, estimated_bytes
 from transferkit.models import Preprocessing
 
 PREP = Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3, input_size=32, crop_pct=0.8, interpolation="bilinear",
@@ -85,6 +85,8 @@ def test_decoded_evaluation_matches_decoding_every_time(tmp_path):
     # the full image, short side resized to resize_size (40) with its aspect ratio kept
     assert [tuple(decoded[i].shape) for i in range(3)] == [(40, 40, 3), (40, 64, 3), (75, 40, 3)]
     assert decoded[0].dtype == np.uint8
+    # what prepare.py can check against its size limit before decoding: from the headers, exact when all are probed
+    assert estimated_bytes(samples, PREP) == decoded.nbytes == 3 * (40 * 40 + 40 * 64 + 75 * 40)
     for augment in ("none", "light"):
         _, eval_plain = build_transforms(PREP, augment)
         _, eval_decoded = build_transforms(PREP, augment, decoded=True)
