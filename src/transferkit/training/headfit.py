@@ -78,7 +78,7 @@ def fit_linear_head(linear: nn.Linear, x_train: torch.Tensor, y_train: torch.Ten
         optimizer.step(closure)
         objective = float(closure().detach())  # at the final parameters, with their gradient
         gradient = max(float(weight.grad.abs().max()), float(bias.grad.abs().max()))
-        state = optimizer.state[optimizer._params[0]]
+        state = optimizer.state[weight]  # LBFGS keeps its counters with the first parameter
         iterations, evaluations = int(state.get("n_iter", 0)), int(state.get("func_evals", 0))
         stopped_by_limit = iterations >= max_iter or evaluations >= max_eval
         with torch.no_grad():
