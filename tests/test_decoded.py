@@ -128,3 +128,21 @@ def test_training_reads_the_decoded_cache(class_folder, tiny_options, tmp_path, 
     transferkit.train(class_folder, strategy="fine-tune", epochs=1, decoded_cache=setting, out=str(tmp_path / "r"),
                       progress=False, **{k: v for k, v in tiny_options.items() if k != "epochs"})
     assert seen == [expected]
+
+
+def test_without_augmentation_the_decoded_cache_trains_exactly_like_decoding(tiny_options, tmp_path):
+    """Non-square images, ``--augment none``: the cache must be a pure speed-up — bit-identical weights."""
+    from PIL import Image
+
+    for c, colour in enumerate([(220, 40, 40), (40, 200, 60)]):
+        for i in range(6):
+            rng = np.random.default_rng(100 * c + i)
+            size = (24 + 7 * (i % 3), 24 + 5 * (i % 2))  # portrait, landscape and square, odd differences
+            pixels = np.clip(np.array(colour) + rng.normal(0, 30, (*size, 3)), 0, 255).astype(np.uint8)
+            (tmp_path / "data" / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 1, "augment": "none", "progress": False}
+    cached = transferkit.train(tmp_path / "data", out=str(tmp_path / "cached"), decoded_cache="auto", **options)
+    plain = transferkit.train(tmp_path / "data", out=str(tmp_path / "plain"), decoded_cache="off", **options)
+    a, b = cached.model.model.state_dict(), plain.model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
