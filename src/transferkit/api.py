@@ -170,7 +170,16 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
             raise TransferKitError(f"{run.path} has no checkpoint (it stopped before the first epoch ended). "
                                    f"Fix: start again with --overwrite --out {run.path}.")
         known = set(train_option_names())  # a run made by another version may hold names this one lacks
-        return TrainConfig.from_options({k: v for k, v in saved.items() if k in known}), run
+        dropped = sorted(set(saved) - known - {"out", "overwrite"})
+        if dropped:
+            logger.warning("%s: ignoring saved option(s) this transferkit does not know: %s", run.path,
+                           ", ".join(dropped))
+        try:
+            return TrainConfig.from_options({k: v for k, v in saved.items() if k in known}), run
+        except TransferKitError as exc:
+            raise TransferKitError(f"The saved configuration of {run.path} is not valid: {exc} Fix: restore the "
+                                   "file from the interrupted run, or start again with --overwrite --out "
+                                   f"{run.path}.") from exc
     run_config = TrainConfig.from_options(merge_options(load_recipe(config) if config else {},
                                                         {**options, "data": None if data is None else str(data)}))
     if run_config.out is None:

@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .cache import CacheUse
-from .data.decoded import DecodedDataset, decoded_images
+from .data.decoded import DecodedDataset, decoded_images, estimated_bytes
 from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
 from .data.sampling import SeededShuffle
@@ -91,10 +91,11 @@ def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig) -> 
 def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, cache_dir: Path, on_images: bool,
                   progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
-    size = model.preprocessing.resize_size
-    footprint = (len(data.train) + len(data.val)) * 3 * size * size
-    decoded = config.decoded_cache == "auto" and on_images and footprint <= DECODED_CACHE_LIMIT
-    if config.decoded_cache == "auto" and on_images and not decoded:
+    wanted = config.decoded_cache == "auto" and on_images
+    footprint = (estimated_bytes(data.train, model.preprocessing) + estimated_bytes(data.val, model.preprocessing)
+                 if wanted else 0)
+    decoded = wanted and footprint <= DECODED_CACHE_LIMIT
+    if wanted and not decoded:
         logger.info("Decoded-input cache: off (%.1f GB would exceed the %.0f GB limit); images are decoded every "
                     "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)

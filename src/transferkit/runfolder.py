@@ -210,13 +210,11 @@ class RunFolder:
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    import accelerate
-    import timm
-    import torchvision
-
-    try:
-        own = version("transferkit")
-    except PackageNotFoundError:  # running from a source tree that was not installed
-        own = "unknown"
-    return {"transferkit": own, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+    found = {"python": platform.python_version()}
+    for name in ("transferkit", "torch", "torchvision", "timm", "accelerate", "transformers", "tokenizers", "peft",
+                 "pillow"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # running from a source tree that was not installed, or not installed
+            found[name] = "unknown" if name == "transferkit" else "absent"
+    return found

@@ -315,7 +315,8 @@ def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConf
     result = fit_linear_head(model.linear_head(), x_train, y_train, x_val, y_val, class_weights=weight)
     seconds = time.perf_counter() - start
     return ({"loss": result.train_loss, "accuracy": result.train_accuracy,
-             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2},
+             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2,
+             "exact_fit_converged": result.converged, "exact_fit_iterations": result.iterations},
             {"loss": result.val_loss, "accuracy": result.val_accuracy})
 
 
