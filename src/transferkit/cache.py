@@ -50,10 +50,13 @@ def dataset_fingerprint(samples: Any) -> str:
 @dataclass
 class CacheUse:
     """What one run's cache entries cost: seconds spent computing new entries, and the seconds that reused
-    entries took to compute when an earlier run built them (so comparisons can count them as if paid)."""
+    entries took to compute when an earlier run (or another process of this one) built them (so comparisons can
+    count them as if paid); how many entries this process built and reused."""
 
     built_seconds: float = 0.0
     saved_seconds: float = 0.0
+    built: int = 0
+    reused: int = 0
 
 
 def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray],
@@ -70,12 +73,14 @@ def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: 
         if array.shape == tuple(shape):
             if use is not None:
                 use.saved_seconds += float(json.loads((folder / "meta.json").read_text()).get("seconds", 0.0))
+                use.reused += 1
             return array, True
     started = time.perf_counter()
     array = compute()
     seconds = time.perf_counter() - started
     if use is not None:
         use.built_seconds += seconds
+        use.built += 1
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
     try:

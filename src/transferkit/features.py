@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset
 from .data.samples import Samples
+from .distributed import ShardedBatches, share_of
 from .models.model import TransferModel
 
 logger = logging.getLogger(__name__)
@@ -146,19 +147,24 @@ class FeatureDataset(Dataset):
 @dataclass(frozen=True)
 class HeadFeatures:
     """Cached train and validation features for the head-only phases of a run. Epoch ``e`` trains on the
-    cached view ``e mod views``."""
+    cached view ``e mod views``. With several processes, process ``rank`` gets its part of every batch and its
+    share of the validation features (see :mod:`transferkit.distributed`)."""
 
     train: CachedFeatures
     val: CachedFeatures
     batch_size: int
     drop_last: bool
+    rank: int = 0
+    processes: int = 1
 
     def train_loader(self, epoch: int) -> DataLoader:
-        return DataLoader(FeatureDataset(self.train, epoch), batch_size=self.batch_size, shuffle=True,
-                          drop_last=self.drop_last)
+        dataset = FeatureDataset(self.train, epoch)
+        batches = BatchSampler(RandomSampler(dataset), self.batch_size, drop_last=self.drop_last)
+        return DataLoader(dataset, batch_sampler=ShardedBatches(batches, self.rank, self.processes))
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False)
+        share = share_of(len(FeatureDataset(self.val)), self.rank, self.processes)
+        return DataLoader(Subset(FeatureDataset(self.val), share), batch_size=max(self.batch_size, 256), shuffle=False)
 
     def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((x_train, y_train), (x_val, y_val)) of the first view, float32 (for the exact head fit)."""
