@@ -151,6 +151,9 @@ class World:
         meanwhile ends the job through :meth:`together` instead of a timeout."""
         if self.size == 1:
             return
+        if self._store is None:
+            self.barrier()
+            return
         self._barriers += 1
         key = f"barrier/{self._barriers}"
         self._store.add(key, 1)
@@ -230,8 +233,9 @@ class World:
     def together(self) -> Iterator[None]:
         """Work that ends in every process when it fails in one: a failure here is posted for the others (who stop
         with its message: :class:`JobStopped`, exit code 2 at the command line); a failure posted by another process
-        — or a SIGTERM from the launcher — stops this one. Leaving the block waits for every process."""
-        if self.size == 1:
+        — or a SIGTERM from the launcher — stops this one. Leaving the block waits for every process; leaving it with
+        an error leaves SIGTERM ignored (the job is ending; the process exits with its own code)."""
+        if self.size == 1 or self._store is None:  # without a store: the launcher's SIGTERM, or a timeout
             yield
             return
         watcher = _FailureWatcher(self)
@@ -240,7 +244,10 @@ class World:
             yield
             self.barrier()
         except BaseException as exc:
-            raise self._failure(exc, watcher) from exc
+            stopped = self._failure(exc, watcher)
+            if stopped is exc:
+                raise
+            raise stopped from exc
         finally:
             watcher.uninstall(previous)
 
@@ -286,18 +293,19 @@ def join(cpu: bool = False, timeout: timedelta = timedelta(minutes=30)) -> World
 
     # cpu=True where there is no GPU: Accelerate otherwise treats a CPU-only launch as a single process.
     state = PartialState(cpu=cpu or not torch.cuda.is_available(), timeout=timeout)
-    # The rendezvous store of torchrun (or of rank 0): a key/value store every process can reach.
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none"), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-
-    def connect(prefix: str) -> Callable[[], Any]:
-        return lambda: torch.distributed.PrefixStore(prefix, torch.distributed.TCPStore(
-            host, port, is_master=False, timeout=timeout, wait_for_workers=False))
-
     world = World(state.process_index, state.num_processes, state.local_process_index, state.device)
     # Keys unique to this call (a process may train several runs, e.g. compare's cells): rank 0 names them.
-    prefix = f"transferkit/{run_id[0]}/{run_id[1]}/{world.broadcast(uuid.uuid4().hex)}/"
-    world._connect = connect(prefix)
+    call = world.broadcast(uuid.uuid4().hex)
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        logger.warning("No MASTER_ADDR/MASTER_PORT: a failure in one process may leave the others waiting until "
+                       "the launcher or a %s timeout ends them.", timeout)
+        return world
+    # The rendezvous store of torchrun (or of rank 0): a key/value store every process can reach.
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    prefix = "/".join(["transferkit", os.environ.get("TORCHELASTIC_RUN_ID", "-"),
+                       os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), call, ""])
+    world._connect = lambda: torch.distributed.PrefixStore(prefix, torch.distributed.TCPStore(
+        host, port, is_master=False, timeout=timeout, wait_for_workers=False))
     world._store = world._connect()
     return world
 
@@ -385,7 +393,11 @@ class _FailureWatcher:
         return previous
 
     def uninstall(self, previous: Any) -> None:
+        """Stop watching. After a failure the job is ending: the launcher's SIGTERM is ignored from now on, so this
+        process reports its error and exits with its own code (2) instead of being cut off mid-message."""
         self.stopped.set()
+        if self.raised:
+            previous = signal.SIG_IGN if previous is not None else None
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
