@@ -150,7 +150,7 @@ def job(data, bert, references, killed) -> dict:
     tmp.mkdir()
     shutil.copytree(references["cut"], tmp / "cut")
     image = flags({**IMAGE, "weights": data["weights"]})
-    runs = {name: tmp / name for name in ("two-stage", "progressive", "text", "lora", "from-1", "from-2", "bad")}
+    runs = {name: tmp / name for name in ("two-stage", "progressive", "text", "lora", "scratch", "bad")}
     commands = [
         ["train", "--data", data["images"], *image, "--out", runs["two-stage"]],  # logs at INFO: the plan
         ["train", "--data", data["images"], *image, "--strategy", "progressive", "--groups", 3, "--head-fit", "sgd",
@@ -162,6 +162,8 @@ def job(data, bert, references, killed) -> dict:
         ["compare", "--data", data["images"], "--model", "timm:test_efficientnet", "--weights", data["weights"],
          "--image-size", 32, "--batch-size", 8, "--workers", 0, "--epochs", 1, "--strategies", "linear-probe",
          "--per-class", 4, "--out", tmp / "compare"],
+        ["train", "--data", data["images"], *image, "--strategy", "scratch", "--bn", "train", "--epochs", 1,
+         "--out", runs["scratch"], "-q"],  # BatchNorm statistics per process (no SyncBatchNorm on CPUs)
         ["train", "--resume", tmp / "cut", "-q"],  # started by 1 process, resumed by 2
         ["train", "--resume", killed["run"], "-q"],  # started by 2 processes (killed), resumed by 2
         ["train", "--data", data["images"], *image, "--epochs", 3, "--out", runs["bad"], "-q"],  # fails (TK_FAULT)
@@ -176,7 +178,7 @@ def job(data, bert, references, killed) -> dict:
 
 
 def test_two_processes_write_one_run_folder_once(job):
-    assert job["exits"][:7] == [0] * 7, job["err"][-3000:]
+    assert job["exits"][:8] == [0] * 8, job["err"][-3000:]
     run = job["runs"]["two-stage"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.yaml", "feature-cache", "metrics.jsonl",
                                                      "model.safetensors", "transferkit.json"]
@@ -223,11 +225,13 @@ def test_two_processes_with_half_batches_equal_one_process(job, references):
 
 
 def test_every_strategy_and_compare_run_in_two_processes(job):
-    assert info(job["runs"]["progressive"])["strategy"] == "progressive"
-    lora = job["runs"]["lora"]
-    assert info(lora)["strategy"] == "lora" and (lora / "adapter").is_dir()
-    assert info(lora)["distributed"]["per_process"][0]["weights_sha256"] == \
-        info(lora)["distributed"]["per_process"][1]["weights_sha256"]
+    for name in ("progressive", "lora", "scratch"):
+        saved = info(job["runs"][name])
+        assert saved["strategy"] == name
+        fingerprints = {p["weights_sha256"] for p in saved["distributed"]["per_process"]}
+        assert len(fingerprints) == 1, name  # BatchNorm running statistics included (scratch, --bn train)
+    assert (job["runs"]["lora"] / "adapter").is_dir()
+    assert info(job["runs"]["scratch"])["distributed"]["batchnorm_statistics"].startswith("per process: over its 4")
     results = json.loads((job["compare"] / "results.json").read_text())
     assert [c["strategy"] for c in results["cells"]] == ["linear-probe"]
     assert (job["compare"] / "summary.md").is_file() and (job["compare"] / "report.html").is_file()
@@ -324,7 +328,7 @@ def test_the_plan_states_the_global_batch_and_batchnorm_statistics(capsys):
     assert code == 0
     assert ("Batch: 64 per step in total — 4 processes x 16; the learning rates below apply to this global batch, "
             "unscaled") in out
-    assert "per process: over its 16 samples (SyncBatchNorm needs GPUs)" in out
+    assert "per process: over its 16 samples, running statistics those of process 0 (SyncBatchNorm needs GPUs)" in out
     code, out, _ = run_cli(capsys, "plan", "--json", "--batch-size", 64)
     assert json.loads(out)["distributed"] == {"processes": 1, "global_batch": 64, "per_process_batch": 64,
                                               "lr_scaling": "none",

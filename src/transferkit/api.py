@@ -97,8 +97,11 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     if not resumed:
         run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
     run = RunFolder(run_config.out if not resumed else run.path, main_process=world.is_main)
-    split, model, run_plan, start_phase = world.agreed(_validated, run_config, run, world, resumed)
-    if not resumed:
+    split, model, run_plan, state = world.agreed(_validated, run_config, run, world, resumed)
+    start_phase = state["phase_index"] if state else 0
+    if resumed:
+        run.rewrite_metrics(state["history"])
+    else:
         run.create(run_config, run_config.overwrite)
     try:
         cache_use = CacheUse()
@@ -136,19 +139,17 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
 
 
 def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
-               resumed: bool) -> tuple[SplitData, Any, Plan, int]:
+               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None]:
     """Everything checked before the run folder is written, in every process: the folder, the batch split, the
-    data, the model and the plan; returns them with the phase to start from."""
-    start_phase = 0
+    data, the model and the plan; returns them with the checkpoint's state of a resumed run."""
+    state = None
     if resumed:
         state = run.checkpoint_state()  # every process reads the checkpoint: the run folder must be visible to all
-        start_phase = state["phase_index"]
         world.check_batch_size(config.batch_size, resumed=True)
         if state.get("processes", 1) != world.size:
             logger.info("Resuming a run started with %d process(es) on %d: the global batch stays %d (%d per "
                         "process), so the data order and the LR schedule continue unchanged.",
                         state.get("processes", 1), world.size, config.batch_size, config.batch_size // world.size)
-        run.rewrite_metrics(state["history"])
     else:
         run.check_new(config.overwrite)
         world.check_batch_size(config.batch_size)
@@ -159,7 +160,7 @@ def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
     logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
                 split.unit, len(split.classes))
     logger.info("%s", run_plan)
-    return split, model, run_plan, start_phase
+    return split, model, run_plan, state
 
 
 def _processes_report(world: distributed.World, run_plan: Plan, model: Any, use: CacheUse) -> dict[str, Any]:

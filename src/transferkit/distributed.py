@@ -90,10 +90,11 @@ class World:
     size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    _store: Any = None  # a client of the job's rendezvous store (key/value), for failures and barriers
-    _connect: Callable[[], Any] | None = None  # opens another client (the failure watcher's own connection)
-    _barriers: int = 0
-    _watcher: _FailureWatcher | None = None
+    # a client of the job's rendezvous store (key/value), for failures and barriers, and how to open another one
+    # (the failure watcher's own connection)
+    _store: Any = field(default=None, repr=False)
+    _connect: Callable[[], Any] | None = field(default=None, repr=False)
+    _barriers: int = field(default=0, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -140,6 +141,18 @@ class World:
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is set in any process (so every process takes the same decision)."""
         return bool(self.max([float(flag)])[0])
+
+    def sync_buffers(self, module: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) in every process. DDP sends them at the start of each
+        training step, but each process then updates its own copy from its slice; without SyncBatchNorm they would
+        drift apart by the end of an epoch, and validation would run different models."""
+        if self.size == 1:
+            return
+        for buffer in module.buffers():
+            if buffer.is_floating_point() or buffer.dtype == torch.long:
+                tensor = buffer.data.to(self._comm_device)
+                torch.distributed.broadcast(tensor, src=0)
+                buffer.data.copy_(tensor)
 
     def barrier(self) -> None:
         """Wait for every process (a collective: for short waits)."""

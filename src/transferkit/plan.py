@@ -58,7 +58,8 @@ class Plan:
         learning rates and BatchNorm (``transferkit.json`` keeps it)."""
         statistics = ("n/a (no phase trains BatchNorm statistics)" if self.bn != "train" or self.processes == 1 else
                       "SyncBatchNorm: over the global batch" if self.sync_bn else
-                      f"per process: over its {self.batch_size // self.processes} samples (SyncBatchNorm needs GPUs)")
+                      f"per process: over its {self.batch_size // self.processes} samples, running statistics those "
+                      "of process 0 (SyncBatchNorm needs GPUs)")
         return {"processes": self.processes, "global_batch": self.batch_size,
                 "per_process_batch": self.batch_size // self.processes, "lr_scaling": "none",
                 "batchnorm_statistics": statistics}

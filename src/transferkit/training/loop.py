@@ -148,6 +148,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                                                 _label(state, phase), config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
                                                 penalty, world)
+                world.sync_buffers(model)
                 val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world)
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock)
             if is_best:
