@@ -51,10 +51,13 @@ def dataset_fingerprint(samples: Any) -> str:
 @dataclass
 class CacheUse:
     """What one run's cache entries cost: seconds spent computing new entries, and the seconds that reused
-    entries took to compute when an earlier run built them (so comparisons can count them as if paid)."""
+    entries took to compute when an earlier run (or another process of this one) built them (so comparisons can
+    count them as if paid); how many entries this process built and reused."""
 
     built_seconds: float = 0.0
     saved_seconds: float = 0.0
+    built: int = 0
+    reused: int = 0
 
 
 def load_or_compute(cache_dir: Path, key: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray],
@@ -128,6 +131,7 @@ def _open_arrays(folder: Path) -> dict[str, np.ndarray] | None:
 def _count_reuse(folder: Path, use: CacheUse | None) -> None:
     if use is not None:
         use.saved_seconds += float(json.loads((folder / "meta.json").read_text()).get("seconds", 0.0))
+        use.reused += 1
 
 
 def _store(cache_dir: Path, key: str, arrays: dict[str, np.ndarray], meta: dict[str, Any], seconds: float,
@@ -135,6 +139,7 @@ def _store(cache_dir: Path, key: str, arrays: dict[str, np.ndarray], meta: dict[
     """Write the arrays and ``meta.json`` in a temporary folder, then rename it into place."""
     if use is not None:
         use.built_seconds += seconds
+        use.built += 1
     folder = cache_dir / key
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset
 from .data.samples import Samples
 from .data.sampling import SeededShuffle
+from .distributed import ShardedBatches, share_of
 from .models.model import TransferModel
 from .seeding import derive_seed
 
@@ -211,21 +212,27 @@ class FeatureDataset(Dataset):
 @dataclass(frozen=True)
 class HeadFeatures:
     """Cached train and validation features for the head-only phases of a run. Epoch ``e`` trains on the
-    cached view ``e mod views``."""
+    cached view ``e mod views``. With several processes, process ``rank`` gets its part of every batch and its
+    share of the validation features (see :mod:`transferkit.distributed`)."""
 
     train: CachedFeatures
     val: CachedFeatures
     batch_size: int
     drop_last: bool
+    rank: int = 0
+    processes: int = 1
 
     def train_loader(self, epoch: int) -> DataLoader:
-        """The same order of examples as the image loader draws for this epoch (:class:`SeededShuffle`)."""
+        """The same order of examples as the image loader draws for this epoch (:class:`SeededShuffle`), each global
+        batch sliced for this process."""
         dataset = FeatureDataset(self.train, epoch)
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=SeededShuffle(len(dataset)),
-                          drop_last=self.drop_last, generator=torch.Generator().manual_seed(0))
+        batches = BatchSampler(SeededShuffle(len(dataset)), self.batch_size, drop_last=self.drop_last)
+        return DataLoader(dataset, batch_sampler=ShardedBatches(batches, self.rank, self.processes),
+                          generator=torch.Generator().manual_seed(0))
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False,
+        share = share_of(len(FeatureDataset(self.val)), self.rank, self.processes)
+        return DataLoader(Subset(FeatureDataset(self.val), share), batch_size=max(self.batch_size, 256), shuffle=False,
                           generator=torch.Generator().manual_seed(0))
 
     def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
