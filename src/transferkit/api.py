@@ -168,7 +168,8 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
                                    "transferkit.load, or start a new run with another --out.")
         if not run.has_checkpoint:
             raise TransferKitError(f"{run.path} has no checkpoint (it stopped before the first epoch ended). "
-                                   f"Fix: start again with --overwrite --out {run.path}.")
+                                   f"Fix: start it over with `transferkit train --config {run.path / 'config.yaml'} "
+                                   f"--out {run.path}` (or the command that started it, without --resume).")
         known = set(train_option_names())  # a run made by another version may hold names this one lacks
         return TrainConfig.from_options({k: v for k, v in saved.items() if k in known}), run
     run_config = TrainConfig.from_options(merge_options(load_recipe(config) if config else {},
