@@ -5,7 +5,9 @@ and the decoded-input cache built at the start) are each trained once uninterrup
 reference — and then many times with ``kill -9`` (SIGKILL to the whole process group) at:
 
 - **random moments**: uniform over the run after its folder appears (one in five: uniform from the process start,
-  imports included); a continued run is itself killed again with probability 0.4 (chains of up to 3 kills);
+  imports included); a continued run is itself killed again with probability 0.4 (chains of up to 3 kills), at a
+  moment uniform from its start (a kill while it still imports and loads is labelled "startup of the continued
+  run");
 - **the checkpoint swap**: the moment ``.checkpoint.new`` is created (the new checkpoint being written) or
   ``.checkpoint.old`` appears (the previous one moved aside), at a random epoch's checkpoint (watched with inotify);
 - **the feature-cache build**: a random moment while the backbone computes the features, or the moment the cache's
@@ -357,10 +359,12 @@ class Campaign:
         proc, plan, chain, kind = start(args, self.log(run.name)), first, 0, "start"
         record = {"run": run.name, "config": config, "target": target, "kills": [], "continuations": []}
         while True:
+            started = time.monotonic()
             with realtime():
                 landed = plan(proc, run)
                 if landed:
                     kill(proc)
+            elapsed = time.monotonic() - started
             if not landed:  # the moment never came (the run ended first): let it finish
                 rc = finish(proc)
                 record["continuations"].append({"kind": kind, "rc": rc, "missed_target": True})
@@ -369,11 +373,13 @@ class Campaign:
                 break
             chain += 1
             phase, state = where(run, ref["phases"])
+            if chain > 1 and elapsed < ref["marks"].get("folder", 0.0) and phase not in ("startup", "finished"):
+                phase = "startup of the continued run"  # still importing / loading: the folder shows the last kill
             loaded, refusal = loads_as_finished(run)
             wrongly = loaded and not self._matches(run, ref)
             kill_record = {"run": run.name, "config": config, "target": target if chain == 1 else "random (chained)",
-                           "phase": phase, "state": state, "loaded": loaded, "refusal": refusal,
-                           "loaded_while_unfinished": wrongly, "chain": chain}
+                           "seconds_after_start": round(elapsed, 2), "phase": phase, "state": state,
+                           "loaded": loaded, "refusal": refusal, "loaded_while_unfinished": wrongly, "chain": chain}
             self.kills.append(kill_record)
             record["kills"].append(kill_record)
             print(f"  kill {len(self.kills):3d} {config:<20} {kill_record['target']:<28} {phase:<34} {state}",
@@ -386,7 +392,7 @@ class Campaign:
                 kind, args = "restart (same command)", ["train", *flags, "--out", str(run)]
             proc = start(args, self.log(run.name))
             if chain < 3 and self.rng.random() < 0.4:
-                plan = self.random_moment(config, from_start=False)
+                plan = self.random_moment(config, from_start=True)
                 record["continuations"].append({"kind": kind, "rc": "killed again"})
                 continue
             rc = finish(proc)
