@@ -30,6 +30,16 @@ def _same_weights(a, b):
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread is faster than two fighting over a busy machine (results are compared within a
+    process, so the thread count does not matter for them)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Crash(BaseException):
     """Stands for the process dying: nothing after it runs (not even ``except Exception`` handlers)."""
 
