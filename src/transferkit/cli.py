@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import options as schema
+from .distributed import is_main_process, leave
 from .errors import TransferKitError, one_line
 
 app = typer.Typer(
@@ -138,7 +139,9 @@ def train(**values: Any) -> None:
     given, recipe, resume = _given(values, schema.TrainConfig), values.get("config"), values.get("resume")
     if values.get("dry_run"):
         given.pop("out", None)
-        print(api.plan(given.pop("data", None), config=recipe, **given))
+        plan_text = str(api.plan(given.pop("data", None), config=recipe, **given))
+        if is_main_process():
+            print(plan_text)
         return
     try:
         result = api.train(given.pop("data", None), resume=resume, config=recipe, progress=not quiet,
@@ -148,6 +151,9 @@ def train(**values: Any) -> None:
         console.print(f"[yellow]Interrupted.[/] Continue with: transferkit train --resume {run}" if run else
                       "[yellow]Interrupted.[/] Continue with --resume <run folder> (see the runs/ folder).")
         raise typer.Exit(130) from None
+    leave()  # the distributed job's process group, if this command joined one
+    if not is_main_process():  # one report per job: the process that wrote the run folder prints it
+        return
     table = Table(title=f"transferkit: {result.run_dir}", show_header=False)
     table.add_row("data", result.data_description)
     table.add_row("best epoch", f"{result.best_epoch} of {len(result.history)}")
@@ -170,7 +176,7 @@ def plan(**values: Any) -> None:
     _setup_logging(quiet=True)
     given = _given(values, schema.TrainConfig)
     result = api.plan(given.pop("data", None), num_classes=values.get("num_classes") or 10,
-                      config=values.get("config"), **given)
+                      config=values.get("config"), processes=values.get("processes"), **given)
     print(json.dumps(result.to_dict()) if _flag(values, "as_json") else result)
 
 
@@ -296,6 +302,9 @@ def compare(**values: Any) -> None:
                          per_class=_int_list("per_class", grid["per_class"]), seeds=grid["seeds"],
                          scratch_per_class=_int_list("scratch_per_class", grid["scratch_per_class"]),
                          out=grid["out"], **train_options)
+    leave()
+    if not is_main_process():
+        return
     print((Path(report["out"]) / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {Path(report['out']) / 'report.html'}")
 
@@ -389,7 +398,7 @@ def _setup_logging(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
-    package.setLevel(logging.WARNING if quiet else logging.INFO)
+    package.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)  # one voice per job
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -195,7 +195,8 @@ class StrategyOptions:
     l2_sp: float = option(0.0, "L2-SP strength: pull pre-trained weights towards their starting values (0: off), "
                                "e.g. 0.01.", flags=("--l2-sp",),
                           check=lambda n, v: non_negative_float(n, v, "0.01"))
-    batch_size: int = option(32, "Examples per batch.", check=positive)
+    batch_size: int = option(32, "Examples per optimisation step, in total: several processes (torchrun) split "
+                                 "each batch evenly.", check=positive)
     augment: str = option("light", "Augmentation: none, light (flip, random resized crop), heavy (plus colour "
                                    "jitter, rotation, RandAugment).", check=check_augment)
     label_smoothing: float = option(0.0, "Label smoothing for the cross-entropy loss.",
@@ -397,6 +398,8 @@ class PlanOptions:
     PANEL: ClassVar[str] = "Plan"
 
     num_classes: int = option(10, "Classes of the task when --data is not given.", check=positive)
+    processes: int | None = option(None, "Plan for N processes sharing each batch (torchrun --nproc-per-node N).",
+                                   default_text="this launch's, 1 outside torchrun", check=positive_or_none)
     as_json: bool = json_flag()
 
 

@@ -156,26 +156,41 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
     if info.get("modality") == "text":
         from .models.text import rebuild_text_model
 
-        model = rebuild_text_model(run_dir, info, merge=merge)
+        model = rebuild_text_model(run_dir, info, merge=merge)  # LoRA: refuses a changed base encoder
         if "lora" in info["model"].get("extra", {}):
-            model.head.load_state_dict(load_weights(run_dir / HEAD_WEIGHTS))
+            # the adapter is in adapter/; the head is checked like full weights (shapes, hence the class count)
+            _load_checked(model.head, run_dir / HEAD_WEIGHTS, prefix="head.")
             return TrainedModel(model, classes, info, run_dir)
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])
-    state = load_weights(run_dir / WEIGHTS)
-    expected = model.state_dict()
+    _load_checked(model, run_dir / WEIGHTS)
+    return TrainedModel(model, classes, info, run_dir)
+
+
+def _load_checked(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    """Load ``path`` into ``module`` after checking names and shapes, with a one-line error naming the problems.
+
+    Args:
+        module: the model (or its head) built from ``transferkit.json``.
+        path: the safetensors file.
+        prefix: shown before the tensor names (``head.`` for a head loaded on its own).
+    """
+    if not path.is_file():
+        raise TransferKitError(f"{path} is missing from the run folder. Fix: the run folder is incomplete; copy it "
+                               "again or retrain.")
+    state = load_weights(path)
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+    wrong = [f"{prefix}{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        problems = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
-                   ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+        problems = ([f"{len(missing)} missing (e.g. {prefix}{missing[0]})"] if missing else []) + \
+                   ([f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})"] if unexpected else []) + \
                    ([f"wrong shapes: {'; '.join(wrong[:3])}"] if wrong else [])
-        raise TransferKitError(f"{run_dir / WEIGHTS} does not fit the model described in transferkit.json: "
+        raise TransferKitError(f"{path} does not fit the model described in transferkit.json: "
                                f"{', '.join(problems)}. Fix: the files come from different runs; retrain.")
-    model.load_state_dict(state)
-    return TrainedModel(model, classes, info, run_dir)
+    module.load_state_dict(state)
 
 
 def _same_source(a: str, b: str | None) -> bool:

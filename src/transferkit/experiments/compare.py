@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..distributed import is_main_process
 from ..errors import TransferKitError
 from ..training.checkpoint import write_json_atomic
 from .grid import RESULTS, Cell, CellResult, derived_factors, grid, run_grid
@@ -23,7 +24,8 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
             **train_options: Any) -> dict[str, Any]:
     """Run the grid with :func:`transferkit.train` and write ``results.json``, ``summary.md`` and
     ``report.html`` to ``out``. Every run is tested on the data's own held-out test split (the same images
-    for every cell); feature and decoded-input caches are shared between runs."""
+    for every cell); feature and decoded-input caches are shared between runs. Under ``torchrun`` every process
+    runs the grid (each cell is a distributed run) and rank 0 writes the files."""
     from ..api import train
 
     out = Path(out)
@@ -50,6 +52,8 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     factors = derived_factors(results)
     title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
                                                                for k, v in options.items())
+    if not is_main_process():
+        return {"results": results, "factors": factors, "out": out}
     write_json_atomic(out / RESULTS, {**meta, "cells": [asdict(r) for r in results], "factors": factors})
     (out / "summary.md").write_text(summary_markdown(results, factors, title), encoding="utf-8")
     write_report(out / "report.html", results, factors, title)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..distributed import is_main_process
 from ..errors import TransferKitError, bad_value
 from ..strategies import STRATEGIES
 from ..training.checkpoint import write_json_atomic
@@ -90,7 +91,8 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
         logger.info("[%d/%d] %s (%s elapsed%s)", index, len(cells), cell.name, _duration(elapsed), eta)
         done[cell] = trainer(cell, out / "runs" / cell.name)
         finished += 1
-        write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
+        if is_main_process():  # under torchrun every process runs the grid; one writes it
+            write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
     return [done[c] for c in cells]
 
 
