@@ -392,25 +392,34 @@ def manifest_case(spec: dict[str, Any], assets: Assets, folder: Path) -> Outcome
         rows.append(sep.join(cells.get(c, "") for c in columns) if columns else sep.join([cells["path"], label]))
     faults = spec["row_faults"]
     extra_dir = folder / "images" / "red"
+
+    def row(path: str, label: str, *more: str) -> str:
+        """A fault row with its path and label in the header's column order (then any surplus values)."""
+        if "label" not in columns or "path" not in columns:
+            return sep.join([path, label, *more])
+        cells = [""] * len(columns)
+        cells[columns.index("path")], cells[columns.index("label")] = path, label
+        return sep.join(cells + list(more))
+
     if "missing-field" in faults:
         rows.append(str((extra_dir / "img0.png").relative_to(folder)))
     if "extra-field" in faults:
-        rows.append(sep.join([str((extra_dir / "img1.png").relative_to(folder)), "red", "val", "surplus", "more"]))
+        rows.append(row(str((extra_dir / "img1.png").relative_to(folder)), "red", "surplus", "more"))
     if "empty-label" in faults:
-        rows.append(sep.join([str((extra_dir / "img2.png").relative_to(folder)), ""] + [""] * (len(columns) - 2)))
+        rows.append(row(str((extra_dir / "img2.png").relative_to(folder)), ""))
     if "missing-file" in faults:
-        rows.append(sep.join(["images/red/nope.png", "red"] + [""] * (len(columns) - 2)))
+        rows.append(row("images/red/nope.png", "red"))
     if "nul-in-path" in faults:
-        rows.append(sep.join(["images/red/img\0.png", "red"] + [""] * (len(columns) - 2)))
+        rows.append(row("images/red/img\0.png", "red"))
     if "bad-split" in faults and "split" in columns:
         rows.append(sep.join([str((extra_dir / "img3.png").relative_to(folder)), "red", "holdout"]))
     if "comma-in-quoted-path" in faults:
         odd = folder / "images" / "red" / "a,b.png"
         Image.fromarray(noisy(COLOURS[0], 999)).save(odd)
-        rows.append(sep.join([f'"{odd.relative_to(folder)}"', "red"] + [""] * (len(columns) - 2)))
+        rows.append(row(f'"{odd.relative_to(folder)}"', "red"))
     if "newline-in-quoted-label" in faults:
         path0 = str((extra_dir / "img0.png").relative_to(folder))
-        rows.append(sep.join([path0, '"re\nd"'] + [""] * (len(columns) - 2)))
+        rows.append(row(path0, '"re\nd"'))
     if "only-commas" in faults:
         rows.append(sep * max(1, len(columns) - 1))
     lines = ([header] if spec["header"] else []) + rows

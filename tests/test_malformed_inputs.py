@@ -83,3 +83,53 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path, mon
                                                r"10,000 pixels\). Fix: downscale it"):
         images.open_image(path)
     assert "too large" in images.image_problem(path)
+
+
+def test_tables_read_excel_unicode_text_and_refuse_shifted_rows(tmp_path):
+    """UTF-16 with its BOM, CR line ends, blank rows and spaced column names are read; a row with more values than
+    the header (an unquoted comma) is an error naming its line instead of silently shifting the values."""
+    from transferkit.data.tables import read_table
+    from transferkit.errors import TransferKitError
+
+    path = tmp_path / "m.tsv"
+    path.write_bytes("\ufeff Path \t Label \r\ra.png\tcafé\r\r".encode("utf-16-le"))
+    assert read_table(path, lower_header=True) == (["path", "label"], [(3, {"path": "a.png", "label": "café"})])
+    shifted = tmp_path / "s.csv"
+    shifted.write_text("text,label\n\"fine\",pos\na good film, really,pos\n", encoding="utf-8")
+    with pytest.raises(TransferKitError, match=r"s.csv, line 3: 3 values but the header has 2 .* unquoted comma"):
+        read_table(shifted)
+
+
+def test_labels_are_checked_the_same_way_everywhere():
+    """A newline (an unclosed quote) or an empty label is an error; labels differing only in case or Unicode form
+    are an error naming both (they were two classes)."""
+    import unicodedata
+
+    from transferkit.data.tables import check_label_names, clean_label
+    from transferkit.errors import TransferKitError
+
+    assert clean_label("  cat ", "x") == "cat" and clean_label(1, "x") == "1"
+    for bad in ("", "   ", "re\nd", None):
+        with pytest.raises(TransferKitError, match="x: "):
+            clean_label(bad, "x")
+    with pytest.raises(TransferKitError, match="'Cat' and 'cat' .* differ only in letter case"):
+        check_label_names(["Cat", "cat", "dog"], "data")
+    with pytest.raises(TransferKitError, match="differ only"):
+        check_label_names(["caf\u00e9", unicodedata.normalize("NFD", "caf\u00e9")], "data")
+    check_label_names(["cat", "dog", "猫"], "data")
+
+
+def test_the_decoded_cache_reports_an_unreadable_header_in_the_house_format(tmp_path):
+    """PIL's DecompressionBombError is not an OSError: it escaped the decoded cache's size pass as a traceback."""
+    from transferkit.data.decoded import source_size
+    from transferkit.errors import TransferKitError
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from malformed_inputs import huge_png_header
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(huge_png_header(60_000, 50_000))
+    with pytest.raises(TransferKitError, match="bomb.png: too large"):
+        source_size(path)
