@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-GENERATED = 4  # generated cases per category, on top of the explicit ones
+GENERATED = 3  # generated cases per category, on top of the explicit ones
 
 
 @pytest.fixture(scope="module")
