@@ -4,10 +4,10 @@ Four runs of several phases (images and texts; ``two-stage`` and ``progressive``
 and the decoded-input cache built at the start) are each trained once uninterrupted — the
 reference — and then many times with ``kill -9`` (SIGKILL to the whole process group) at:
 
-- **random moments**: uniform over the run after its folder appears (one in five: uniform from the process start,
-  imports included); a continued run is itself killed again with probability 0.4 (chains of up to 3 kills), at a
-  moment uniform from its start (a kill while it still imports and loads is labelled "startup of the continued
-  run");
+- **random moments**: uniform from the moment its folder appears to the moment it finishes (``transferkit.json``;
+  one in five: uniform from the process start, imports included); a continued run is itself killed again with
+  probability 0.4 (chains of up to 3 kills), at a moment uniform from its start (a kill while it still imports
+  and loads is labelled "startup of the continued run");
 - **the checkpoint swap**: the moment ``.checkpoint.new`` is created (the new checkpoint being written) or
   ``.checkpoint.old`` appears (the previous one moved aside), at a random epoch's checkpoint (watched with inotify);
 - **the feature-cache build**: a random moment while the backbone computes the features, or the moment the cache's
@@ -333,7 +333,7 @@ class Campaign:
             marks: dict[str, float] = {}
             while proc.poll() is None:
                 for mark, path in (("folder", run / "config.yaml"), ("cache", run / "feature-cache"),
-                                   ("checkpoint", run / "checkpoint")):
+                                   ("checkpoint", run / "checkpoint"), ("finished", run / "transferkit.json")):
                     if mark not in marks and path.exists():
                         marks[mark] = time.monotonic() - started
                 time.sleep(0.01)
@@ -434,7 +434,10 @@ class Campaign:
             else:
                 if not wait_for_file(proc, run / "config.yaml", started + TIMEOUT):
                     return False
-                delay = rng.uniform(0, max(0.1, ref["seconds"] - folder_at))
+                # up to the moment the run finished (transferkit.json), not the interpreter's exit after it: kills
+                # after the finish test nothing (one in three random kills landed there)
+                finished_at = ref["marks"].get("finished", ref["seconds"])
+                delay = rng.uniform(0, max(0.1, finished_at - folder_at))
             started = time.monotonic()
             while time.monotonic() - started < delay:
                 if proc.poll() is not None:
