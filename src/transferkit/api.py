@@ -218,7 +218,8 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
                                    "transferkit.load, or start a new run with another --out.")
         if not run.has_checkpoint:
             raise TransferKitError(f"{run.path} has no checkpoint (it stopped before the first epoch ended). "
-                                   f"Fix: start again with --overwrite --out {run.path}.")
+                                   f"Fix: start it over with `transferkit train --config {run.path / 'config.yaml'} "
+                                   f"--out {run.path}` (or the command that started it, without --resume).")
         known = set(train_option_names())  # a run made by another version may hold names this one lacks
         dropped = sorted(set(saved) - known - {"out", "overwrite"})
         if dropped:

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import options as schema
 from .distributed import is_main_process, leave
-from .errors import TransferKitError
+from .errors import TransferKitError, one_line
 
 app = typer.Typer(
     name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, prog_name="transferkit")
     except TransferKitError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

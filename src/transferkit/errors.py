@@ -7,6 +7,7 @@ print it as one line (no traceback) and exit with code 2.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -18,6 +19,18 @@ class TransferKitError(Exception):
 
 class IncompleteRunError(TransferKitError):
     """A run folder that holds a checkpoint but no finished model."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker comes back with the worker's traceback
+    in its message ("Caught TransferKitError in DataLoader worker process 0. Original Traceback ..."): only the
+    original message is kept."""
+    text = str(error)
+    if "Original Traceback" in text:
+        marker = f"{type(error).__name__}: "
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(marker, 1)[1] if marker in last else last
+    return re.sub(r"\s*[\r\n]+\s*", " ", text).strip()
 
 
 def bad_value(name: str, got: object, allowed: str, fix: str = "") -> TransferKitError:

@@ -20,7 +20,14 @@ from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
 from .data.sampling import SeededShuffle
 from .data.sources import load_training_data
-from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
+from .data.text import (
+    LengthBucketSampler,
+    TextCollator,
+    TextDataset,
+    header_columns,
+    is_text_data,
+    load_text_training_data,
+)
 from .distributed import World
 from .errors import TransferKitError
 from .features import HeadFeatures, cached_features
@@ -44,7 +51,7 @@ def load_data(config: TrainConfig) -> SplitData:
         raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
                                "a CSV/TSV/JSONL file with text and label columns, a folder of them, a folder of .txt "
                                "files per class, or builtin:bbc-news.")
-    if text_data and not text_model:
+    if text_data and not text_model and not _manifest_without_text(Path(config.data)):
         raise TransferKitError(f"--data {config.data} holds texts but {config.model} is a vision model. Fix: pass a "
                                "language model, e.g. --model minilm-l6 or --model hf:bert-base-uncased.")
     shaping = {"val_fraction": config.val_fraction, "per_class": config.per_class, "seed": config.seed}
@@ -52,6 +59,12 @@ def load_data(config: TrainConfig) -> SplitData:
         return load_text_training_data(config.data, text_column=config.text_column, label_column=config.label_column,
                                        **shaping)
     return load_training_data(config.data, skip_bad_images=config.skip_bad_images, **shaping)
+
+
+def _manifest_without_text(path: Path) -> bool:
+    """A CSV/TSV with no ``text`` column, given to a vision model: read as an image manifest (whose reader names the
+    columns it needs), not called text."""
+    return path.is_file() and path.suffix.lower() in (".csv", ".tsv") and "text" not in header_columns(path)
 
 
 def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> TransferModel:
