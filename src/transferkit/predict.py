@@ -1,4 +1,7 @@
-"""A finished run, loaded back: ``transferkit.load(run).predict([...])`` and ``.evaluate(data)``."""
+"""A finished run, loaded back: ``transferkit.load(run).predict([...])`` and ``.evaluate(data)``.
+
+Classification predicts top-k labels; a dense task (segmentation) answers through its task object
+(:mod:`transferkit.tasks`): masks from ``predict``, its own metrics from ``evaluate``."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
 from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
+from .tasks import get_task
 from .training.checkpoint import load_weights
 
 
@@ -37,7 +41,8 @@ class Prediction:
 
 
 class TrainedModel:
-    """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference."""
+    """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference. ``task`` is
+    the task object of the model (:mod:`transferkit.tasks`)."""
 
     def __init__(self, model: TransferModel, classes: list[str], info: dict[str, Any] | None = None,
                  run_dir: Path | None = None) -> None:
@@ -46,6 +51,7 @@ class TrainedModel:
         self.info = info or {}
         self.run_dir = run_dir
         self.is_text = model.is_text
+        self.task = get_task(model.task)
         self.transform = None if self.is_text else build_transforms(model.preprocessing, "none")[1]
 
     @property
@@ -59,10 +65,13 @@ class TrainedModel:
         items = self._inputs(inputs)
         return self._probabilities([it for _, it in items], batch_size)
 
-    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Any]:
         """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays —
-        or, for a language model, for strings."""
+        or, for a language model, for strings. Segmentation: a :class:`~transferkit.tasks.segmentation.
+        MaskPrediction` per image (``.mask``, a class-index array at the image's size; ``.fractions``)."""
         items = self._inputs(inputs)
+        if self.task.dense:
+            return self.task.predict(self.model, items, self.classes, batch_size=min(batch_size, 16))
         probabilities = self._probabilities([it for _, it in items], batch_size)
         k = max(1, min(top_k, len(self.classes)))
         results = []
@@ -74,7 +83,14 @@ class TrainedModel:
 
     def evaluate(self, data: str | Path | Samples, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
-        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data."""
+        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data (segmentation: mIoU,
+        per-class IoU and Dice, pixel accuracy)."""
+        if self.task.dense:
+            config = self.info.get("config", {})
+            samples = data if not isinstance(data, (str, Path)) else \
+                self.task.load_eval_data(data, self.classes, config)
+            return self.task.evaluate(self.model, samples, self.classes, min(batch_size, 16),
+                                      ignore_index=config.get("ignore_index", 255))
         if isinstance(data, Samples):
             samples = data
         elif self.is_text:
@@ -128,7 +144,10 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
     if len(classes) != info["head"]["num_classes"]:
         raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "
                                "classes. The run folder is inconsistent; retrain it.")
-    if info.get("modality") == "text":
+    task = get_task(info.get("task", "classification"))
+    if task.dense:
+        model = task.rebuild_model(info)
+    elif info.get("modality") == "text":
         from .models.text import rebuild_text_model
 
         model = rebuild_text_model(run_dir, info, merge=merge)

@@ -1,17 +1,19 @@
 """What a run needs before its loop starts, from a :class:`~transferkit.options.TrainConfig` and its
 :class:`~transferkit.plan.Plan`: the data, the model (with LoRA adapters when asked), the loaders (decoded-input
 cache for images, length-bucketed batches for texts), the frozen-backbone feature cache when the plan runs
-phases on it, and the device settings."""
+phases on it, and the device settings. A dense task (segmentation) supplies its own data, model and datasets
+(:class:`transferkit.tasks.base.Task`); the rest is shared."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from .cache import CacheUse
 from .data.decoded import DecodedDataset, decoded_images
@@ -27,6 +29,7 @@ from .models.text import apply_lora, is_text_model, load_text_model
 from .options import TrainConfig
 from .plan import Plan
 from .strategies import uses_pretrained_weights
+from .tasks import get_task
 from .training.loop import FitConfig
 
 logger = logging.getLogger("transferkit.api")
@@ -35,7 +38,10 @@ DECODED_CACHE_LIMIT = 16e9  # bytes of uint8 images on disk (memory-mapped)
 
 
 def load_data(config: TrainConfig) -> SplitData:
-    """The run's data: images or texts, as the model's modality needs."""
+    """The run's data: images or texts, as the model's modality needs; a dense task's own format."""
+    task = get_task(config.task)
+    if task.dense:
+        return task.load_data(config)
     text_model, text_data = is_text_model(config.model), is_text_data(config.data)
     if text_model and not text_data:
         raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
@@ -52,8 +58,12 @@ def load_data(config: TrainConfig) -> SplitData:
 
 
 def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> TransferModel:
-    """The model with a new head for ``num_classes`` classes (LoRA adapters applied for ``lora``)."""
+    """The model with a new head for ``num_classes`` classes (LoRA adapters applied for ``lora``; a dense task's
+    head, e.g. a segmentation decoder, on the backbone's feature pyramid)."""
     pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
+    task = get_task(config.task)
+    if task.dense:
+        return task.build_model(config, num_classes, pretrained)
     if not is_text_model(config.model):
         return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
                           dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
@@ -68,9 +78,12 @@ def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | Non
 
 def loaders(data: SplitData, model: TransferModel, config: TrainConfig, plan: Plan, start_phase: int,
             cache_dir: Path, progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of the run's modality."""
+    """Training and validation loaders of the run's modality (a dense task's datasets, with joint augmentation)."""
     if model.is_text:
         return text_loaders(data, model, config)
+    task = get_task(config.task)
+    if task.dense:
+        return _loaders(*task.datasets(data, model, config), config, task.collate)
     return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use)
 
 
@@ -104,10 +117,15 @@ def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, ca
                                  data.val.labels, eval_tf)
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
+    return _loaders(train_set, val_set, config)
+
+
+def _loaders(train_set: Dataset, val_set: Dataset, config: TrainConfig,
+             collate: Callable | None = None) -> tuple[DataLoader, DataLoader]:
     workers = workers_for(config)
     common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": workers > 0}
-    train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
+              "persistent_workers": workers > 0, "collate_fn": collate}
+    train = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **common)
     val = DataLoader(val_set, shuffle=False, **common)
     return train, val
 
@@ -119,7 +137,8 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
     if not plan.needs_features(start_phase):
         if not plan.needs_features():
             logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
-                        "no phase trains the head alone on a frozen backbone")
+                        "no phase trains the head alone on a frozen backbone" if get_task(config.task).caches_features
+                        else f"not used for {config.task}")
         return None
     if model.is_text:
         train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
@@ -173,8 +192,8 @@ def default_workers() -> int:
 def class_weights(data: SplitData, config: TrainConfig) -> list[float] | None:
     if config.class_weights != "auto":
         return None
-    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)
-    return (counts.sum() / (len(counts) * counts)).tolist()
+    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)  # segmentation: pixels
+    return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
 
 
 def resolve_mixed_precision(config: TrainConfig) -> str:

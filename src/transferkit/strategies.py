@@ -29,7 +29,8 @@ STRATEGIES = {
 
 BN_POLICIES = {
     "auto": "freeze when starting from pre-trained weights or with batches under 16, else train",
-    "freeze": "every BatchNorm layer keeps its running statistics (eval mode); affine weights may train",
+    "freeze": "every BatchNorm layer of the backbone keeps its running statistics (eval mode); affine weights may "
+              "train",
     "train": "BatchNorm layers of trainable groups update their statistics (frozen groups never do)",
 }
 
@@ -231,17 +232,18 @@ def resolve_bn_policy(policy: str, strategy: str, batch_size: int) -> str:
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:
     """``model.train()``, except what must not change: a fully frozen backbone runs in eval mode;
     BatchNorm layers whose parameters are all frozen keep their running statistics; with ``bn="freeze"``
-    every BatchNorm layer keeps its running statistics (its affine parameters still train if their
-    group does)."""
+    every BatchNorm layer of the backbone keeps its running statistics (its affine parameters still train if
+    their group does). A new head's own BatchNorm layers (a segmentation decoder's) always learn theirs."""
     model.train()
     backbone = getattr(model, "backbone", None)
     if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
         backbone.eval()
         return
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters())
-            if bn == "freeze" or (params and not any(p.requires_grad for p in params)):
+            in_backbone = backbone is None or name.startswith("backbone.")
+            if (bn == "freeze" and in_backbone) or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

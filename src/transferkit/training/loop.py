@@ -5,7 +5,8 @@ only the order of things, and reads top to bottom: :func:`fit`, then the phase a
 each phase runs — on images, on cached backbone features, or as one exact fit of the head — was decided by the
 plan (``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
 optimizer state survives phase changes; each step sets the LRs from the phase and its warm-up + cosine schedule,
-so a resumed run needs only (phase, step) to continue.
+so a resumed run needs only (phase, step) to continue. The loss and the figures of each epoch come from the task's
+:class:`~transferkit.tasks.base.Objective` (classification's by default); early stopping follows its ``monitor``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from ..features import HeadFeatures
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
 from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
+from ..tasks.base import Objective
+from ..tasks.classification import ClassificationObjective
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
 from .headfit import fit_linear_head
@@ -72,10 +75,19 @@ class TrainState:
 
 @dataclass
 class FitResult:
+    """How a run went: ``best_val_score`` is the best epoch's validation ``monitor`` figure (accuracy; segmentation:
+    mIoU)."""
+
     history: list[dict[str, Any]]
     best_epoch: int
-    best_val_accuracy: float
+    best_val_score: float
     seconds: float
+    monitor: str = "accuracy"
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """The best validation score under its classification name."""
+        return self.best_val_score
 
 
 class CheckpointStore(Protocol):
@@ -89,14 +101,17 @@ class CheckpointStore(Protocol):
 
 def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
-        callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None) -> FitResult:
+        callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
+        objective: Objective | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
         phases: the plan's phases; each says where it runs (``Phase.runs_on``). Phases on ``features`` or
             ``exact-fit`` need ``features`` (the cached backbone features).
         run: where checkpoints are written after every epoch (and read from with ``resume``).
+        objective: the task's loss and figures (default: classification's).
     """
+    objective = objective or ClassificationObjective()
     accelerator = make_accelerator(config)
     groups = model.layer_groups(config.groups)
     reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
@@ -110,8 +125,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     if resume:
         best = _restore(run, model, optimizer, state, stopper)
     _check_inputs(phases[state.phase_index:], features)
-    weight = torch.tensor(config.class_weights) if config.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
+    loss_fn = objective.criterion(config).to(accelerator.device)
     train_loader, val_loader, optimizer = accelerator.prepare(train_loader, val_loader, optimizer)
     clock = time.perf_counter() - state.seconds
 
@@ -132,14 +146,15 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
                                                 _label(state, phase), config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty)
-                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator)
-            record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock)
+                                                penalty, objective)
+                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, objective)
+            record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
+                                           objective.monitor)
             if is_best:
                 best = cpu_state_dict(model)
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
-            phase_over = _close_phase_if_over(state, stopper, phase)
+            phase_over = _close_phase_if_over(state, stopper, phase, objective.monitor)
             if run is not None:
                 run.save_checkpoint(state={"train": asdict(state), "early_stopping": stopper.state_dict(),
                                            "last_phase": {"phase": phase.name, "unfrozen": list(phase.trainable),
@@ -151,7 +166,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
 
     if best is not None:
         model.load_state_dict(best)
-    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock)
+    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock,
+                     objective.monitor)
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
@@ -185,14 +201,14 @@ def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator,
     return torch.compile(net) if config.compile else net
 
 
-def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase) -> bool:
+def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase, monitor: str = "accuracy") -> bool:
     """Move on to the next phase when this one is done — its epochs run, or its one exact fit made — or early
     stopping ended it."""
     done = phase.runs_on == "exact-fit" or state.phase_epoch >= phase.epochs
     if not (done or stopper.should_stop):
         return False
     if not done:
-        logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.patience)
+        logger.info("Early stopping: no better validation %s for %d epochs", monitor, stopper.patience)
     state.phase_index, state.phase_epoch = state.phase_index + 1, 0
     stopper.new_phase()
     return True
@@ -214,10 +230,11 @@ def _lr_setter(optimizer: Any, phase: Phase, state: TrainState, steps_per_epoch:
 
 
 def _close_epoch(state: TrainState, stopper: EarlyStopping, phase: Phase, train_metrics: dict[str, float],
-                 val_metrics: dict[str, float], clock: float) -> tuple[dict[str, Any], bool]:
-    """Count the epoch, judge it for early stopping and record it; returns (record, is the run's best)."""
+                 val_metrics: dict[str, float], clock: float, monitor: str = "accuracy") -> tuple[dict[str, Any], bool]:
+    """Count the epoch, judge it for early stopping (on validation ``monitor``) and record it; returns (record, is
+    the run's best)."""
     state.epoch, state.phase_epoch = state.epoch + 1, state.phase_epoch + 1
-    is_best = stopper.update(val_metrics["accuracy"], val_metrics["loss"], state.epoch)
+    is_best = stopper.update(val_metrics[monitor], val_metrics["loss"], state.epoch)
     record = {"epoch": state.epoch, "phase": phase.name, "inputs": INPUTS[phase.runs_on],
               **{f"train_{k}": v for k, v in train_metrics.items()},
               **{f"val_{k}": v for k, v in val_metrics.items()}, "lrs": dict(phase.lrs),
@@ -242,43 +259,40 @@ def make_accelerator(config: FitConfig) -> Accelerator:
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
                     accelerator: Accelerator, label: str, config: FitConfig, set_lr: Callable[[int], None],
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy and throughput."""
+                    penalty: Callable[[], torch.Tensor] | None = None,
+                    objective: Objective | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the objective's training figures (classification: mean loss and
+    accuracy) and the throughput."""
+    objective = objective or ClassificationObjective()
     set_train_mode(model, config.bn)
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    meter, start = objective.meter(), time.perf_counter()
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
-    for step, (inputs, labels) in enumerate(bar):
+    for step, (inputs, targets) in enumerate(bar):
         set_lr(step)
         if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits = net(inputs)
-        loss = loss_fn(logits, labels)
+        outputs, loss = objective.step(net, inputs, targets, loss_fn)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        total_loss += loss.item() * labels.size(0)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
-        seen += labels.size(0)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
-                        per_s=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+        meter.add(loss.item(), outputs, targets)
+        bar.set_postfix(**meter.postfix(), per_s=f"{meter.samples / max(time.perf_counter() - start, 1e-9):.0f}")
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+    return {**meter.result(), "samples_per_s": round(meter.samples / max(seconds, 1e-9), 1)}
 
 
 @torch.no_grad()
-def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator) -> dict[str, float]:
-    """Mean loss and accuracy over ``loader`` (gathered across processes)."""
+def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator,
+                  objective: Objective | None = None) -> dict[str, float]:
+    """The objective's validation figures over ``loader`` (classification: mean loss and accuracy), from
+    per-example figures gathered across processes."""
+    objective = objective or ClassificationObjective()
     net.eval()
-    losses, hits = [], []
-    for inputs, labels in loader:
-        logits = net(inputs)
-        per_sample = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-        per_sample, labels, logits = accelerator.gather_for_metrics((per_sample, labels, logits))
-        losses.append(per_sample.cpu())
-        hits.append((logits.argmax(dim=1) == labels).cpu())
-    loss = torch.cat(losses).mean().item()
-    return {"loss": loss, "accuracy": torch.cat(hits).float().mean().item()}
+    figures = []
+    for inputs, targets in loader:
+        gathered = accelerator.gather_for_metrics(objective.figures(net(inputs), targets))
+        figures.append(tuple(t.cpu() for t in gathered))
+    return objective.summarise(figures)
 
 
 def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig) -> tuple[dict, dict]:
