@@ -106,7 +106,7 @@ def make_plan(model: TransferModel, config: TrainConfig) -> Plan:
                                  feature_cache=config.feature_cache if task.caches_features else "off",
                                  head_fit=config.head_fit, cache_views=config.cache_views,
                                  linear_head=model.linear_head() is not None)
-    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
+    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size, dense=task.dense)
     inferred, reason = infer_task(config.data)
     reason = reason if inferred == task.name else "chosen with --task"
     return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes + task.plan_notes(config),

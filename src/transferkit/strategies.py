@@ -28,7 +28,8 @@ STRATEGIES = {
 }
 
 BN_POLICIES = {
-    "auto": "freeze when starting from pre-trained weights or with batches under 16, else train",
+    "auto": "freeze when starting from pre-trained weights or with batches under 16 (segmentation: any batch), "
+            "else train",
     "freeze": "every BatchNorm layer of the backbone keeps its running statistics (eval mode); affine weights may "
               "train",
     "train": "BatchNorm layers of trainable groups update their statistics (frozen groups never do)",
@@ -219,14 +220,17 @@ def apply_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase) -> Non
         param.requires_grad_(name in trainable)
 
 
-def resolve_bn_policy(policy: str, strategy: str, batch_size: int) -> str:
+def resolve_bn_policy(policy: str, strategy: str, batch_size: int, dense: bool = False) -> str:
     """``auto`` becomes ``freeze`` when layers start from pre-trained weights or batches are under 16
     (small batches give noisy statistics; re-estimating pre-trained statistics on a small, shifted
-    dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+."""
+    dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+.
+    ``dense`` (segmentation): BatchNorm statistics pool every position of every feature map, so a small batch of
+    images is not a small sample; a from-scratch run trains them whatever the batch size (frozen, the random
+    initial statistics would never normalise anything)."""
     check_bn("bn", policy)
     if policy != "auto":
         return policy
-    return "freeze" if uses_pretrained_weights(strategy) or batch_size < 16 else "train"
+    return "freeze" if uses_pretrained_weights(strategy) or (batch_size < 16 and not dense) else "train"
 
 
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:

@@ -144,8 +144,10 @@ class Task:
         """Training and validation datasets of ``(input, target)`` pairs, with the task's (joint) augmentation."""
         raise NotImplementedError
 
-    def evaluate(self, model: TransferModel, samples: Any, classes: list[str], batch_size: int = 16) -> dict[str, Any]:
-        """The task's metrics of ``model`` on labelled ``samples``."""
+    def evaluate(self, model: TransferModel, samples: Any, classes: list[str], batch_size: int = 16,
+                 **options: Any) -> dict[str, Any]:
+        """The task's metrics of ``model`` on labelled ``samples`` (``options``: the task's own, e.g. the ignore
+        index)."""
         raise NotImplementedError
 
     def format_report(self, metrics: dict[str, Any]) -> str:
