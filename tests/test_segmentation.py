@@ -364,7 +364,8 @@ def test_builtin_fashion_scenes_is_read_by_the_mask_reader(monkeypatch, tmp_path
 
 def test_compare_reports_miou_and_draws_each_strategy(few_scenes, tiny_weights, tmp_path):
     report = transferkit.compare(str(few_scenes), model="timm:test_efficientnet",
-                                 strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1, out=tmp_path / "cmp", weights=str(tiny_weights),
+                                 strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1,
+                                 out=tmp_path / "cmp", weights=str(tiny_weights),
                                  image_size=32, batch_size=4, epochs=1, head_epochs=1, workers=0, augment="none",
                                  decoder_channels=16)
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())

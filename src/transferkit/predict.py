@@ -5,6 +5,7 @@ Classification predicts top-k labels; a dense task (segmentation) answers throug
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 from PIL import Image
 
 from .data.images import IMAGE_EXTENSIONS, build_transforms, open_image
-from .data.samples import Samples
-from .data.sources import load_eval_data
+from .data.samples import EvalData, Samples
+from .data.sources import eval_split
 from .errors import TransferKitError
 from .evaluate import compute_metrics
 from .models.model import TransferModel
@@ -24,6 +25,8 @@ from .models.sources import rebuild_model
 from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
 from .tasks import get_task
 from .training.checkpoint import load_weights
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -81,28 +84,56 @@ class TrainedModel:
             results.append(Prediction(name, top[0][0], top[0][1], top))
         return results
 
-    def evaluate(self, data: str | Path | Samples, batch_size: int = 64,
+    def evaluate(self, data: str | Path | Samples | EvalData | None = None, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
-        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data (segmentation: mIoU,
-        per-class IoU and Dice, pixel accuracy)."""
-        if self.task.dense:
-            config = self.info.get("config", {})
-            samples = data if not isinstance(data, (str, Path)) else \
-                self.task.load_eval_data(data, self.classes, config)
-            return self.task.evaluate(self.model, samples, self.classes, min(batch_size, 16),
-                                      ignore_index=config.get("ignore_index", 255))
-        if isinstance(data, Samples):
-            samples = data
-        elif self.is_text:
-            from .data.text import load_text_eval_data
+        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data (default: the run's own
+        data, its test split when it has one); segmentation: mIoU, per-class IoU and Dice, pixel accuracy.
 
-            config = self.info.get("config", {})
-            samples = load_text_eval_data(data, self.classes, text_column=config.get("text_column", "text"),
-                                          label_column=config.get("label_column", "label"))
+        The result also says what was evaluated: ``data``, ``split`` (``test``, ``val``, ``train``, ``all`` or
+        ``given`` for samples passed in) and ``seen_in_training`` — true when the examples come from the run's own
+        training data and are not its test split (validation picked the best epoch and the head's L2, so its score
+        is optimistic); then a warning is logged as well. ``data`` may also be :meth:`eval_data`'s answer.
+        """
+        if isinstance(data, EvalData):
+            found = data
+        elif data is not None and not isinstance(data, (str, Path)):
+            found = EvalData(data, "given")
         else:
-            samples = load_eval_data(data, self.classes, skip_bad_images=skip_bad_images)
-        probabilities = self._probabilities(samples.items, batch_size)
-        return compute_metrics(np.asarray(samples.labels), probabilities, self.classes)
+            found = self.eval_data(data, skip_bad_images)
+        source = found.source
+        seen = (source is not None and found.split != "test"
+                and _same_source(source, self.info.get("config", {}).get("data")))
+        if seen:
+            logger.warning("Evaluated on the %s split of the run's own training data (%s): the run saw these "
+                           "examples (validation chose the best epoch), so this score is optimistic. Pass --data "
+                           "with held-out examples for an unbiased one.", found.split, source)
+        if self.task.dense:
+            metrics = self.task.evaluate(self.model, found.samples, self.classes, min(batch_size, 16),
+                                         ignore_index=self.info.get("config", {}).get("ignore_index", 255))
+        else:
+            probabilities = self._probabilities(found.samples.items, batch_size)
+            metrics = compute_metrics(np.asarray(found.samples.labels), probabilities, self.classes)
+        return {**metrics, "data": source, "split": found.split, "seen_in_training": seen}
+
+    def eval_data(self, data: str | Path | None = None, skip_bad_images: bool = False) -> EvalData:
+        """The labelled examples :meth:`evaluate` would use for ``data`` (default: the run's own data), and which
+        split of it they are — one rule for the library and the CLI."""
+        data = str(data) if data is not None else str(self.info.get("config", {}).get("data", ""))
+        if not data:
+            raise TransferKitError("No data to evaluate on. Fix: pass labelled examples (a folder, a CSV, "
+                                   "builtin:NAME).")
+        config = self.info.get("config", {})
+        if self.task.dense:
+            found = self.task.load_eval_data(data, self.classes, config)
+        elif self.is_text:
+            from .data.text import text_eval_split
+
+            found = text_eval_split(data, self.classes, text_column=config.get("text_column", "text"),
+                                    label_column=config.get("label_column", "label"))
+        else:
+            found = eval_split(data, self.classes, skip_bad_images=skip_bad_images)
+        found.source = data
+        return found
 
     def _probabilities(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
         self.model.eval()
@@ -150,26 +181,50 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
     elif info.get("modality") == "text":
         from .models.text import rebuild_text_model
 
-        model = rebuild_text_model(run_dir, info, merge=merge)
+        model = rebuild_text_model(run_dir, info, merge=merge)  # LoRA: refuses a changed base encoder
         if "lora" in info["model"].get("extra", {}):
-            model.head.load_state_dict(load_weights(run_dir / HEAD_WEIGHTS))
+            # the adapter is in adapter/; the head is checked like full weights (shapes, hence the class count)
+            _load_checked(model.head, run_dir / HEAD_WEIGHTS, prefix="head.")
             return TrainedModel(model, classes, info, run_dir)
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])
-    state = load_weights(run_dir / WEIGHTS)
-    expected = model.state_dict()
+    _load_checked(model, run_dir / WEIGHTS)
+    return TrainedModel(model, classes, info, run_dir)
+
+
+def _load_checked(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    """Load ``path`` into ``module`` after checking names and shapes, with a one-line error naming the problems.
+
+    Args:
+        module: the model (or its head) built from ``transferkit.json``.
+        path: the safetensors file.
+        prefix: shown before the tensor names (``head.`` for a head loaded on its own).
+    """
+    if not path.is_file():
+        raise TransferKitError(f"{path} is missing from the run folder. Fix: the run folder is incomplete; copy it "
+                               "again or retrain.")
+    state = load_weights(path)
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+    wrong = [f"{prefix}{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        problems = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
-                   ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+        problems = ([f"{len(missing)} missing (e.g. {prefix}{missing[0]})"] if missing else []) + \
+                   ([f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})"] if unexpected else []) + \
                    ([f"wrong shapes: {'; '.join(wrong[:3])}"] if wrong else [])
-        raise TransferKitError(f"{run_dir / WEIGHTS} does not fit the model described in transferkit.json: "
+        raise TransferKitError(f"{path} does not fit the model described in transferkit.json: "
                                f"{', '.join(problems)}. Fix: the files come from different runs; retrain.")
-    model.load_state_dict(state)
-    return TrainedModel(model, classes, info, run_dir)
+    module.load_state_dict(state)
+
+
+def _same_source(a: str, b: str | None) -> bool:
+    """Whether two ``--data`` values name the same data (paths compared once resolved)."""
+    if b is None:
+        return False
+    if a.startswith("builtin:") or b.startswith("builtin:"):
+        return a == b
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def expand_inputs(inputs: Iterable[Any]) -> list[tuple[str, Any]]:

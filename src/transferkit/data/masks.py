@@ -41,7 +41,8 @@ from torchvision.transforms import v2 as T
 from ..errors import TransferKitError
 from ..models.preprocessing import Preprocessing
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
-from .samples import SplitData
+from .samples import EvalData, SplitData
+from .sampling import with_item_seed
 
 logger = logging.getLogger(__name__)
 
@@ -323,23 +324,24 @@ def load_mask_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_
     return SplitData(list(classes), train, val, test, description)
 
 
-def load_mask_eval_data(spec: str | Path, classes: list[str], *, ignore_index: int = 255,
-                        test_only: bool = False) -> MaskSamples:
-    """Images with masks to evaluate a run on: a built-in's test split, a folder's ``test`` (else ``val``) split or
-    its one unsplit folder, a CSV's test rows (else all); checked against the run's ``classes``. ``test_only``: the
-    test split or an error (a run's own data, which it trained on)."""
+def load_mask_eval_data(spec: str | Path, classes: list[str], *, ignore_index: int = 255) -> EvalData:
+    """Images with masks to evaluate a run on, and which split they are — the rule of
+    :func:`~transferkit.data.sources.eval_split`: a built-in's test split; a CSV's ``test`` rows (all rows when it
+    has none); a folder's ``test``, else ``val``, else ``train`` split, or its one unsplit folder (``all``). Checked
+    against the run's ``classes``."""
     splits, found, description, _ = _read(spec)
-    samples = next((splits[s] for s in (("test",) if test_only else ("test", "val", "all")) if s in splits), None)
-    if samples is None:
-        raise TransferKitError(f"{description} has no {'test split' if test_only else 'test, val or unsplit images'} "
-                               "to evaluate on. Fix: pass --data with images and masks to evaluate on (a folder "
-                               "with images/ and masks/, or one with a test split).")
+    split = next((s for s in ("test", "val", "train", "all") if s in splits), "all")
+    samples = splits[split]
+    if Path(str(spec)).suffix.lower() in (".csv", ".tsv") and split != "test":
+        split, parts = "all", list(splits.values())
+        samples = MaskSamples([i for p in parts for i in p.items], [m for p in parts for m in p.masks],
+                              parts[0].classes)
     if found is not None and found != list(classes):
         raise TransferKitError(f"The label map of {description} ({', '.join(found[:4])}...) differs from the run's "
                                f"({', '.join(classes[:4])}...). Fix: evaluate on data labelled with the run's classes.")
     samples.classes = list(classes)
     check_values(samples, scan_masks(samples), list(classes), ignore_index, "evaluation")
-    return samples
+    return EvalData(samples, split, str(spec))
 
 
 def _read(spec: str | Path) -> tuple[dict[str, MaskSamples], list[str] | None, str, bool]:
@@ -466,7 +468,8 @@ def image_and_mask(item: Any, mask_item: Any) -> tuple[tv_tensors.Image, tv_tens
 
 
 class MaskDataset(Dataset):
-    """``(image tensor, mask tensor)`` pairs, transformed jointly."""
+    """``(image tensor, mask tensor)`` pairs, transformed jointly; a ``(index, seed)`` key (the training loader's
+    :class:`~transferkit.data.sampling.SeededShuffle`) augments under its own seed."""
 
     def __init__(self, samples: MaskSamples, transform: T.Transform) -> None:
         self.samples = samples
@@ -475,6 +478,9 @@ class MaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return with_item_seed(key, self._item)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.transform(*image_and_mask(self.samples.items[index], self.samples.masks[index]))
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()

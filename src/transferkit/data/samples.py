@@ -71,6 +71,16 @@ class TextSamples(Samples):
 
 
 @dataclass
+class EvalData:
+    """Labelled examples to evaluate on, and which part of their source they are: ``test``, ``val``, ``train`` or
+    ``all`` (a source without splits: every example); ``source``: the ``--data`` they came from, when known."""
+
+    samples: Any
+    split: str
+    source: str | None = None
+
+
+@dataclass
 class SplitData:
     """Training data, split and labelled (images or texts)."""
 

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..distributed import is_main_process
 from ..errors import TransferKitError
 from ..tasks import get_task, infer_task
 from ..training.checkpoint import write_json_atomic
@@ -26,7 +27,8 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
             **train_options: Any) -> dict[str, Any]:
     """Run the grid with :func:`transferkit.train` and write ``results.json``, ``summary.md`` and
     ``report.html`` to ``out``. Every run is tested on the data's own held-out test split (the same images
-    for every cell); feature and decoded-input caches are shared between runs."""
+    for every cell); feature and decoded-input caches are shared between runs. Under ``torchrun`` every process
+    runs the grid (each cell is a distributed run) and rank 0 writes the files."""
     from ..api import train
 
     out = Path(out)
@@ -59,6 +61,8 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
                                                                for k, v in options.items())
     names = Names(task.label(main), task.label(second), task.label(task.monitor), task.per_class)
+    if not is_main_process():
+        return {"results": results, "factors": factors, "out": out}
     write_json_atomic(out / RESULTS, {**meta, "cells": [asdict(r) for r in results], "factors": factors})
     (out / "summary.md").write_text(summary_markdown(results, factors, title, names), encoding="utf-8")
     figures = _examples(task, out, results, test) if task.dense else []

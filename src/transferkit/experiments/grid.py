@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..distributed import is_main_process
 from ..errors import TransferKitError, bad_value
 from ..strategies import STRATEGIES
 from ..training.checkpoint import write_json_atomic
@@ -75,6 +76,8 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
     the data and model, so a half-run grid's file says what it is)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        check_same_grid(out, meta)
     done = {r.cell: r for r in load_results(out)}
     todo = [c for c in cells if c not in done]
     if len(todo) < len(cells):
@@ -88,8 +91,25 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
         logger.info("[%d/%d] %s (%s elapsed%s)", index, len(cells), cell.name, _duration(elapsed), eta)
         done[cell] = trainer(cell, out / "runs" / cell.name)
         finished += 1
-        write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
+        if is_main_process():  # under torchrun every process runs the grid; one writes it
+            write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
     return [done[c] for c in cells]
+
+
+def check_same_grid(out: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume a grid in ``out`` that was started with other settings: its finished cells would be mixed
+    with cells trained differently."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    before = {"data": saved.get("data"), "model": saved.get("model"), **(saved.get("options") or {})}
+    now = {"data": meta.get("data"), "model": meta.get("model"), **(meta.get("options") or {})}
+    differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differ:
+        changes = "; ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in differ)
+        raise TransferKitError(f"{out} holds a grid started with other settings ({changes}). Fix: rerun with the "
+                               "same options to resume it, or pass another --out for a new grid.")
 
 
 def _duration(seconds: float) -> str:

@@ -34,12 +34,14 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
-    from ..data.samples import SplitData
+    from ..data.samples import EvalData, SplitData
     from ..models.model import TransferModel
 
 
 class Meter:
-    """Running figures of one training epoch, from each batch's loss, outputs and targets."""
+    """Running figures of one training epoch, from each batch's loss, outputs and targets. The loop reduces
+    :meth:`totals` (sums) over the processes of a distributed run and :meth:`result` turns the reduced sums into the
+    epoch's figures, so every process reports the same numbers."""
 
     samples = 0  # examples seen (for the throughput)
 
@@ -47,11 +49,15 @@ class Meter:
         raise NotImplementedError
 
     def postfix(self) -> dict[str, str]:
-        """What the progress bar shows."""
+        """What the progress bar shows (this process's figures so far)."""
         return {}
 
-    def result(self) -> dict[str, float]:
-        """The epoch's training figures (at least ``loss``)."""
+    def totals(self) -> list[float]:
+        """This process's sums (each must add up over processes: counts, sums of losses — never means)."""
+        raise NotImplementedError
+
+    def result(self, totals: Sequence[float]) -> dict[str, float]:
+        """The epoch's training figures (at least ``loss``) from :meth:`totals` summed over the processes."""
         raise NotImplementedError
 
 
@@ -59,10 +65,11 @@ class Objective:
     """What the loop asks of a task: the loss, the running training figures, the validation figures.
 
     Per training batch the loop calls ``outputs, loss = step(net, inputs, targets, criterion)`` and
-    ``meter.add(loss.item(), outputs, targets)``. Per validation batch it gathers ``figures(outputs, targets)``
-    across processes — per-example tensors, so Accelerate's ``gather_for_metrics`` drops the duplicates that pad the
-    last batch exactly — and ``summarise`` turns the gathered list into the epoch's validation figures, which hold
-    at least ``loss`` and :attr:`monitor`, the figure early stopping follows (higher is better).
+    ``meter.add(loss.item(), outputs, targets)``. Per validation batch it adds ``figures(outputs, targets)`` — a
+    1-D tensor of **sums** over the batch's examples (losses, counts, a flattened confusion matrix), never means —
+    to :meth:`zeros`; the totals are summed over the processes of a distributed run (each process holds its share
+    of the validation set, so each example counts once) and ``summarise`` turns them into the epoch's validation
+    figures, which hold at least ``loss`` and :attr:`monitor`, the figure early stopping follows (higher is better).
     """
 
     monitor: ClassVar[str] = "accuracy"
@@ -79,12 +86,16 @@ class Objective:
     def meter(self) -> Meter:
         raise NotImplementedError
 
-    def figures(self, outputs: Any, targets: Any) -> tuple[torch.Tensor, ...]:
-        """Per-example validation figures of one batch (first dimension: the examples)."""
+    def zeros(self) -> torch.Tensor:
+        """The validation totals before the first batch (float64, the length of :meth:`figures`)."""
         raise NotImplementedError
 
-    def summarise(self, figures: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
-        """The validation figures of an epoch from every batch's (gathered) :meth:`figures`."""
+    def figures(self, outputs: Any, targets: Any) -> torch.Tensor:
+        """One validation batch's sums (a 1-D tensor the length of :meth:`zeros`)."""
+        raise NotImplementedError
+
+    def summarise(self, totals: Sequence[float]) -> dict[str, float]:
+        """The validation figures of an epoch from the totals of every batch of every process."""
         raise NotImplementedError
 
 
@@ -126,10 +137,10 @@ class Task:
         """The run's train / val (/ test) splits (``config`` is a :class:`~transferkit.options.TrainConfig`)."""
         raise NotImplementedError
 
-    def load_eval_data(self, spec: str | Path, classes: list[str], config: dict[str, Any],
-                       test_only: bool = False) -> Any:
-        """Labelled data to evaluate a finished run on (``config``: the run's saved configuration; ``test_only``: the
-        data's test split or an error — used on the run's own training data)."""
+    def load_eval_data(self, spec: str | Path, classes: list[str], config: dict[str, Any]) -> EvalData:
+        """Labelled data to evaluate a finished run on, and which split of ``spec`` it is (the rule of
+        :func:`~transferkit.data.sources.eval_split`: test, else val, else train, else all); ``config``: the run's
+        saved configuration."""
         raise NotImplementedError
 
     def build_model(self, config: Any, num_classes: int, pretrained: bool) -> TransferModel:
@@ -145,9 +156,10 @@ class Task:
         raise NotImplementedError
 
     def evaluate(self, model: TransferModel, samples: Any, classes: list[str], batch_size: int = 16,
-                 **options: Any) -> dict[str, Any]:
+                 reduce: Callable[[list[float]], list[float]] | None = None, **options: Any) -> dict[str, Any]:
         """The task's metrics of ``model`` on labelled ``samples`` (``options``: the task's own, e.g. the ignore
-        index)."""
+        index). With ``reduce`` (:meth:`~transferkit.distributed.World.sum`), ``samples`` is this process's share and
+        the metrics are computed from sums reduced over the processes — every process returns the same metrics."""
         raise NotImplementedError
 
     def format_report(self, metrics: dict[str, Any]) -> str:

@@ -30,12 +30,16 @@ class ClassificationMeter(Meter):
     def postfix(self) -> dict[str, str]:
         return {"loss": f"{self.total_loss / self.samples:.3f}", "acc": f"{self.correct / self.samples:.3f}"}
 
-    def result(self) -> dict[str, float]:
-        return {"loss": self.total_loss / max(self.samples, 1), "accuracy": self.correct / max(self.samples, 1)}
+    def totals(self) -> list[float]:
+        return [self.total_loss, self.correct, self.samples]
+
+    def result(self, totals: Sequence[float]) -> dict[str, float]:
+        total_loss, correct, samples = totals
+        return {"loss": total_loss / max(samples, 1), "accuracy": correct / max(samples, 1)}
 
 
 class ClassificationObjective(Objective):
-    """Cross-entropy (class weights, label smoothing); validation loss and accuracy per example."""
+    """Cross-entropy (class weights, label smoothing); validation loss and accuracy from sums over examples."""
 
     monitor = "accuracy"
 
@@ -46,13 +50,18 @@ class ClassificationObjective(Objective):
     def meter(self) -> Meter:
         return ClassificationMeter()
 
-    def figures(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        per_example = nn.functional.cross_entropy(outputs.float(), targets, reduction="none")
-        return per_example, (outputs.argmax(dim=1) == targets).float()
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(3, dtype=torch.float64)
 
-    def summarise(self, figures: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
-        losses, hits = zip(*figures, strict=True)
-        return {"loss": torch.cat(losses).mean().item(), "accuracy": torch.cat(hits).mean().item()}
+    def figures(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy, correct predictions, examples."""
+        loss = nn.functional.cross_entropy(outputs.float(), targets, reduction="none").double().sum()
+        hits = (outputs.argmax(dim=1) == targets).sum().double()
+        return torch.stack([loss, hits, torch.tensor(float(len(targets)), dtype=torch.float64, device=loss.device)])
+
+    def summarise(self, totals: Sequence[float]) -> dict[str, float]:
+        loss, hits, count = totals
+        return {"loss": loss / max(count, 1), "accuracy": hits / max(count, 1)}
 
 
 class ClassificationTask(Task):

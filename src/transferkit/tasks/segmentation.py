@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from ..data.masks import (
     mask_transforms,
     read_mask,
 )
+from ..data.samples import EvalData
 from ..errors import TransferKitError, check_int, check_range
 from ..models.groups import LayerGroup, group_backbone
 from ..models.model import ModelSpec, TransferModel
@@ -280,13 +281,17 @@ class SegmentationMeter(Meter):
         return {"loss": f"{self.total_loss / self.samples:.3f}",
                 "px_acc": f"{self.correct / max(self.labelled, 1):.3f}"}
 
-    def result(self) -> dict[str, float]:
-        return {"loss": self.total_loss / max(self.samples, 1), "accuracy": self.correct / max(self.labelled, 1)}
+    def totals(self) -> list[float]:
+        return [self.total_loss, self.correct, self.labelled, self.samples]
+
+    def result(self, totals: Sequence[float]) -> dict[str, float]:
+        total_loss, correct, labelled, samples = totals
+        return {"loss": total_loss / max(samples, 1), "accuracy": correct / max(labelled, 1)}
 
 
 class SegmentationObjective(Objective):
     """The loop's view of segmentation: :class:`SegmentationLoss`; validation loss (pixel cross-entropy), pixel
-    accuracy and mIoU from per-image confusion matrices summed over the split."""
+    accuracy and mIoU from one confusion matrix summed over the split's batches (and processes)."""
 
     monitor = "miou"
 
@@ -302,19 +307,22 @@ class SegmentationObjective(Objective):
     def meter(self) -> Meter:
         return SegmentationMeter(self.ignore_index)
 
-    def figures(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        per_pixel = F.cross_entropy(outputs.float(), targets, ignore_index=self.ignore_index, reduction="none")
-        labelled = (targets != self.ignore_index).flatten(1).sum(dim=1)
-        predicted = outputs.argmax(dim=1)
-        matrices = torch.stack([confusion(p, t, len(self.classes), self.ignore_index)
-                                for p, t in zip(predicted, targets, strict=True)])
-        return per_pixel.flatten(1).sum(dim=1), labelled, matrices
+    def zeros(self) -> torch.Tensor:
+        return torch.zeros(2 + len(self.classes) ** 2, dtype=torch.float64)
 
-    def summarise(self, figures: Sequence[tuple[torch.Tensor, ...]]) -> dict[str, float]:
-        losses, labelled, matrices = (torch.cat(parts) for parts in zip(*figures, strict=True))
-        result = scores(matrices.sum(dim=0), self.classes)
-        return {"loss": float(losses.sum() / labelled.sum().clamp(min=1)), "accuracy": result["pixel_accuracy"],
-                "miou": result["miou"]}
+    def figures(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed pixel cross-entropy, labelled pixels, and the batch's (truth x predicted) confusion matrix,
+        flattened: sums that add up over batches and processes into the split's matrix."""
+        loss = F.cross_entropy(outputs.float(), targets, ignore_index=self.ignore_index, reduction="sum")
+        labelled = (targets != self.ignore_index).sum()
+        matrix = confusion(outputs.argmax(dim=1), targets, len(self.classes), self.ignore_index)
+        return torch.cat([torch.stack([loss.double(), labelled.double()]), matrix.reshape(-1).double()])
+
+    def summarise(self, totals: Sequence[float]) -> dict[str, float]:
+        loss, labelled, *cells = totals
+        n = len(self.classes)
+        result = scores(np.asarray(cells, dtype=np.float64).reshape(n, n), self.classes)
+        return {"loss": loss / max(labelled, 1), "accuracy": result["pixel_accuracy"], "miou": result["miou"]}
 
 
 # --- predictions -------------------------------------------------------------------------------------------------
@@ -437,9 +445,8 @@ class SegmentationTask(Task):
                                        seed=config.seed, ignore_index=config.ignore_index,
                                        test_per_class=config.test_per_class)
 
-    def load_eval_data(self, spec: str | Path, classes: list[str], config: dict[str, Any],
-                       test_only: bool = False) -> MaskSamples:
-        return load_mask_eval_data(spec, classes, ignore_index=config.get("ignore_index", 255), test_only=test_only)
+    def load_eval_data(self, spec: str | Path, classes: list[str], config: dict[str, Any]) -> EvalData:
+        return load_mask_eval_data(spec, classes, ignore_index=config.get("ignore_index", 255))
 
     def build_model(self, config: Any, num_classes: int, pretrained: bool) -> SegmentationModel:
         return build_segmentation_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
@@ -461,8 +468,10 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model: TransferModel, samples: MaskSamples, classes: list[str], batch_size: int = 16,
+                 reduce: Callable[[list[float]], list[float]] | None = None,
                  ignore_index: int = 255) -> dict[str, Any]:
-        """Scores at each image's own resolution: the logits are resized back to the mask's size."""
+        """Scores at each image's own resolution: the logits are resized back to the mask's size. With ``reduce``,
+        the confusion matrices (and image counts) of every process's share are summed first."""
         from ..data.images import open_image
 
         total = torch.zeros(len(classes), len(classes), dtype=torch.int64)
@@ -472,7 +481,11 @@ class SegmentationTask(Task):
                                             strict=False):
                 truth = torch.from_numpy(read_mask(mask_item).astype(np.int64))
                 total += confusion(torch.from_numpy(predicted.astype(np.int64)), truth, len(classes), ignore_index)
-        return {"n": len(samples), **scores(total, classes), "ignore_index": ignore_index,
+        n = len(samples)
+        if reduce is not None:
+            *cells, n = reduce([*total.reshape(-1).tolist(), n])
+            total = torch.tensor(cells, dtype=torch.float64).round().to(torch.int64).reshape(total.shape)
+        return {"n": int(n), **scores(total, classes), "ignore_index": ignore_index,
                 "confusion_matrix": total.tolist()}
 
     def format_report(self, metrics: dict[str, Any]) -> str:

@@ -1,9 +1,12 @@
 """The training loop: phases of epochs on Hugging Face Accelerate, with early stopping and checkpoints.
 
-Accelerate owns devices, mixed precision and distribution (``accelerate launch`` / ``torchrun``); this file owns
-only the order of things, and reads top to bottom: :func:`fit`, then the phase and epoch helpers it calls. Where
-each phase runs — on images, on cached backbone features, or as one exact fit of the head — was decided by the
-plan (``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
+Accelerate owns devices, mixed precision and the DDP wrapping; the :class:`~transferkit.distributed.World` owns
+what several processes (``torchrun`` / ``accelerate launch``) must agree on: the loaders arrive already sharded
+(each process's part of every global batch, its share of the validation set), and the loop reduces the metrics,
+so every process logs, judges early stopping and checkpoints on the same numbers. This file owns only the order of
+things, and reads top to bottom: :func:`fit`, then the phase and epoch helpers it calls. Where each phase runs — on
+images, on cached backbone features, or as one exact fit of the head — was decided by the plan
+(``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
 optimizer state survives phase changes; each step sets the LRs from the phase and its warm-up + cosine schedule,
 so a resumed run needs only (phase, step) to continue. The loss and the figures of each epoch come from the task's
 :class:`~transferkit.tasks.base.Objective` (classification's by default); early stopping follows its ``monitor``.
@@ -12,6 +15,7 @@ so a resumed run needs only (phase, step) to continue. The loss and the figures 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,15 +23,19 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..distributed import World
+from ..errors import TransferKitError
 from ..features import HeadFeatures
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
+from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
 from ..tasks.base import Objective
 from ..tasks.classification import ClassificationObjective
@@ -71,6 +79,7 @@ class TrainState:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_requested: bool = False
+    processes: int = 1
 
 
 @dataclass
@@ -102,17 +111,23 @@ class CheckpointStore(Protocol):
 def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
-        objective: Objective | None = None) -> FitResult:
+        world: World | None = None, objective: Objective | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
+        train_loader: this process's part of every training batch (``World.batches``).
+        val_loader: this process's share of the validation set (``World.share``).
         phases: the plan's phases; each says where it runs (``Phase.runs_on``). Phases on ``features`` or
             ``exact-fit`` need ``features`` (the cached backbone features).
         run: where checkpoints are written after every epoch (and read from with ``resume``).
+        world: the processes of the run (default: this one alone).
         objective: the task's loss and figures (default: classification's).
     """
+    world = world or World()
     objective = objective or ClassificationObjective()
     accelerator = make_accelerator(config)
+    if config.bn == "train" and world.size > 1 and accelerator.device.type == "cuda":
+        model = _sync_batchnorm(model)
     groups = model.layer_groups(config.groups)
     reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
     optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
@@ -123,42 +138,47 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         model.to(memory_format=torch.channels_last)
     state, stopper, best = TrainState(), EarlyStopping(config.patience), None
     if resume:
-        best = _restore(run, model, optimizer, state, stopper)
+        best = _restore(run, model, optimizer, state, stopper, accelerator)
+    state.processes = world.size
     _check_inputs(phases[state.phase_index:], features)
     loss_fn = objective.criterion(config).to(accelerator.device)
-    train_loader, val_loader, optimizer = accelerator.prepare(train_loader, val_loader, optimizer)
+    optimizer = accelerator.prepare(optimizer)
+    train_loader = _on_device(train_loader, accelerator)
     clock = time.perf_counter() - state.seconds
 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
         net = _phase_network(model, phase, accelerator, config)
-        val_data = val_loader if phase.runs_on == "images" else accelerator.prepare(features.val_loader())
+        val_data = val_loader if phase.runs_on == "images" else features.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
                 callback.on_epoch_start(state)
-            set_seed(config.seed + state.epoch)
+            set_seed(derive_seed(config.seed, "epoch", state.epoch))
             if phase.runs_on == "exact-fit":
-                train_metrics, val_metrics = exact_head_fit(model, features, config)
+                train_metrics, val_metrics = exact_head_fit(model, features, config, world)
             else:
-                train_data = train_loader if phase.runs_on == "images" else accelerator.prepare(
-                    features.train_loader(state.epoch))
+                train_data = train_loader if phase.runs_on == "images" else _on_device(
+                    features.train_loader(state.epoch), accelerator)
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
-                                                _label(state, phase), config,
+                                                _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty, objective)
-                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, objective)
+                                                penalty, world, objective)
+                world.sync_buffers(model)
+                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world, objective)
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
                                            objective.monitor)
             if is_best:
                 best = cpu_state_dict(model)
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
+            state.stop_requested = world.any(state.stop_requested)  # a callback's stop holds for every process
             phase_over = _close_phase_if_over(state, stopper, phase, objective.monitor)
             if run is not None:
                 run.save_checkpoint(state={"train": asdict(state), "early_stopping": stopper.state_dict(),
                                            "last_phase": {"phase": phase.name, "unfrozen": list(phase.trainable),
-                                                          "lrs": dict(phase.lrs)}},
+                                                          "lrs": dict(phase.lrs)},
+                                           "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
                                     optimizer=optimizer.state_dict())
             if phase_over:
@@ -180,15 +200,41 @@ def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None) -> Non
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-             stopper: EarlyStopping) -> dict[str, torch.Tensor] | None:
-    """Load the last checkpoint into the model, optimizer, state and early stopping; returns the best weights."""
+             stopper: EarlyStopping, accelerator: Accelerator) -> dict[str, torch.Tensor] | None:
+    """Load the last checkpoint into the model, optimizer, fp16 gradient scaler, state and early stopping; returns
+    the best weights."""
     checkpoint = run.load_checkpoint()
     for key, value in checkpoint.state["train"].items():
         setattr(state, key, value)
     stopper.load_state_dict(checkpoint.state["early_stopping"])
     model.load_state_dict(checkpoint.model)
     optimizer.load_state_dict(checkpoint.optimizer)
+    scaler = checkpoint.state.get("grad_scaler")
+    if scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(scaler)
     return checkpoint.best
+
+
+def _scaler_state(accelerator: Accelerator) -> dict[str, Any] | None:
+    """fp16 training's loss scale (and its growth counter): part of the state a resumed run must continue from."""
+    return accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+
+
+def _on_device(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
+    """``loader``'s batches on the training device. The loader is already this process's part (the World shards
+    it), so Accelerate only places the batches: it must not shard them again."""
+    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
+
+
+def _sync_batchnorm(model: TransferModel) -> TransferModel:
+    """BatchNorm layers that normalise over the global batch (``--bn train`` on several GPUs); timm's converter
+    also handles its fused BatchNorm + activation layers. Parameters and buffers stay the same tensors, so layer
+    groups, the optimizer and state dicts are unchanged. (On CPUs PyTorch has no SyncBatchNorm: each process then
+    normalises over its own part of the batch; the plan says so.)"""
+    from timm.layers import convert_sync_batchnorm
+
+    logger.info("BatchNorm: SyncBatchNorm (statistics over the global batch of all processes)")
+    return convert_sync_batchnorm(model)
 
 
 def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator, config: FitConfig) -> nn.Module:
@@ -248,21 +294,28 @@ def make_accelerator(config: FitConfig) -> Accelerator:
     """The run's ``Accelerator``. Accelerate keeps one process-wide state; a single process that trains
     again with other settings (say ``mixed_precision`` or ``cpu``) gets that state reset. Under
     ``accelerate launch`` / ``torchrun`` the launcher's settings stand."""
+    cpu = config.cpu or not torch.cuda.is_available()  # Accelerate needs cpu=True to run several CPU processes
     try:
-        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
     except ValueError:
         if PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+
+
+class NonFiniteLossError(TransferKitError):
+    """The training loss became NaN or infinite; the last checkpoint on disk is the last good state."""
 
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
-                    accelerator: Accelerator, label: str, config: FitConfig, set_lr: Callable[[int], None],
-                    penalty: Callable[[], torch.Tensor] | None = None,
+                    accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
+                    penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None,
                     objective: Objective | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns the objective's training figures (classification: mean loss and
-    accuracy) and the throughput."""
+    """One pass over ``loader``; returns the objective's training figures (classification: mean loss and accuracy)
+    over every process, from its meter's sums reduced over the processes, and the throughput (samples of all
+    processes per second of the slowest). Stops with a :class:`NonFiniteLossError` before a NaN or infinite loss
+    can reach the weights."""
     objective = objective or ClassificationObjective()
     set_train_mode(model, config.bn)
     meter, start = objective.meter(), time.perf_counter()
@@ -272,39 +325,62 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
         if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         outputs, loss = objective.step(net, inputs, targets, loss_fn)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"The training loss became {value} at epoch {epoch + 1}, step {step + 1} ({label}). Likely cause: a "
+                "learning rate too high for this model and data, or NaN/Inf values in the inputs. Fix: start again "
+                "with a lower --lr / --head-lr (the run folder keeps its last good checkpoint; --resume retries from "
+                "it with the same settings).")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        meter.add(loss.item(), outputs, targets)
+        meter.add(value, outputs, targets)
         bar.set_postfix(**meter.postfix(), per_s=f"{meter.samples / max(time.perf_counter() - start, 1e-9):.0f}")
-    seconds = time.perf_counter() - start
-    return {**meter.result(), "samples_per_s": round(meter.samples / max(seconds, 1e-9), 1)}
+    world = world or World()
+    (*totals, seen), (seconds,) = (world.sum([*meter.totals(), meter.samples]),
+                                   world.max([time.perf_counter() - start]))
+    return {**meter.result(totals), "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
 
 
 @torch.no_grad()
 def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator,
-                  objective: Objective | None = None) -> dict[str, float]:
-    """The objective's validation figures over ``loader`` (classification: mean loss and accuracy), from
-    per-example figures gathered across processes."""
+                  world: World | None = None, objective: Objective | None = None) -> dict[str, float]:
+    """The objective's validation figures (classification: mean loss and accuracy) over the validation set:
+    ``loader`` holds this process's share of it, and the objective's sums (a segmentation confusion matrix
+    included) are reduced over the processes, so each sample counts exactly once."""
     objective = objective or ClassificationObjective()
     net.eval()
-    figures = []
+    totals = objective.zeros()
     for inputs, targets in loader:
-        gathered = accelerator.gather_for_metrics(objective.figures(net(inputs), targets))
-        figures.append(tuple(t.cpu() for t in gathered))
-    return objective.summarise(figures)
+        inputs, targets = send_to_device((inputs, targets), accelerator.device)
+        totals += objective.figures(net(inputs), targets).cpu().double()
+    return objective.summarise((world or World()).sum(totals.tolist()))
 
 
-def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig) -> tuple[dict, dict]:
+def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig,
+                   world: World | None = None) -> tuple[dict, dict]:
     """The exact-fit step: the linear head fitted on the cached features with L-BFGS (see :mod:`.headfit`);
-    returns metrics shaped like an epoch's."""
+    returns metrics shaped like an epoch's. With several processes rank 0 fits it once and sends the head and the
+    metrics to the others (the fit is deterministic, but re-running it everywhere would only cost time)."""
+    world = world or World()
+    fitted = _fit_head(model, features, config) if world.is_main else None
+    head, train_metrics, val_metrics = world.broadcast(fitted)
+    if not world.is_main:
+        model.linear_head().load_state_dict(head)
+    return train_metrics, val_metrics
+
+
+def _fit_head(model: TransferModel, features: HeadFeatures, config: FitConfig) -> tuple[dict, dict, dict]:
     start = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = features.arrays()
     weight = torch.tensor(config.class_weights) if config.class_weights else None
     result = fit_linear_head(model.linear_head(), x_train, y_train, x_val, y_val, class_weights=weight)
     seconds = time.perf_counter() - start
-    return ({"loss": result.train_loss, "accuracy": result.train_accuracy,
-             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2},
+    return (cpu_state_dict(model.linear_head()),
+            {"loss": result.train_loss, "accuracy": result.train_accuracy,
+             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2,
+             "exact_fit_converged": result.converged, "exact_fit_iterations": result.iterations},
             {"loss": result.val_loss, "accuracy": result.val_accuracy})
 
 
