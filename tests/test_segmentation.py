@@ -5,6 +5,7 @@ data, compare and advise — on tiny scenes (coloured rectangles on noise, 32 px
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -216,6 +217,63 @@ def test_metrics_against_hand_computed_iou_with_absent_classes_and_ignore_index(
     assert result["miou"] == pytest.approx(float(reference))  # torchmetrics leaves absent classes out too
 
 
+def test_validation_and_test_figures_are_sums_that_reduce_over_processes(scenes, tiny_weights):
+    """Each process of a distributed run scores its share: the loop adds the objective's per-batch sums and
+    World.sum adds them over processes, Task.evaluate sums its confusion matrices with reduce=World.sum. Split in
+    two shards (two "processes"), the figures equal those of the whole split."""
+    from transferkit.data.masks import MaskDataset
+    from transferkit.tasks.segmentation import SegmentationObjective
+
+    task = get_task("segmentation")
+    model = build_segmentation_model("timm:test_efficientnet", 3, weights=str(tiny_weights), image_size=32,
+                                     channels=16).eval()
+    data = load_mask_training_data(scenes)
+    _, evaluation = mask_transforms(model.preprocessing, "none")
+    pairs = [MaskDataset(data.test, evaluation)[i] for i in range(len(data.test))]
+    images, masks = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    masks[0, :4] = 255  # ignored pixels count nowhere, in any shard
+    objective = SegmentationObjective(CLASSES, ignore_index=255)
+    with torch.no_grad():
+        logits = model(images)
+    whole = objective.summarise(objective.figures(logits, masks).tolist())
+    shards = [objective.figures(logits[:2], masks[:2]), objective.figures(logits[2:], masks[2:])]
+    reduced = objective.summarise((shards[0] + shards[1]).tolist())  # what World.sum returns in every process
+    assert reduced == pytest.approx(whole)
+    matrix = confusion(logits.argmax(1), masks, 3, 255).numpy()
+    assert whole["miou"] == pytest.approx(scores(matrix, CLASSES)["miou"])
+    assert whole["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    per_pixel = torch.nn.functional.cross_entropy(logits, masks, ignore_index=255)
+    assert whole["loss"] == pytest.approx(float(per_pixel), rel=1e-5)
+    # the test split: each process evaluates its share; reduce sums the matrices and image counts
+    full = task.evaluate(model, data.test, CLASSES)
+    halves = [data.test.subset([0, 1, 2]), data.test.subset([3, 4, 5])]
+    parts = [task.evaluate(model, half, CLASSES) for half in halves]
+    summed = [sum(v) for v in zip(*([*np.ravel(p["confusion_matrix"]), p["n"]] for p in parts), strict=True)]
+    shared = task.evaluate(model, halves[0], CLASSES, reduce=lambda values: summed)
+    assert shared["n"] == 6 and shared["confusion_matrix"] == full["confusion_matrix"]
+    assert shared["miou"] == full["miou"] and shared["per_class"] == full["per_class"]
+
+
+def test_each_training_example_is_augmented_under_its_own_seed(scenes):
+    """Resume-exact augmentation with any number of workers: an (index, seed) key gives the same image and mask
+    whatever the global random state, and other seeds give other crops."""
+    from transferkit.data.masks import MaskDataset
+
+    prep = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), input_size=32, crop_pct=1.0,
+                         interpolation="bilinear", source="test")
+    data = load_mask_training_data(scenes)
+    train, _ = mask_transforms(prep, "light")
+    dataset = MaskDataset(data.train, train)
+    torch.manual_seed(1)
+    first = dataset[(3, 1234)]
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    again = dataset[(3, 1234)]
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is left as it was
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert any(not torch.equal(first[1], dataset[(3, seed)][1]) for seed in range(5))
+
+
 def test_mask_folders_manifests_palettes_and_per_class_meaning(tmp_path):
     root = make_scenes(tmp_path / "flat", {"all": 20}, layout="images/split")
     (root / "images" / "all").rename(root / "img")
@@ -266,9 +324,15 @@ def test_train_evaluate_predict_load_learns_above_a_floor(scenes, tiny_weights, 
     direct = result.model.predict(images)
     assert all((a.mask == b.mask).all() for a, b in zip(predictions, direct, strict=True))
     assert predictions[0].mask.shape == (32, 32) and sum(predictions[0].fractions.values()) == pytest.approx(1)
-    assert loaded.evaluate(scenes)["miou"] == pytest.approx(result.test["miou"])
+    evaluated = loaded.evaluate()  # the run's own data: its test split (the split rule of classification)
+    assert evaluated["miou"] == pytest.approx(result.test["miou"])
+    assert (evaluated["split"], evaluated["seen_in_training"], evaluated["data"]) == ("test", False, str(scenes))
     big = Image.open(images[0]).resize((50, 41))  # any size: the mask comes back at the image's size
     assert loaded.predict([big])[0].mask.shape == (41, 50)
+    shutil.rmtree(scenes / "images" / "test")
+    shutil.rmtree(scenes / "masks" / "test")
+    own = loaded.evaluate(scenes)  # no test split left: the val split, which the run saw, and says so
+    assert own["split"] == "val" and own["seen_in_training"] and own["n"] == 6
 
 
 def test_command_line_train_evaluate_predict(capsys, scenes, tiny_weights, tmp_path):
@@ -310,6 +374,10 @@ def bad_scenes(tmp_path: Path) -> list[tuple[Path | str, str]]:
     Image.fromarray(np.random.default_rng(0).integers(0, 3, (32, 32, 3)).astype(np.uint8)).save(
         rgb / "masks" / "train" / "000.png")
     cases.append((rgb, "is an RGB image, not a single-channel class-index or palette PNG"))
+    manifest = make_scenes(tmp_path / "csv", {"train": 4})
+    (manifest / "m.csv").write_text("image,mask\nimages/train/000.png,masks/train/000.png\n"
+                                    "images/train/001.png,masks/train/nope.png\n")
+    cases.append((manifest / "m.csv", "line 3: mask"))
     empty = make_scenes(tmp_path / "empty", {"train": 4})
     for path in (empty / "masks" / "train").glob("*.png"):
         Image.new("L", (32, 32)).save(path)

@@ -27,10 +27,16 @@ class Names(NamedTuple):
 CLASSIFICATION = Names()
 
 
+def _size_column(names: Names) -> str:
+    """The size column's heading: "per class" for classification, the task's own unit otherwise."""
+    return "per class" if names.size == CLASSIFICATION.size else names.size
+
+
 def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str,
                      names: Names = CLASSIFICATION) -> str:
     """The grid and the derived factors as Markdown tables."""
-    lines = [f"# {title}", "", f"| strategy | per class | seeds | test {names.score} (mean ± spread) | "
+    column = _size_column(names)
+    lines = [f"# {title}", "", f"| strategy | {column} | seeds | test {names.score} (mean ± spread) | "
              f"{names.second} | wall s | epochs to 95% of best | s to 95% of best |",
              "|---|---|---|---|---|---|---|---|"]
     groups: dict[tuple[str, int], list[CellResult]] = {}
@@ -46,7 +52,7 @@ def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, 
                      f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} | "
                      f"{(sum(conv_s) / len(conv_s)) if conv_s else float('nan'):.1f} |")
     if factors:
-        lines += ["", f"| strategy | per class | test {names.score} | scratch needs (per class) | data efficiency | "
+        lines += ["", f"| strategy | {column} | test {names.score} | scratch needs ({column}) | data efficiency | "
                       "speed-up |", "|---|---|---|---|---|---|"]
         for f in factors:
             needed = f"{f['scratch_per_class_needed']:.0f}" if f["scratch_per_class_needed"] else "> max"
@@ -102,7 +108,7 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
         ax.set_ylabel(f"validation {names.validation}")
         ax.legend()
         ax.grid(alpha=0.3)
-        figures.append((f"Validation {names.validation} vs {label} ({size} per class, seed 0)", _png(fig)))
+        figures.append((f"Validation {names.validation} vs {label} ({size} {_size_column(names)}, seed 0)", _png(fig)))
         plt.close(fig)
     return figures
 
