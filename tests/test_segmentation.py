@@ -274,6 +274,26 @@ def test_each_training_example_is_augmented_under_its_own_seed(scenes):
     assert any(not torch.equal(first[1], dataset[(3, seed)][1]) for seed in range(5))
 
 
+def test_class_weights_auto_weigh_pixels_and_the_loss_leaves_ignored_pixels_out(scenes):
+    from transferkit.prepare import class_weights
+    from transferkit.tasks.segmentation import SegmentationLoss
+
+    data = load_mask_training_data(scenes)
+    counts = np.bincount(np.concatenate([read_mask(m).ravel() for m in data.train.masks]), minlength=3)
+    weights = class_weights(data, TrainConfig(data=str(scenes), class_weights="auto").validate())
+    assert weights == pytest.approx((counts.sum() / (3 * counts)).tolist())  # inverse pixel frequency
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    masks[0, 0] = 255
+    loss = SegmentationLoss(torch.tensor(weights, dtype=torch.float32), ignore_index=255)(logits, masks)
+    valid = masks != 255
+    picked = logits.permute(0, 2, 3, 1)[valid].log_softmax(-1)[torch.arange(int(valid.sum())), masks[valid]]
+    w = torch.tensor(weights)[masks[valid]]
+    assert float(loss) == pytest.approx(float(-(w * picked).sum() / w.sum()), rel=1e-5)
+    dice = SegmentationLoss(None, 255, dice_weight=0.5)(logits, masks)
+    assert float(dice) > float(SegmentationLoss(None, 255)(logits, masks))  # Dice adds a positive term
+
+
 def test_mask_folders_manifests_palettes_and_per_class_meaning(tmp_path):
     root = make_scenes(tmp_path / "flat", {"all": 20}, layout="images/split")
     (root / "images" / "all").rename(root / "img")
