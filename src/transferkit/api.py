@@ -36,6 +36,7 @@ from .plan import Plan, make_plan
 from .predict import TrainedModel
 from .runfolder import RunFolder
 from .strategies import uses_pretrained_weights
+from .tasks import get_task
 from .training.callbacks import Callback
 from .training.loop import fit
 
@@ -49,6 +50,9 @@ __all__ = ["TrainConfig", "TrainResult", "plan", "train"]
 class TrainResult:
     """What :func:`train` returns: where the run is, how it went, and the trained model.
 
+    ``val_score`` is the best epoch's validation ``val_metric`` (accuracy; segmentation: mIoU), ``test`` the task's
+    test metrics (classification: accuracy, macro-F1...; segmentation: miou, mean_dice, pixel_accuracy, per_class).
+
     ``seconds`` is the wall time of training: loading data and model, building the caches, and the
     epochs (not the final test-set evaluation); ``setup_seconds`` is the part before the first epoch (the
     ``seconds`` of each ``history`` entry count from there); ``cache_seconds_saved`` is what the cache entries
@@ -57,7 +61,7 @@ class TrainResult:
 
     run_dir: Path
     best_epoch: int
-    val_accuracy: float
+    val_score: float
     seconds: float
     history: list[dict[str, Any]]
     test: dict[str, Any] | None
@@ -65,6 +69,13 @@ class TrainResult:
     data_description: str = ""
     setup_seconds: float = 0.0
     cache_seconds_saved: float = 0.0
+    task: str = "classification"
+    val_metric: str = "accuracy"
+
+    @property
+    def val_accuracy(self) -> float:
+        """The best validation score (accuracy for classification: the name this field had)."""
+        return self.val_score
 
 
 def train(data: str | Path | None = None, *, resume: str | Path | None = None, config: str | Path | None = None,
@@ -94,6 +105,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
 def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, resumed: bool,
            callbacks: Sequence[Callback], progress: bool) -> TrainResult:
     started = time.perf_counter()
+    task = get_task(run_config.task)
     if not resumed:
         run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
     run = RunFolder(run_config.out if not resumed else run.path, main_process=world.is_main)
@@ -116,7 +128,8 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         result = fit(model, train_loader, val_loader, run_plan.phases,
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
-                     resume=resumed, callbacks=[_MetricsWriter(run), *callbacks], features=features, world=world)
+                     resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), *callbacks],
+                     features=features, world=world, objective=task.objective(run_config, split))
     except BaseException:
         if not resumed:
             run.discard_if_unstarted()
@@ -131,11 +144,13 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
                                "cache_seconds_built": cache_use.built_seconds,
                                "cache_seconds_saved": cache_use.saved_seconds},
                       distributed=_processes_report(world, run_plan, model, cache_use))
-    logger.info("Done: best epoch %d of %d, val accuracy %.4f%s, %.1f s — %s", result.best_epoch, len(result.history),
-                result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "", seconds, run.path)
-    return TrainResult(run.path, result.best_epoch, result.best_val_accuracy, seconds, result.history, test,
+    name = task.label(task.monitor)
+    logger.info("Done: best epoch %d of %d, val %s %.4f%s, %.1f s — %s", result.best_epoch, len(result.history), name,
+                result.best_val_score, f", test {name} {test[task.headline[0]]:.4f}" if test else "", seconds,
+                run.path)
+    return TrainResult(run.path, result.best_epoch, result.best_val_score, seconds, result.history, test,
                        TrainedModel(model, split.classes, info, run.path), split.description, setup_seconds,
-                       cache_use.saved_seconds)
+                       cache_use.saved_seconds, task.name, task.monitor)
 
 
 def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
@@ -244,6 +259,13 @@ def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
     """Test metrics; each process predicts its share of the test set, and the shares are gathered in order."""
     if data.test is None or len(data.test) == 0:
         return None
+    task = get_task(config.task)
+    if task.dense:  # --test-per-class was applied when the data was read; the task's sums are reduced
+        trained.model.to(world.device)
+        metrics = task.evaluate(trained.model, data.test.subset(list(world.share(len(data.test)))), data.classes,
+                                max(16, config.batch_size), reduce=world.sum, ignore_index=config.ignore_index)
+        trained.model.cpu()
+        return metrics
     test = data.test
     if config.test_per_class is not None:
         test, _ = take_per_class(test, config.test_per_class, seed=0)
@@ -258,15 +280,18 @@ def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
 class _MetricsWriter(Callback):
     """Appends each epoch's record to ``metrics.jsonl`` and logs a one-line summary."""
 
-    def __init__(self, run: RunFolder) -> None:
+    def __init__(self, run: RunFolder, monitor: str = "accuracy") -> None:
         self.run = run
+        self.monitor = monitor  # the name of the validation figure early stopping follows, for the log line
 
     def on_epoch_end(self, record: dict[str, Any], state: Any) -> None:
         self.run.append_metrics(record)
-        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0f samples/s | %.0f s%s",
+        extra = "".join(f" {self.monitor} {v:.4f}" for k, v in record.items()
+                        if k.startswith("val_") and k not in ("val_loss", "val_accuracy"))
+        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0f samples/s | %.0f s%s",
                     record["epoch"], record["phase"], record["train_loss"], record["train_accuracy"],
-                    record["val_loss"], record["val_accuracy"], record["train_samples_per_s"], record["seconds"],
-                    " *" if record["best_epoch"] == record["epoch"] else "")
+                    record["val_loss"], record["val_accuracy"], extra, record["train_samples_per_s"],
+                    record["seconds"], " *" if record["best_epoch"] == record["epoch"] else "")
 
 
 def _console_logging() -> None:

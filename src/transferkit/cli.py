@@ -29,12 +29,14 @@ from rich.table import Table
 from . import options as schema
 from .distributed import is_main_process, leave
 from .errors import TransferKitError, one_line
+from .tasks import get_task
 
 app = typer.Typer(
     name="transferkit", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-    help="Adapt a pre-trained vision or language model to your images or texts: train, evaluate, predict. "
-         "Offline built-ins: efficientnet_lite0/2 and minilm-l6 weights; builtin:fashion-mnist / lfw-faces / "
-         "digits / fashion-mnist-m / font-digits / bbc-news data.")
+    help="Adapt a pre-trained vision or language model to your images or texts: train, evaluate, predict — "
+         "classification, or segmentation (--task segmentation). Offline built-ins: efficientnet_lite0/2 and "
+         "minilm-l6 weights; builtin:fashion-mnist / lfw-faces / digits / fashion-mnist-m / font-digits / bbc-news / "
+         "fashion-scenes data.")
 console = Console(stderr=True)
 out = Console()
 
@@ -131,7 +133,8 @@ def _settings(values: dict[str, Any], section: type) -> dict[str, Any]:
 
 @command("train", schema.TrainConfig, schema.RunControlOptions)
 def train(**values: Any) -> None:
-    """Fine-tune a pre-trained model on your images or texts and write a run folder."""
+    """Fine-tune a pre-trained model on your images or texts (or images with masks: segmentation) and write a run
+    folder."""
     from . import api
 
     quiet = _flag(values, "quiet")
@@ -157,10 +160,12 @@ def train(**values: Any) -> None:
     table = Table(title=f"transferkit: {result.run_dir}", show_header=False)
     table.add_row("data", result.data_description)
     table.add_row("best epoch", f"{result.best_epoch} of {len(result.history)}")
-    table.add_row("val accuracy", f"{result.val_accuracy:.4f}")
+    task = get_task(result.task)
+    main, second = task.headline
+    table.add_row(f"val {task.label(main)}", f"{result.val_score:.4f}")
     if result.test:
-        table.add_row("test accuracy", f"{result.test['accuracy']:.4f} (macro-F1 {result.test['macro_f1']:.4f}, "
-                                       f"n = {result.test['n']})")
+        table.add_row(f"test {task.label(main)}", f"{result.test[main]:.4f} ({task.label(second)} "
+                                                  f"{result.test[second]:.4f}, n = {result.test['n']})")
     table.add_row("wall time", f"{result.seconds:.1f} s")
     out.print(table)
     out.print(f"Next: transferkit evaluate {result.run_dir} --data <labelled folder>   |   "
@@ -185,7 +190,8 @@ def plan(**values: Any) -> None:
 
 @command("evaluate", schema.EvaluateOptions)
 def evaluate(**values: Any) -> None:
-    """Accuracy, macro-F1, per-class precision/recall and a confusion matrix of a run on labelled data."""
+    """Accuracy, macro-F1, per-class precision/recall and a confusion matrix of a run on labelled data (segmentation:
+    mIoU, per-class IoU and Dice, pixel accuracy, and example overlays)."""
     from .evaluate import format_report, save_confusion_png
     from .predict import load
 
@@ -193,6 +199,9 @@ def evaluate(**values: Any) -> None:
     run, data, as_json = values["run"], values.get("data"), _flag(values, "as_json")
     _setup_logging(quiet=as_json)
     model = load(run)
+    if model.task.dense:
+        _evaluate_dense(model, run, data, values, as_json)
+        return
     metrics = model.evaluate(data, batch_size=values.get("batch_size") or 64,
                              skip_bad_images=_flag(values, "skip_bad_images"))
     png = values.get("png")
@@ -209,9 +218,29 @@ def evaluate(**values: Any) -> None:
     out.print(f"confusion matrix image: {png_path}")
 
 
+def _evaluate_dense(model: Any, run: str, data: str | None, values: dict[str, Any], as_json: bool) -> None:
+    """A dense task's metrics (the split rule of classification's), with its table and examples written to
+    ``--png`` (default RUN/evaluation)."""
+    found = model.eval_data(data)
+    metrics = model.evaluate(found, batch_size=values.get("batch_size") or 16)
+    folder = Path(values.get("png") or Path(run) / "evaluation")
+    written = model.task.write_evaluation(model.model, found.samples, metrics, folder)
+    if metrics["seen_in_training"]:
+        console.print(f"[bold yellow]warning:[/] this is the {metrics['split']} split of the run's own training "
+                      "data: the run saw it (validation chose the best epoch), so the score is optimistic. Pass "
+                      "--data with held-out examples.", highlight=False, soft_wrap=True)
+    if as_json:
+        print(json.dumps({**metrics, "run": str(run), "files": [str(p) for p in written]}))
+        return
+    out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
+    print(model.task.format_report(metrics))
+    out.print(f"written: {', '.join(str(p) for p in written)}")
+
+
 @command("predict", schema.PredictOptions)
 def predict(**values: Any) -> None:
-    """Top-k labels with probabilities for images and folders (or texts)."""
+    """Top-k labels with probabilities for images and folders (or texts); segmentation: class-index masks and colour
+    overlays."""
     from .predict import load
 
     schema.check_values(values, schema.PredictOptions)
@@ -229,6 +258,18 @@ def predict(**values: Any) -> None:
         raise TransferKitError("Nothing to predict on. Fix: pass images or folders (for a language model: texts, or "
                                "--file FILE).")
     predictions = model.predict(items, top_k=values.get("top_k") or 3, batch_size=values.get("batch_size") or 64)
+    if model.task.dense:
+        from .predict import expand_inputs
+
+        folder = Path(values.get("out") or Path(run) / "predictions")
+        written = model.task.write_predictions(predictions, expand_inputs(items), folder)
+        if _flag(values, "as_json"):
+            print(json.dumps({"run": run, "out": str(folder), "predictions": written}))
+            return
+        for row in written:
+            shares = sorted(row["fractions"].items(), key=lambda kv: -kv[1])[:4]
+            print(f"{row['source']}\t{row['mask']}\t" + "  ".join(f"{name} {share:.3f}" for name, share in shares))
+        return
     if _flag(values, "as_json"):
         print(json.dumps({"run": run, "predictions": [p.to_dict() for p in predictions]}))
         return
@@ -315,7 +356,6 @@ def advise(**values: Any) -> None:
     """Measure the data against the model (counts, sizes, a quick linear probe and nearest-neighbour accuracy on
     frozen features, how far the data is from the pre-training) and recommend a strategy, with the reasons."""
     from .experiments.advise import advise as run_advise
-    from .experiments.domain import FAR
 
     _setup_logging(quiet=True)
     given = _given(values, schema.TrainConfig)
@@ -332,6 +372,25 @@ def advise(**values: Any) -> None:
                           "command": command_line}))
         return
     m = advice.measurements
+    if m.get("task") == "segmentation":
+        domain = ("not measurable" if m["domain_distance"] is None else
+                  f"{m['domain_measure']} {m['domain_distance']:.2f} ({'far' if m['far'] else 'close'})")
+        print(f"Measured: {m['images']} images, {m['classes']} classes, median side {m['median_size']:.0f} px (model "
+              f"input {m['model_input']}), background {m['background_share']:.0%} of the labelled pixels, rarest "
+              f"class {m['rarest_class']} {m['rarest_share']:.2%}; domain: {domain}")
+    else:
+        _print_classification_measurements(m)
+    print(f"Recommended: {advice.strategy}")
+    for reason in advice.reasons:
+        print(f"  - {reason}")
+    for warning in advice.warnings:
+        print(f"  ! {warning}")
+    print(f"Run: {command_line}")
+
+
+def _print_classification_measurements(m: dict[str, Any]) -> None:
+    from .experiments.domain import FAR
+
     size = f"{m['median_size']:.0f} {'tokens' if m['modality'] == 'text' else 'px'}"
     domain = ("not measurable (the model stores no feature statistics)" if m["domain_distance"] is None else
               f"{m['domain_measure']} {m['domain_distance']:.2f} ({'far' if m['far'] else 'close'}; over "
@@ -339,12 +398,6 @@ def advise(**values: Any) -> None:
     print(f"Measured: {m['samples']} samples, {m['classes']} classes ({m['min_per_class']}-{m['max_per_class']} per "
           f"class in training), median size {size} (model input {m['model_input']}), linear probe "
           f"{m['probe_accuracy']:.3f}, 1-NN {m['knn_accuracy']:.3f}; domain: {domain}")
-    print(f"Recommended: {advice.strategy}")
-    for reason in advice.reasons:
-        print(f"  - {reason}")
-    for warning in advice.warnings:
-        print(f"  ! {warning}")
-    print(f"Run: {command_line}")
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from .models.model import check_dropout, check_hidden
 from .models.preprocessing import check_image_size
 from .models.text import check_max_length, check_pooling, is_text_model
 from .strategies import check_bn, check_lr, check_lr_decay, check_max_unfrozen, check_strategy, check_warmup
+from .tasks import check_task, infer_task
+from .tasks.segmentation import DECODERS, check_decoder_channels, check_dice_weight, check_ignore_index
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
@@ -112,7 +114,9 @@ def _lrs(name: str, value: Any) -> None:
 HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
              "(split into train/val); a CSV manifest with path,label\\[,split] columns; a text file "
              "(CSV/TSV/JSONL with text and label columns) or folder of them; or builtin:fashion-mnist, "
-             "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, builtin:font-digits, builtin:bbc-news.")
+             "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, builtin:font-digits, builtin:bbc-news. "
+             "Segmentation: a folder with images/ and masks/ (split sub-folders optional), a CSV manifest with "
+             "image,mask\\[,split] columns, or builtin:fashion-scenes.")
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
@@ -126,14 +130,19 @@ class DataOptions:
     PANEL: ClassVar[str] = "Data"
 
     data: str = option(help=HELP_DATA)
+    task: str | None = option(None, "What to predict: classification (a label per image or text) or segmentation (a "
+                                    "class per pixel, from masks).",
+                              default_text="inferred from --data: segmentation when it has masks, else "
+                                           "classification", check=check_task)
     text_column: str = option("text", "Text: the column holding the text (CSV/TSV/JSONL).")
     label_column: str = option("label", "Text: the column holding the label (CSV/TSV/JSONL).")
     val_fraction: float = option(0.2, "Share of each class held out for validation when the data has no val "
                                       "split.",
                                  check=lambda n, v: check_range(n, v, 0, 1, low_open=True, example=0.2))
-    per_class: int | None = option(None, "Use only N training examples per class (seeded).", check=positive_or_none)
-    test_per_class: int | None = option(None, "Evaluate the test split on N examples per class.",
-                                        check=positive_or_none)
+    per_class: int | None = option(None, "Use only N training examples per class (seeded); segmentation: N "
+                                         "training images in all.", check=positive_or_none)
+    test_per_class: int | None = option(None, "Evaluate the test split on N examples per class (segmentation: N "
+                                              "test images).", check=positive_or_none)
     skip_bad_images: bool = option(False, "Skip (and count) unreadable images instead of stopping.")
 
 
@@ -162,6 +171,22 @@ class ModelOptions:
     lora_alpha: int = option(16, "lora: adapter scaling alpha.", check=positive)
     lora_targets: str | None = option(None, "lora: comma-separated module names to adapt.",
                                       default_text="the attention query/value projections of the architecture")
+
+
+@dataclass
+class SegmentationOptions:
+    """The decoder, loss and labels of segmentation runs (ignored by classification)."""
+
+    PANEL: ClassVar[str] = "Segmentation"
+
+    decoder: str = option("unet", "Segmentation: the new decoder on the encoder's feature pyramid: unet or fpn.",
+                          choices=DECODERS)
+    decoder_channels: int = option(128, "Segmentation: width of the decoder's widest stage (U-Net halves it at each "
+                                        "stage; FPN: its pyramid width).", check=check_decoder_channels)
+    ignore_index: int = option(255, "Segmentation: the mask value of pixels that count in neither the loss nor the "
+                                    "metrics.", check=check_ignore_index)
+    dice_weight: float = option(0.0, "Segmentation: weight of a Dice loss added to the pixel cross-entropy (0: "
+                                     "cross-entropy only), e.g. 0.5.", check=check_dice_weight)
 
 
 @dataclass
@@ -260,20 +285,23 @@ class OutputOptions:
     evaluate_test: bool = option(True, "Evaluate the test split at the end of the run.", cli=False)
 
 
-TRAIN_SECTIONS: tuple[type, ...] = (DataOptions, ModelOptions, StrategyOptions, CacheOptions, RuntimeOptions,
-                                    OutputOptions)
+TRAIN_SECTIONS: tuple[type, ...] = (DataOptions, ModelOptions, SegmentationOptions, StrategyOptions, CacheOptions,
+                                    RuntimeOptions, OutputOptions)
 
 
 @dataclass
-class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, ModelOptions, DataOptions):
+class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, SegmentationOptions, ModelOptions,
+                  DataOptions):
     """Everything a run needs: every section above as one flat dataclass. Saved in the run folder as
     ``config.yaml`` (a recipe; what ``--resume`` reads). See ``transferkit train --help`` for each field."""
 
     SECTIONS: ClassVar[tuple[type, ...]] = TRAIN_SECTIONS
 
     def resolve_defaults(self) -> None:
-        """Defaults that depend on the modality: images 10 epochs, head dropout 0.2; text (the BERT recipe)
-        4 epochs, dropout 0.1."""
+        """Defaults that depend on the data and the modality: the task (segmentation when the data has masks);
+        images 10 epochs, head dropout 0.2; text (the BERT recipe) 4 epochs, dropout 0.1."""
+        if self.task is None:
+            self.task = infer_task(self.data)[0]
         text = is_text_model(self.model)
         if self.epochs is None:
             self.epochs = 4 if text else 10
@@ -291,6 +319,9 @@ class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, 
                 check(f.name, getattr(self, f.name))
         if self.lrs and self.lr_decay is not None:
             raise TransferKitError("Pass either --lrs or --lr-decay, not both: both set per-group learning rates.")
+        if self.task != "classification" and is_text_model(self.model):
+            raise TransferKitError(f"--task {self.task} needs a vision model; {self.model} is a language model. Fix: "
+                                   "pass e.g. --model efficientnet_lite0.")
         if self.strategy == "lora" and not is_text_model(self.model):
             raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
                                    "--strategy for vision models.")
@@ -424,7 +455,8 @@ class CompareOptions:
     PANEL: ClassVar[str] = "Grid"
 
     strategies: str = option("scratch,linear-probe,two-stage", "Comma-separated strategies.")
-    per_class: str = option("10,30,100", "Comma-separated training examples per class.")
+    per_class: str = option("10,30,100", "Comma-separated training examples per class (segmentation: training "
+                                         "images).")
     scratch_per_class: str = option("", "Extra sizes for scratch only (to find how much data it needs), e.g. 1000.")
     seeds: int = option(1, "Seeds per (strategy, size).", check=positive)
     out: str = option("reports/compare", "Report folder (results.json, summary.md, report.html, runs/, cache/); an "
@@ -433,7 +465,8 @@ class CompareOptions:
 
 # ``train`` options that compare sets per cell or owns.
 COMPARE_OWNS = ("strategy", "per_class", "seed", "out", "overwrite", "cache_dir", "evaluate_test")
-ADVISE_USES = ("data", "model", "weights", "per_class", "text_column", "label_column", "seed")
+ADVISE_USES = ("data", "task", "model", "weights", "per_class", "text_column", "label_column", "seed", "image_size",
+               "ignore_index")
 
 
 @dataclass
@@ -452,8 +485,9 @@ class EvaluateOptions:
                                     "CSV manifest, a text file, or builtin:NAME (its test split).",
                               default_text="the run's own test split")
     as_json: bool = option(False, "Print one JSON document instead of a report.", flags=("--json",))
-    png: str | None = option(None, "Where to write the confusion-matrix PNG.",
-                             default_text="RUN/confusion_matrix.png")
+    png: str | None = option(None, "Where to write the confusion-matrix PNG (segmentation: the folder for the "
+                                   "per-class IoU table and example overlays).",
+                             default_text="RUN/confusion_matrix.png; segmentation: RUN/evaluation")
     batch_size: int = option(64, "Examples per batch.", check=positive)
     skip_bad_images: bool = option(False, "Skip unreadable images.")
 
@@ -468,6 +502,8 @@ class PredictOptions:
     file: str | None = option(None, "Language models: a file of texts, one per line (or a CSV/TSV/JSONL with a text "
                                     "column).")
     top_k: int = option(3, "How many labels to show per input.", check=positive)
+    out: str | None = option(None, "Segmentation: folder for the class-index masks (NAME.png) and colour overlays "
+                                   "(NAME_overlay.png).", default_text="RUN/predictions")
     as_json: bool = json_flag()
     batch_size: int = option(64, "Examples per batch.", check=positive)
 

@@ -1,5 +1,5 @@
-"""What a run will do, before it does it — decided here, once: layer groups, phases, LRs per group, BatchNorm
-policy, and where each phase runs (on images, on cached backbone features, or as one exact fit of the head).
+"""What a run will do, before it does it — decided here, once: the task, layer groups, phases, LRs per group,
+BatchNorm policy, and where each phase runs (on images, on cached backbone features, or as one exact fit of the head).
 
 The cache preparation (:mod:`transferkit.prepare`) and the loop (:mod:`transferkit.training.loop`) read these
 decisions; neither makes them again.
@@ -17,6 +17,7 @@ from .models.groups import LayerGroup
 from .models.model import TransferModel
 from .options import parse_lrs
 from .strategies import BN_POLICIES, Phase, build_phases, default_lr, resolve_bn_policy
+from .tasks import get_task, infer_task
 
 if TYPE_CHECKING:
     from .options import TrainConfig
@@ -37,20 +38,22 @@ class Plan:
     bn_chosen_by_auto: bool
     warmup: float
     notes: tuple[str, ...] = ()
+    task: str = "classification"
+    task_reason: str = ""
     batch_size: int = 32
     processes: int = 1
     sync_bn: bool = False
 
     @classmethod
     def build(cls, model: TransferModel, groups: list[LayerGroup], phases: list[Phase], bn: str,
-              bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = (), batch_size: int = 32,
-              processes: int = 1, sync_bn: bool = False) -> Plan:
+              bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = (), task: str = "classification",
+              task_reason: str = "", batch_size: int = 32, processes: int = 1, sync_bn: bool = False) -> Plan:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
         return cls(model=f"{model.spec.spec} ({model.spec.weights} weights)", head=model.describe_head(),
                    preprocessing=model.preprocessing.describe(),
                    groups=[(g.name, sum(sizes[n] for n in g.param_names)) for g in groups], phases=list(phases),
-                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes, batch_size=batch_size,
-                   processes=processes, sync_bn=sync_bn)
+                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes, task=task,
+                   task_reason=task_reason, batch_size=batch_size, processes=processes, sync_bn=sync_bn)
 
     @property
     def distribution(self) -> dict[str, Any]:
@@ -81,14 +84,15 @@ class Plan:
         return any(p.runs_on == "images" for p in self.phases[start:])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "head": self.head, "preprocessing": self.preprocessing,
+        return {"task": self.task, "model": self.model, "head": self.head, "preprocessing": self.preprocessing,
                 "groups": [{"name": n, "params": c} for n, c in self.groups],
                 "phases": [p.to_dict() for p in self.phases], "bn": self.bn, "warmup": self.warmup,
                 "notes": list(self.notes), "distributed": self.distribution}
 
     def __str__(self) -> str:
         width = max(len(n) for n, _ in self.groups) + 2
-        lines = [f"Model: {self.model}", self.head, f"Preprocessing: {self.preprocessing}",
+        lines = [f"Task: {self.task}{f' ({self.task_reason})' if self.task_reason else ''}",
+                 f"Model: {self.model}", self.head, f"Preprocessing: {self.preprocessing}",
                  f"BatchNorm: {self.bn}{' (chosen by --bn auto)' if self.bn_chosen_by_auto else ''} — "
                  f"{BN_POLICIES[self.bn]}", self.describe_batch(), "", "Layer groups (input → output):",
                  f"  {'#':>3}  {'group':<{width}}{'params':>12}"]
@@ -114,21 +118,26 @@ class Plan:
 
 
 def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> Plan:
-    """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs, for
-    ``processes`` processes sharing each (global) batch of ``config.batch_size``."""
+    """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs (a task
+    without cached features, such as segmentation, runs every phase on images), for ``processes`` processes sharing
+    each (global) batch of ``config.batch_size``."""
+    task = get_task(config.task)
     groups = model.layer_groups(config.groups)
     lr = config.lr if config.lr is not None else default_lr(config.strategy, model.is_text)
     phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
                           lr=lr, head_lr=config.head_lr, lrs=parse_lrs(config.lrs),
                           lr_decay=config.lr_decay, unfreeze_every=config.unfreeze_every,
                           max_unfrozen=config.max_unfrozen)
-    phases, notes = place_phases(phases, groups[-1].name, feature_cache=config.feature_cache,
+    phases, notes = place_phases(phases, groups[-1].name,
+                                 feature_cache=config.feature_cache if task.caches_features else "off",
                                  head_fit=config.head_fit, cache_views=config.cache_views,
                                  linear_head=model.linear_head() is not None)
-    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
+    bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size, dense=task.dense)
     sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
-    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes,
-                      batch_size=config.batch_size, processes=processes, sync_bn=sync_bn)
+    inferred, reason = infer_task(config.data)
+    reason = reason if inferred == task.name else "chosen with --task"
+    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes + task.plan_notes(config),
+                      task.name, reason, batch_size=config.batch_size, processes=processes, sync_bn=sync_bn)
 
 
 def place_phases(phases: list[Phase], head: str, *, feature_cache: str, head_fit: str, cache_views: int,

@@ -1,4 +1,7 @@
-"""A finished run, loaded back: ``transferkit.load(run).predict([...])`` and ``.evaluate(data)``."""
+"""A finished run, loaded back: ``transferkit.load(run).predict([...])`` and ``.evaluate(data)``.
+
+Classification predicts top-k labels; a dense task (segmentation) answers through its task object
+(:mod:`transferkit.tasks`): masks from ``predict``, its own metrics from ``evaluate``."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
 from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
+from .tasks import get_task
 from .training.checkpoint import load_weights
 
 logger = logging.getLogger(__name__)
@@ -40,7 +44,8 @@ class Prediction:
 
 
 class TrainedModel:
-    """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference."""
+    """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference. ``task`` is
+    the task object of the model (:mod:`transferkit.tasks`)."""
 
     def __init__(self, model: TransferModel, classes: list[str], info: dict[str, Any] | None = None,
                  run_dir: Path | None = None) -> None:
@@ -49,6 +54,7 @@ class TrainedModel:
         self.info = info or {}
         self.run_dir = run_dir
         self.is_text = model.is_text
+        self.task = get_task(model.task)
         self.transform = None if self.is_text else build_transforms(model.preprocessing, "none")[1]
 
     @property
@@ -62,10 +68,13 @@ class TrainedModel:
         items = self._inputs(inputs)
         return self._probabilities([it for _, it in items], batch_size)
 
-    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Any]:
         """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays —
-        or, for a language model, for strings."""
+        or, for a language model, for strings. Segmentation: a :class:`~transferkit.tasks.segmentation.
+        MaskPrediction` per image (``.mask``, a class-index array at the image's size; ``.fractions``)."""
         items = self._inputs(inputs)
+        if self.task.dense:
+            return self.task.predict(self.model, items, self.classes, batch_size=min(batch_size, 16))
         probabilities = self._probabilities([it for _, it in items], batch_size)
         k = max(1, min(top_k, len(self.classes)))
         results = []
@@ -75,43 +84,56 @@ class TrainedModel:
             results.append(Prediction(name, top[0][0], top[0][1], top))
         return results
 
-    def evaluate(self, data: str | Path | Samples | None = None, batch_size: int = 64,
+    def evaluate(self, data: str | Path | Samples | EvalData | None = None, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
         """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data (default: the run's own
-        data, its test split when it has one).
+        data, its test split when it has one); segmentation: mIoU, per-class IoU and Dice, pixel accuracy.
 
         The result also says what was evaluated: ``data``, ``split`` (``test``, ``val``, ``train``, ``all`` or
         ``given`` for samples passed in) and ``seen_in_training`` — true when the examples come from the run's own
         training data and are not its test split (validation picked the best epoch and the head's L2, so its score
-        is optimistic); then a warning is logged as well.
+        is optimistic); then a warning is logged as well. ``data`` may also be :meth:`eval_data`'s answer.
         """
-        if isinstance(data, Samples):
+        if isinstance(data, EvalData):
+            found = data
+        elif data is not None and not isinstance(data, (str, Path)):
             found = EvalData(data, "given")
         else:
-            data = str(data) if data is not None else str(self.info.get("config", {}).get("data", ""))
-            if not data:
-                raise TransferKitError("No data to evaluate on. Fix: pass labelled examples (a folder, a CSV, "
-                                       "builtin:NAME).")
-            found = self._eval_split(data, skip_bad_images)
-        seen = (not isinstance(data, Samples) and found.split != "test"
-                and _same_source(data, self.info.get("config", {}).get("data")))
+            found = self.eval_data(data, skip_bad_images)
+        source = found.source
+        seen = (source is not None and found.split != "test"
+                and _same_source(source, self.info.get("config", {}).get("data")))
         if seen:
             logger.warning("Evaluated on the %s split of the run's own training data (%s): the run saw these "
                            "examples (validation chose the best epoch), so this score is optimistic. Pass --data "
-                           "with held-out examples for an unbiased one.", found.split, data)
-        probabilities = self._probabilities(found.samples.items, batch_size)
-        metrics = compute_metrics(np.asarray(found.samples.labels), probabilities, self.classes)
-        return {**metrics, "data": None if isinstance(data, Samples) else data, "split": found.split,
-                "seen_in_training": seen}
+                           "with held-out examples for an unbiased one.", found.split, source)
+        if self.task.dense:
+            metrics = self.task.evaluate(self.model, found.samples, self.classes, min(batch_size, 16),
+                                         ignore_index=self.info.get("config", {}).get("ignore_index", 255))
+        else:
+            probabilities = self._probabilities(found.samples.items, batch_size)
+            metrics = compute_metrics(np.asarray(found.samples.labels), probabilities, self.classes)
+        return {**metrics, "data": source, "split": found.split, "seen_in_training": seen}
 
-    def _eval_split(self, data: str, skip_bad_images: bool) -> EvalData:
-        if self.is_text:
+    def eval_data(self, data: str | Path | None = None, skip_bad_images: bool = False) -> EvalData:
+        """The labelled examples :meth:`evaluate` would use for ``data`` (default: the run's own data), and which
+        split of it they are — one rule for the library and the CLI."""
+        data = str(data) if data is not None else str(self.info.get("config", {}).get("data", ""))
+        if not data:
+            raise TransferKitError("No data to evaluate on. Fix: pass labelled examples (a folder, a CSV, "
+                                   "builtin:NAME).")
+        config = self.info.get("config", {})
+        if self.task.dense:
+            found = self.task.load_eval_data(data, self.classes, config)
+        elif self.is_text:
             from .data.text import text_eval_split
 
-            config = self.info.get("config", {})
-            return text_eval_split(data, self.classes, text_column=config.get("text_column", "text"),
-                                   label_column=config.get("label_column", "label"))
-        return eval_split(data, self.classes, skip_bad_images=skip_bad_images)
+            found = text_eval_split(data, self.classes, text_column=config.get("text_column", "text"),
+                                    label_column=config.get("label_column", "label"))
+        else:
+            found = eval_split(data, self.classes, skip_bad_images=skip_bad_images)
+        found.source = data
+        return found
 
     def _probabilities(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
         self.model.eval()
@@ -153,7 +175,10 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
     if len(classes) != info["head"]["num_classes"]:
         raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "
                                "classes. The run folder is inconsistent; retrain it.")
-    if info.get("modality") == "text":
+    task = get_task(info.get("task", "classification"))
+    if task.dense:
+        model = task.rebuild_model(info)
+    elif info.get("modality") == "text":
         from .models.text import rebuild_text_model
 
         model = rebuild_text_model(run_dir, info, merge=merge)  # LoRA: refuses a changed base encoder

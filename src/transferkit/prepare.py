@@ -2,17 +2,20 @@
 :class:`~transferkit.plan.Plan`: the data, the model (with LoRA adapters when asked), the loaders (decoded-input
 cache for images, length-bucketed batches for texts), the frozen-backbone feature cache when the plan runs
 phases on it, and the device settings. Loaders are made for this process of the run's
-:class:`~transferkit.distributed.World`: its part of every training batch, its share of the validation set."""
+:class:`~transferkit.distributed.World`: its part of every training batch, its share of the validation set. A dense
+task (segmentation) supplies its own data, model and datasets (:class:`transferkit.tasks.base.Task`); the rest is
+shared."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 
 from .cache import CacheUse
 from .data.decoded import DecodedDataset, decoded_images, estimated_bytes
@@ -37,6 +40,7 @@ from .models.text import apply_lora, is_text_model, load_text_model
 from .options import TrainConfig
 from .plan import Plan
 from .strategies import uses_pretrained_weights
+from .tasks import get_task
 from .training.loop import FitConfig
 
 logger = logging.getLogger("transferkit.api")
@@ -45,7 +49,10 @@ DECODED_CACHE_LIMIT = 16e9  # bytes of uint8 images on disk (memory-mapped)
 
 
 def load_data(config: TrainConfig) -> SplitData:
-    """The run's data: images or texts, as the model's modality needs."""
+    """The run's data: images or texts, as the model's modality needs; a dense task's own format."""
+    task = get_task(config.task)
+    if task.dense:
+        return task.load_data(config)
     text_model, text_data = is_text_model(config.model), is_text_data(config.data)
     if text_model and not text_data:
         raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
@@ -68,8 +75,12 @@ def _manifest_without_text(path: Path) -> bool:
 
 
 def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> TransferModel:
-    """The model with a new head for ``num_classes`` classes (LoRA adapters applied for ``lora``)."""
+    """The model with a new head for ``num_classes`` classes (LoRA adapters applied for ``lora``; a dense task's
+    head, e.g. a segmentation decoder, on the backbone's feature pyramid)."""
     pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
+    task = get_task(config.task)
+    if task.dense:
+        return task.build_model(config, num_classes, pretrained)
     if not is_text_model(config.model):
         return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
                           dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
@@ -85,10 +96,14 @@ def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | Non
 def loaders(data: SplitData, model: TransferModel, config: TrainConfig, plan: Plan, start_phase: int,
             cache_dir: Path, progress: bool, use: CacheUse | None = None,
             world: World | None = None) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of the run's modality, for this process of ``world``."""
+    """Training and validation loaders of the run's modality (a dense task's datasets, with joint augmentation),
+    for this process of ``world``."""
     world = world or World()
     if model.is_text:
         return text_loaders(data, model, config, world)
+    task = get_task(config.task)
+    if task.dense:
+        return _loaders(*task.datasets(data, model, config), config, world, task.collate)
     return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use, world)
 
 
@@ -129,13 +144,22 @@ def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, ca
                                  data.val.labels, eval_tf)
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
+    return _loaders(train_set, val_set, config, world)
+
+
+def _loaders(train_set: Dataset, val_set: Dataset, config: TrainConfig, world: World,
+             collate: Callable | None = None) -> tuple[DataLoader, DataLoader]:
+    """A training loader of this process's part of every seeded-shuffle batch (each example augmented under its own
+    seed: the dataset must call :func:`~transferkit.data.sampling.with_item_seed`) and one over its share of the
+    validation set."""
     workers = workers_for(config)
-    common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0,
+              "collate_fn": collate}
     # Every example's augmentation runs under its own seed (SeededShuffle), and the loaders' own draws (worker base
     # seeds) come from private generators, so the global random stream that dropout and the shuffle use depends
     # neither on the number of workers nor on an interruption.
     batches = BatchSampler(SeededShuffle(len(train_set)), config.batch_size,
-                           drop_last=len(data.train) > config.batch_size)
+                           drop_last=len(train_set) > config.batch_size)
     train = DataLoader(train_set, batch_sampler=world.batches(batches), worker_init_fn=world.worker_init_fn(),
                        generator=torch.Generator().manual_seed(0), **common)
     val = DataLoader(Subset(val_set, world.share(len(val_set))), batch_size=config.batch_size, shuffle=False,
@@ -153,7 +177,8 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
     if not plan.needs_features(start_phase):
         if not plan.needs_features():
             logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
-                        "no phase trains the head alone on a frozen backbone")
+                        "no phase trains the head alone on a frozen backbone" if get_task(config.task).caches_features
+                        else f"not used for {config.task}")
         return None
     if model.is_text:
         train_tf = eval_tf = None  # texts are not augmented: the collator tokenises them
@@ -208,8 +233,8 @@ def default_workers() -> int:
 def class_weights(data: SplitData, config: TrainConfig) -> list[float] | None:
     if config.class_weights != "auto":
         return None
-    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)
-    return (counts.sum() / (len(counts) * counts)).tolist()
+    counts = np.array(list(data.train.class_counts().values()), dtype=np.float64)  # segmentation: pixels
+    return (counts.sum() / (len(counts) * np.maximum(counts, 1))).tolist()
 
 
 def resolve_mixed_precision(config: TrainConfig) -> str:

@@ -229,7 +229,7 @@ class RunFolder:
         """
         info = {
             "format": FORMAT_VERSION,
-            "status": "complete", "modality": model.modality, "model": asdict(model.spec),
+            "status": "complete", "task": model.task, "modality": model.modality, "model": asdict(model.spec),
             "head": model.head_config.to_dict(), "preprocessing": model.preprocessing.to_dict(),
             "classes": data.classes, "strategy": config.strategy, "bn_policy": plan.bn,
             "phases": [p.to_dict() for p in plan.phases],
@@ -238,7 +238,7 @@ class RunFolder:
                      "skipped_images": len(data.skipped), "class_counts": data.train.class_counts()},
             "config": asdict(config),
             "distributed": distributed or plan.distribution,
-            "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
+            "metrics": {"best_epoch": result.best_epoch, f"val_{result.monitor}": result.best_val_score,
                         "epochs_run": len(result.history), **{k: round(v, 2) for k, v in timings.items()},
                         "test": test},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -28,8 +28,10 @@ STRATEGIES = {
 }
 
 BN_POLICIES = {
-    "auto": "freeze when starting from pre-trained weights or with batches under 16, else train",
-    "freeze": "every BatchNorm layer keeps its running statistics (eval mode); affine weights may train",
+    "auto": "freeze when starting from pre-trained weights or with batches under 16 (segmentation: any batch), "
+            "else train",
+    "freeze": "every BatchNorm layer of the backbone keeps its running statistics (eval mode); affine weights may "
+              "train",
     "train": "BatchNorm layers of trainable groups update their statistics (frozen groups never do)",
 }
 
@@ -218,30 +220,34 @@ def apply_phase(model: nn.Module, groups: list[LayerGroup], phase: Phase) -> Non
         param.requires_grad_(name in trainable)
 
 
-def resolve_bn_policy(policy: str, strategy: str, batch_size: int) -> str:
+def resolve_bn_policy(policy: str, strategy: str, batch_size: int, dense: bool = False) -> str:
     """``auto`` becomes ``freeze`` when layers start from pre-trained weights or batches are under 16
     (small batches give noisy statistics; re-estimating pre-trained statistics on a small, shifted
-    dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+."""
+    dataset undoes what the head learned), and ``train`` for a from-scratch run with batches of 16+.
+    ``dense`` (segmentation): BatchNorm statistics pool every position of every feature map, so a small batch of
+    images is not a small sample; a from-scratch run trains them whatever the batch size (frozen, the random
+    initial statistics would never normalise anything)."""
     check_bn("bn", policy)
     if policy != "auto":
         return policy
-    return "freeze" if uses_pretrained_weights(strategy) or batch_size < 16 else "train"
+    return "freeze" if uses_pretrained_weights(strategy) or (batch_size < 16 and not dense) else "train"
 
 
 def set_train_mode(model: nn.Module, bn: str = "train") -> None:
     """``model.train()``, except what must not change: a fully frozen backbone runs in eval mode;
     BatchNorm layers whose parameters are all frozen keep their running statistics; with ``bn="freeze"``
-    every BatchNorm layer keeps its running statistics (its affine parameters still train if their
-    group does)."""
+    every BatchNorm layer of the backbone keeps its running statistics (its affine parameters still train if
+    their group does). A new head's own BatchNorm layers (a segmentation decoder's) always learn theirs."""
     model.train()
     backbone = getattr(model, "backbone", None)
     if backbone is not None and not any(p.requires_grad for p in backbone.parameters()):
         backbone.eval()
         return
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             params = list(module.parameters())
-            if bn == "freeze" or (params and not any(p.requires_grad for p in params)):
+            in_backbone = backbone is None or name.startswith("backbone.")
+            if (bn == "freeze" and in_backbone) or (params and not any(p.requires_grad for p in params)):
                 module.eval()
 
 

@@ -5,7 +5,8 @@ Each loader returns a pool of training images and a held-out test set, as in-mem
 Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist`` (or ``$TRANSFERKIT_DATA``, or a
 download from the dataset authors' repository into the user's cache as a last resort); LFW faces from
 scikit-image; digits from scikit-learn. ``builtin:fashion-scenes`` (segmentation and detection scenes,
-:mod:`.scenes`) is not a classification dataset and is therefore not in :data:`BUILTIN_DATASETS`.
+:mod:`.scenes`) is not a classification dataset and is therefore not in :data:`BUILTIN_DATASETS`; segmentation
+reads it with :mod:`.masks`.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def load_builtin(name: str) -> BuiltinDataset:
     """Load a built-in dataset by name (without the ``builtin:`` prefix)."""
     if name in DENSE_BUILTINS:
         raise TransferKitError(f"'builtin:{name}' is {DENSE_BUILTINS[name]}, not a classification dataset: "
-                               "it has no image-level labels. Fix: use it with --task segmentation or --task "
-                               "detection (or transferkit.data.scenes.fashion_scenes() in Python); for "
+                               "it has no image-level labels. Fix: use it with --task segmentation (or leave --task "
+                               "out: masks imply segmentation); for "
                                f"classification use one of {', '.join('builtin:' + n for n in BUILTIN_DATASETS)}.")
     if name not in BUILTIN_DATASETS:
         raise TransferKitError(f"Unknown built-in dataset 'builtin:{name}'. Available: "

@@ -73,10 +73,11 @@ class TextSamples(Samples):
 @dataclass
 class EvalData:
     """Labelled examples to evaluate on, and which part of their source they are: ``test``, ``val``, ``train`` or
-    ``all`` (a source without splits: every example)."""
+    ``all`` (a source without splits: every example); ``source``: the ``--data`` they came from, when known."""
 
-    samples: Samples
+    samples: Any
     split: str
+    source: str | None = None
 
 
 @dataclass

@@ -231,6 +231,104 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
                         len(net.layer_groups()), flip_accuracy)
 
 
-def advise(data: str, model: str = "efficientnet_lite0", **kwargs: Any) -> Advice:
-    """Measure ``data`` against ``model`` and recommend a strategy, with reasons."""
+def advise(data: str, model: str = "efficientnet_lite0", task: str | None = None, **kwargs: Any) -> Advice:
+    """Measure ``data`` against ``model`` and recommend a strategy, with reasons (``task``: inferred from the data
+    when not given; segmentation has its own measurements and rules, :func:`recommend_segmentation`)."""
+    from ..tasks import infer_task
+
+    if (task or infer_task(data)[0]) == "segmentation":
+        return recommend_segmentation(measure_segmentation(data, model, **kwargs))
     return recommend(measure(data, model, **kwargs))
+
+
+# --- segmentation ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentationMeasurements:
+    images: int  # training + validation images
+    classes: int  # label map, background included
+    median_size: float  # median image side (pixels)
+    model_input: int
+    background_share: float  # of the labelled training pixels
+    rarest_class: str  # the foreground class with the fewest training pixels
+    rarest_share: float  # its share of the labelled training pixels
+    domain_distance: float | None
+    domain_measure: str | None = None
+    groups: int = 0
+    task: str = "segmentation"
+
+    @property
+    def far(self) -> bool:
+        return self.domain_distance is not None and DomainShift(self.domain_measure or "feature statistics",
+                                                                self.domain_distance).far
+
+
+FEW_IMAGES = 50  # the smallest training size compare measured on builtin:fashion-scenes (README)
+RARE = 0.01  # a foreground class under 1% of the labelled pixels counts as rare
+
+
+def recommend_segmentation(m: SegmentationMeasurements) -> Advice:
+    """Rules for segmentation, from measured numbers. The strategy rule comes from ``compare`` on
+    ``builtin:fashion-scenes`` (README: two-stage ahead of the frozen encoder and of scratch at every size measured);
+    the others are rules of thumb, said to be so."""
+    options: dict[str, Any] = {"task": "segmentation"}
+    reasons, warnings = [], []
+    domain = (f"a domain far from the pre-training ({_distance_text(m)})" if m.far else
+              f"a domain close to the pre-training ({_distance_text(m)})" if m.domain_distance is not None else
+              "domain distance not measurable for this model")
+    strategy = "two-stage"
+    reasons.append(f"{m.images} images, {m.classes} classes, {domain}: the decoder is new and large, so train it "
+                   "first on the frozen encoder, then fine-tune everything (on fashion-scenes two-stage beat the "
+                   "frozen encoder and scratch at every size compare measured)")
+    if m.images < FEW_IMAGES:
+        warnings.append(f"only {m.images} images: fewer than compare measured ({FEW_IMAGES}); consider "
+                        "--strategy linear-probe if two-stage overfits (not measured)")
+    options["lr"] = "1e-4"
+    reasons.append(f"LR 1e-4 for the {max(m.groups - 1, 1)} pre-trained encoder group(s), 1e-3 for the decoder; "
+                   "flips and crops move image and mask together (--augment light)")
+    options["augment"] = "light"
+    if m.median_size < m.model_input:
+        size = int(max(64, 32 * round(m.median_size / 32)))
+        options["image_size"] = size
+        reasons.append(f"images are {m.median_size:.0f} px (median side) against the model's {m.model_input} px "
+                       f"input: {size} px keeps every pixel without upsampling")
+    if m.rarest_share < RARE:
+        options["dice_weight"] = 0.5
+        reasons.append(f"class '{m.rarest_class}' covers {m.rarest_share:.2%} of the labelled pixels (background "
+                       f"{m.background_share:.0%}): a Dice term weighs each class equally (a rule of thumb, not "
+                       "measured here)")
+    warnings.append("no rule yet for the decoder (unet vs fpn) or for a frozen-feature probe of pixels: advise "
+                    "measures no linear probe or 1-NN for segmentation")
+    return Advice(strategy, options, reasons, warnings, {**asdict(m), "far": m.far})
+
+
+def measure_segmentation(data: str, model: str, *, weights: str | None = None, per_class: int | None = None,
+                         seed: int = 0, image_size: int | None = None, ignore_index: int = 255,
+                         progress: bool = False, **_: Any) -> SegmentationMeasurements:
+    """Image and class counts, pixel shares per class, image sizes, and the domain distance of the encoder's
+    BatchNorm statistics on up to 64 training images."""
+    from PIL import Image
+
+    from ..data.images import open_image
+    from ..options import TrainConfig
+    from ..prepare import load_data, load_run_model
+    from ..tasks.segmentation import image_transform
+
+    config = TrainConfig(data=data, task="segmentation", model=model, weights=weights, per_class=per_class,
+                         seed=seed, image_size=image_size, ignore_index=ignore_index).validate()
+    split = load_data(config)
+    counts = np.asarray(list(split.train.class_counts().values()), dtype=np.float64)
+    shares = counts / max(counts.sum(), 1)
+    rarest = 1 + int(np.argmin(np.where(counts[1:] > 0, shares[1:], np.inf))) if len(counts) > 1 else 0
+    net = load_run_model(config, len(split.classes))
+    sample = [split.train.items[i] for i in np.random.default_rng(seed).permutation(len(split.train))[:64]]
+    images: list[Image.Image] = [open_image(item) for item in sample]
+    transform = image_transform(net.preprocessing)
+    tensors = [transform(torch.from_numpy(np.array(im)).permute(2, 0, 1)) for im in images]
+    shift = feature_statistics_shift(net.backbone, (torch.stack(tensors[i:i + 16]) for i in range(0, len(tensors), 16)))
+    return SegmentationMeasurements(len(split.train) + len(split.val), len(split.classes),
+                                    float(statistics.median(min(im.size) for im in images)),
+                                    net.preprocessing.input_size, float(shares[0]), split.classes[rarest],
+                                    float(shares[rarest]), shift.value if shift else None,
+                                    shift.measure if shift else None, len(net.layer_groups()))

@@ -1,7 +1,9 @@
 """``transferkit compare``: strategies x training-set sizes x seeds on one held-out test split.
 
 Each cell is an ordinary :func:`transferkit.train` run (shared feature / decoded caches); the grid's bookkeeping
-and the derived factors are in :mod:`.grid`, the files in :mod:`.report`.
+and the derived factors are in :mod:`.grid`, the files in :mod:`.report`. The score of a cell is its task's main test
+figure (classification: accuracy; segmentation: mIoU, with mean Dice second) and ``--per-class`` counts what the task
+says (segmentation: training images); a dense task's report adds its test predictions side by side.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from typing import Any
 
 from ..distributed import is_main_process
 from ..errors import TransferKitError
+from ..tasks import get_task, infer_task
 from ..training.checkpoint import write_json_atomic
 from .grid import RESULTS, Cell, CellResult, derived_factors, grid, run_grid
-from .report import summary_markdown, write_report
+from .report import Names, summary_markdown, write_report
 
 
 def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequence[str] = ("scratch", "linear-probe",
@@ -30,7 +33,10 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
     out = Path(out)
     cells = grid(strategies, per_class, seeds, scratch_per_class)
-    _require_test_split(data, model, train_options)
+    task = get_task(train_options.get("task") or infer_task(data)[0])
+    train_options = {**train_options, "task": task.name}
+    test = _require_test_split(data, model, train_options)
+    main, second = task.headline
 
     def trainer(cell: Cell, run_dir: Path) -> CellResult:
         result = train(data, model=model, strategy=cell.strategy, per_class=cell.per_class, seed=cell.seed,
@@ -40,34 +46,49 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
         # earlier cell built (the shared --cache-dir) counted as if this run had built them: each strategy's
         # time stands on its own, whatever order the grid ran in.
         start = result.setup_seconds + result.cache_seconds_saved
-        curve = [{"epoch": h["epoch"], "seconds": round(start + h["seconds"], 3), "val_accuracy": h["val_accuracy"]}
-                 for h in result.history]
-        return CellResult(cell.strategy, cell.per_class, cell.seed, result.test["accuracy"],
-                          result.test["macro_f1"], result.seconds + result.cache_seconds_saved, curve)
+        # The curve's "val_accuracy" is the validation figure early stopping followed (segmentation: mIoU).
+        curve = [{"epoch": h["epoch"], "seconds": round(start + h["seconds"], 3),
+                  "val_accuracy": h[f"val_{task.monitor}"]} for h in result.history]
+        return CellResult(cell.strategy, cell.per_class, cell.seed, result.test[main],
+                          result.test[second], result.seconds + result.cache_seconds_saved, curve)
 
     options = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
                for k, v in sorted(train_options.items()) if k != "callbacks"}
-    meta = {"data": str(data), "model": model, "options": options}
+    # test_accuracy / macro_f1 of each cell hold the task's two headline figures, named in "metrics".
+    meta = {"data": str(data), "model": model, "task": task.name, "metrics": [main, second], "options": options}
     results = run_grid(cells, out, trainer, meta)
     factors = derived_factors(results)
     title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
                                                                for k, v in options.items())
+    names = Names(task.label(main), task.label(second), task.label(task.monitor), task.per_class)
     if not is_main_process():
         return {"results": results, "factors": factors, "out": out}
     write_json_atomic(out / RESULTS, {**meta, "cells": [asdict(r) for r in results], "factors": factors})
-    (out / "summary.md").write_text(summary_markdown(results, factors, title), encoding="utf-8")
-    write_report(out / "report.html", results, factors, title)
+    (out / "summary.md").write_text(summary_markdown(results, factors, title, names), encoding="utf-8")
+    figures = _examples(task, out, results, test) if task.dense else []
+    write_report(out / "report.html", results, factors, title, names, figures)
     return {"results": results, "factors": factors, "out": out}
 
 
-def _require_test_split(data: str, model: str, train_options: dict[str, Any]) -> None:
+def _examples(task: Any, out: Path, results: list[CellResult], test: Any) -> list[tuple[str, Any]]:
+    """Test images with each strategy's prediction at the largest size compared (seed 0), for the report."""
+    from ..predict import load
+
+    size = max(r.per_class for r in results)
+    runs = {r.strategy: load(out / "runs" / r.cell.name).model for r in results if r.per_class == size and r.seed == 0}
+    picture = task.example_figure(runs, test)
+    return [(f"Test images, the truth and each strategy's prediction ({size} {task.per_class}, seed 0)", picture)]
+
+
+def _require_test_split(data: str, model: str, train_options: dict[str, Any]) -> Any:
     """Every cell is scored on the data's own test split: refuse, before training anything, data without one."""
     from dataclasses import fields
 
     from ..options import DataOptions, TrainConfig
     from ..prepare import load_data
 
-    shaping = {k: v for k, v in train_options.items() if k in {f.name for f in fields(DataOptions)} - {"data"}}
+    shaping = {k: v for k, v in train_options.items()
+               if k in ({f.name for f in fields(DataOptions)} - {"data"}) | {"ignore_index"}}
     if train_options.get("evaluate_test") is False:
         raise TransferKitError("compare scores every run on the test split; drop evaluate_test=False.")
     test = load_data(TrainConfig(data=str(data), model=model, **shaping)).test
@@ -75,3 +96,4 @@ def _require_test_split(data: str, model: str, train_options: dict[str, Any]) ->
         raise TransferKitError(f"compare needs a held-out test split, and {data} has none. Fix: use a folder with "
                                "train/ and test/ sub-folders, a CSV with a split column, a text folder with a test "
                                "file, or a builtin dataset.")
+    return test

@@ -95,6 +95,7 @@ class TransferModel(nn.Module):
     """
 
     modality = "image"
+    task = "classification"  # what the head predicts (a name in transferkit.tasks.TASKS)
 
     def __init__(self, backbone: nn.Module, head_config: HeadConfig, preprocessing: Preprocessing,
                  spec: ModelSpec, backbone_groups: list[LayerGroup]) -> None:

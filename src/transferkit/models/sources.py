@@ -87,10 +87,26 @@ def load_model(spec: str, num_classes: int, *, weights: str | Path | None = None
         hidden: width of an optional hidden layer in the head (0: none).
         image_size: overrides the pre-training input size (the crop ratio is kept).
     """
+    backbone, num_features, preprocessing, model_spec, groups = load_backbone(spec, weights=weights,
+                                                                                pretrained=pretrained)
+    head = HeadConfig(num_features=num_features, num_classes=num_classes, dropout=dropout, hidden=hidden)
+    model = TransferModel(backbone, head, preprocessing.with_image_size(image_size), model_spec, groups)
+    logger.info("Model %s (%s weights); %s", spec, model_spec.weights, model.describe_head())
+    return model
+
+
+def load_backbone(spec: str, *, weights: str | Path | None = None,
+                  pretrained: bool = True) -> tuple[nn.Module, int, prep.Preprocessing, ModelSpec, list[LayerGroup]]:
+    """The headless body of a model source, with its pre-trained (or ``weights``, or random) weights: what every
+    task puts its new head on.
+
+    Returns:
+        ``(backbone, num_features, preprocessing, model_spec, layer_groups)``; ``backbone(x)`` gives pooled features
+        of width ``num_features``.
+    """
     source = parse_source(spec)
     weights_path = _check_weights_file(weights) if weights is not None else None
-    loader = {"timm": _timm_backbone, "torchvision": _torchvision_backbone, "builtin": _builtin_backbone}
-    backbone, num_features, preprocessing, model_spec, groups = loader[source.kind](
+    backbone, num_features, preprocessing, model_spec, groups = _LOADERS[source.kind](
         source, pretrained=pretrained and weights_path is None)
     if weights_path is not None and pretrained:
         dropped = _load_backbone_weights(backbone, read_weights_file(weights_path), str(weights_path))
@@ -100,17 +116,19 @@ def load_model(spec: str, num_classes: int, *, weights: str | Path | None = None
                         ", ".join(dropped[:4]))
     elif not pretrained:
         model_spec.weights = "random"
-    head = HeadConfig(num_features=num_features, num_classes=num_classes, dropout=dropout, hidden=hidden)
-    model = TransferModel(backbone, head, preprocessing.with_image_size(image_size), model_spec, groups)
-    logger.info("Model %s (%s weights); %s", spec, model_spec.weights, model.describe_head())
-    return model
+    return backbone, num_features, preprocessing, model_spec, groups
+
+
+def rebuild_backbone(spec: dict[str, Any]) -> nn.Module:
+    """The headless body of a saved run's model (``transferkit.json``'s ``model``), with random weights."""
+    source = SourceSpec(spec["kind"], spec["name"], spec["spec"])
+    return _LOADERS[source.kind](source, pretrained=False)[0]
 
 
 def rebuild_model(spec: dict[str, Any], head: dict[str, Any], preprocessing: dict[str, Any]) -> TransferModel:
     """The architecture of a saved run, with random weights (the caller loads the run's weights)."""
     source = SourceSpec(spec["kind"], spec["name"], spec["spec"])
-    loader = {"timm": _timm_backbone, "torchvision": _torchvision_backbone, "builtin": _builtin_backbone}
-    backbone, _, _, _, groups = loader[source.kind](source, pretrained=False)
+    backbone, _, _, _, groups = _LOADERS[source.kind](source, pretrained=False)
     model_spec = ModelSpec(**spec)
     return TransferModel(backbone, HeadConfig(**head), prep.Preprocessing.from_dict(preprocessing),
                          model_spec, groups)
@@ -357,5 +375,7 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-__all__ = ["LayerGroup", "SourceSpec", "list_sources", "load_model", "parse_source", "read_weights_file",
-           "rebuild_model"]
+_LOADERS = {"timm": _timm_backbone, "torchvision": _torchvision_backbone, "builtin": _builtin_backbone}
+
+__all__ = ["LayerGroup", "SourceSpec", "list_sources", "load_backbone", "load_model", "parse_source",
+           "read_weights_file", "rebuild_backbone", "rebuild_model"]

@@ -8,7 +8,8 @@ things, and reads top to bottom: :func:`fit`, then the phase and epoch helpers i
 images, on cached backbone features, or as one exact fit of the head — was decided by the plan
 (``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
 optimizer state survives phase changes; each step sets the LRs from the phase and its warm-up + cosine schedule,
-so a resumed run needs only (phase, step) to continue.
+so a resumed run needs only (phase, step) to continue. The loss and the figures of each epoch come from the task's
+:class:`~transferkit.tasks.base.Objective` (classification's by default); early stopping follows its ``monitor``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from ..models.groups import LayerGroup
 from ..models.model import TransferModel
 from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
+from ..tasks.base import Objective
+from ..tasks.classification import ClassificationObjective
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
 from .headfit import fit_linear_head
@@ -81,10 +84,19 @@ class TrainState:
 
 @dataclass
 class FitResult:
+    """How a run went: ``best_val_score`` is the best epoch's validation ``monitor`` figure (accuracy; segmentation:
+    mIoU)."""
+
     history: list[dict[str, Any]]
     best_epoch: int
-    best_val_accuracy: float
+    best_val_score: float
     seconds: float
+    monitor: str = "accuracy"
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """The best validation score under its classification name."""
+        return self.best_val_score
 
 
 class CheckpointStore(Protocol):
@@ -99,7 +111,7 @@ class CheckpointStore(Protocol):
 def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
-        world: World | None = None) -> FitResult:
+        world: World | None = None, objective: Objective | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
@@ -109,8 +121,10 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             ``exact-fit`` need ``features`` (the cached backbone features).
         run: where checkpoints are written after every epoch (and read from with ``resume``).
         world: the processes of the run (default: this one alone).
+        objective: the task's loss and figures (default: classification's).
     """
     world = world or World()
+    objective = objective or ClassificationObjective()
     accelerator = make_accelerator(config)
     if config.bn == "train" and world.size > 1 and accelerator.device.type == "cuda":
         model = _sync_batchnorm(model)
@@ -127,8 +141,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         best = _restore(run, model, optimizer, state, stopper, accelerator)
     state.processes = world.size
     _check_inputs(phases[state.phase_index:], features)
-    weight = torch.tensor(config.class_weights) if config.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
+    loss_fn = objective.criterion(config).to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
     train_loader = _on_device(train_loader, accelerator)
     clock = time.perf_counter() - state.seconds
@@ -150,16 +163,17 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
                                                 _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty, world)
+                                                penalty, world, objective)
                 world.sync_buffers(model)
-                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world)
-            record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock)
+                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world, objective)
+            record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
+                                           objective.monitor)
             if is_best:
                 best = cpu_state_dict(model)
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
             state.stop_requested = world.any(state.stop_requested)  # a callback's stop holds for every process
-            phase_over = _close_phase_if_over(state, stopper, phase)
+            phase_over = _close_phase_if_over(state, stopper, phase, objective.monitor)
             if run is not None:
                 run.save_checkpoint(state={"train": asdict(state), "early_stopping": stopper.state_dict(),
                                            "last_phase": {"phase": phase.name, "unfrozen": list(phase.trainable),
@@ -172,7 +186,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
 
     if best is not None:
         model.load_state_dict(best)
-    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock)
+    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock,
+                     objective.monitor)
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
@@ -232,14 +247,14 @@ def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator,
     return torch.compile(net) if config.compile else net
 
 
-def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase) -> bool:
+def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase, monitor: str = "accuracy") -> bool:
     """Move on to the next phase when this one is done — its epochs run, or its one exact fit made — or early
     stopping ended it."""
     done = phase.runs_on == "exact-fit" or state.phase_epoch >= phase.epochs
     if not (done or stopper.should_stop):
         return False
     if not done:
-        logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.patience)
+        logger.info("Early stopping: no better validation %s for %d epochs", monitor, stopper.patience)
     state.phase_index, state.phase_epoch = state.phase_index + 1, 0
     stopper.new_phase()
     return True
@@ -261,10 +276,11 @@ def _lr_setter(optimizer: Any, phase: Phase, state: TrainState, steps_per_epoch:
 
 
 def _close_epoch(state: TrainState, stopper: EarlyStopping, phase: Phase, train_metrics: dict[str, float],
-                 val_metrics: dict[str, float], clock: float) -> tuple[dict[str, Any], bool]:
-    """Count the epoch, judge it for early stopping and record it; returns (record, is the run's best)."""
+                 val_metrics: dict[str, float], clock: float, monitor: str = "accuracy") -> tuple[dict[str, Any], bool]:
+    """Count the epoch, judge it for early stopping (on validation ``monitor``) and record it; returns (record, is
+    the run's best)."""
     state.epoch, state.phase_epoch = state.epoch + 1, state.phase_epoch + 1
-    is_best = stopper.update(val_metrics["accuracy"], val_metrics["loss"], state.epoch)
+    is_best = stopper.update(val_metrics[monitor], val_metrics["loss"], state.epoch)
     record = {"epoch": state.epoch, "phase": phase.name, "inputs": INPUTS[phase.runs_on],
               **{f"train_{k}": v for k, v in train_metrics.items()},
               **{f"val_{k}": v for k, v in val_metrics.items()}, "lrs": dict(phase.lrs),
@@ -294,19 +310,21 @@ class NonFiniteLossError(TransferKitError):
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
                     accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
-                    penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy and throughput over every process (samples of all
+                    penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None,
+                    objective: Objective | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns the objective's training figures (classification: mean loss and accuracy)
+    over every process, from its meter's sums reduced over the processes, and the throughput (samples of all
     processes per second of the slowest). Stops with a :class:`NonFiniteLossError` before a NaN or infinite loss
     can reach the weights."""
+    objective = objective or ClassificationObjective()
     set_train_mode(model, config.bn)
-    total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+    meter, start = objective.meter(), time.perf_counter()
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
-    for step, (inputs, labels) in enumerate(bar):
+    for step, (inputs, targets) in enumerate(bar):
         set_lr(step)
         if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits = net(inputs)
-        loss = loss_fn(logits, labels)
+        outputs, loss = objective.step(net, inputs, targets, loss_fn)
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -317,34 +335,27 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        total_loss += value * labels.size(0)
-        correct += (logits.argmax(dim=1) == labels).sum().item()
-        seen += labels.size(0)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
-                        per_s=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
+        meter.add(value, outputs, targets)
+        bar.set_postfix(**meter.postfix(), per_s=f"{meter.samples / max(time.perf_counter() - start, 1e-9):.0f}")
     world = world or World()
-    (total_loss, correct, seen), (seconds,) = (world.sum([total_loss, correct, seen]),
-                                               world.max([time.perf_counter() - start]))
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
-            "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+    (*totals, seen), (seconds,) = (world.sum([*meter.totals(), meter.samples]),
+                                   world.max([time.perf_counter() - start]))
+    return {**meter.result(totals), "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
 
 
 @torch.no_grad()
 def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator,
-                  world: World | None = None) -> dict[str, float]:
-    """Mean loss and accuracy over the validation set: ``loader`` holds this process's share of it, and the sums
-    are reduced over the processes, so each sample counts exactly once."""
+                  world: World | None = None, objective: Objective | None = None) -> dict[str, float]:
+    """The objective's validation figures (classification: mean loss and accuracy) over the validation set:
+    ``loader`` holds this process's share of it, and the objective's sums (a segmentation confusion matrix
+    included) are reduced over the processes, so each sample counts exactly once."""
+    objective = objective or ClassificationObjective()
     net.eval()
-    losses, hits = [], []
-    for inputs, labels in loader:
-        inputs, labels = send_to_device((inputs, labels), accelerator.device)
-        logits = net(inputs)
-        losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="none").cpu())
-        hits.append((logits.argmax(dim=1) == labels).cpu())
-    loss, hit, count = (world or World()).sum([torch.cat(losses).double().sum().item() if losses else 0.0,
-                                               torch.cat(hits).sum().item() if hits else 0,
-                                               sum(len(h) for h in hits)])
-    return {"loss": loss / max(count, 1), "accuracy": hit / max(count, 1)}
+    totals = objective.zeros()
+    for inputs, targets in loader:
+        inputs, targets = send_to_device((inputs, targets), accelerator.device)
+        totals += objective.figures(net(inputs), targets).cpu().double()
+    return objective.summarise((world or World()).sum(totals.tolist()))
 
 
 def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig,
