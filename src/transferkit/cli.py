@@ -202,11 +202,41 @@ def evaluate(**values: Any) -> None:
                       "data: the run saw it (validation chose the best epoch), so the score is optimistic. Pass "
                       "--data with held-out examples.", highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path)}))
+        retention = _retention(model, values) if values.get("retention") is not False else None
+        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path),
+                          **({"retention": retention} if retention is not None else {})}))
         return
     out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
     print(format_report(metrics))
     out.print(f"confusion matrix image: {png_path}")
+
+
+def _retention(model: Any, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's retention of its pre-trained model for ``evaluate --json``; ``{"error": ...}`` when it cannot be
+    measured (a scratch run, weights that cannot be loaded offline)."""
+    from .adaptation.forgetting import measure_run
+
+    try:
+        return measure_run(model, values.get("reference")).to_dict()
+    except TransferKitError as exc:
+        return {"error": str(exc)}
+
+
+@command("forgetting", schema.ForgettingOptions)
+def forgetting(**values: Any) -> None:
+    """How far a fine-tuned run moved from its pre-trained model: top-1 agreement and KL under the original
+    classifier on natural images (sentence-embedding cosine for language models), linear CKA per layer group,
+    relative weight change per group."""
+    from .adaptation.forgetting import format_retention, measure_run
+
+    settings = _settings(values, schema.ForgettingOptions)
+    _setup_logging(quiet=True)
+    result = measure_run(settings["run"], settings["reference"], batch_size=settings["batch_size"])
+    if settings["as_json"]:
+        print(json.dumps({"run": settings["run"], **result.to_dict()}))
+        return
+    out.print(f"[bold]{escape(settings['run'])}[/] against its pre-trained model")
+    print(format_retention(result))
 
 
 @command("predict", schema.PredictOptions)

@@ -443,6 +443,10 @@ class AdviseOptions:
     as_json: bool = json_flag()
 
 
+HELP_REFERENCE = ("Reference inputs for the retention measures: a folder of images (a file of sentences, one per "
+                  "line, for a language model).")
+
+
 @dataclass
 class EvaluateOptions:
     PANEL: ClassVar[str] = "Evaluate"
@@ -456,6 +460,20 @@ class EvaluateOptions:
                              default_text="RUN/confusion_matrix.png")
     batch_size: int = option(64, "Examples per batch.", check=positive)
     skip_bad_images: bool = option(False, "Skip unreadable images.")
+    retention: bool = option(True, "--json: also measure what the run kept of its pre-trained model (top-1 "
+                                   "agreement, KL, CKA, weight change: see `transferkit forgetting`).",
+                             flags=("--retention/--no-retention",))
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+
+
+@dataclass
+class ForgettingOptions:
+    PANEL: ClassVar[str] = "Forgetting"
+
+    run: str = option(help="A finished run folder.", argument=True)
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    batch_size: int = option(32, "Examples per batch.", check=positive)
+    as_json: bool = json_flag()
 
 
 @dataclass
