@@ -100,3 +100,75 @@ def test_forgetting_of_a_finished_run(vision_run: Path, tmp_path: Path, capsys: 
     assert shown["most_changed_group"] in result.cka
     code, _, err = run_cli(capsys, "forgetting", vision_run, "--reference", tmp_path / "missing")
     assert code == 2 and "Reference images not found" in err and len(err.strip().splitlines()) == 1
+
+
+# --- WiSE-FT ---------------------------------------------------------------------------------------------
+
+
+def test_interpolation_at_zero_and_one_reproduces_the_end_points_exactly(tiny_weights: Path) -> None:
+    from transferkit.adaptation.interpolate import interpolate_state
+
+    start = _tiny(tiny_weights).state_dict()
+    torch.manual_seed(1)
+    end = {k: v + torch.randn_like(v) if v.is_floating_point() else v + 3 for k, v in start.items()}
+    at0, at1 = interpolate_state(start, end, 0.0), interpolate_state(start, end, 1.0)
+    floats = [k for k, v in start.items() if v.is_floating_point()]
+    assert all(torch.equal(at0[k], start[k]) and torch.equal(at1[k], end[k]) for k in floats)
+    assert all(torch.equal(at0[k], end[k]) for k in start if k not in floats)  # counters: the fine-tuned run's
+    half = interpolate_state(start, end, 0.5)
+    assert torch.allclose(half[floats[0]], (start[floats[0]] + end[floats[0]]) / 2)
+
+
+def test_alpha_grids() -> None:
+    from transferkit.adaptation.interpolate import parse_alphas
+    from transferkit.errors import TransferKitError
+
+    assert parse_alphas("0:1:0.1") == [round(i / 10, 10) for i in range(11)]
+    assert parse_alphas("1,0,0.5,0.5") == [0.0, 0.5, 1.0]
+    for bad in ("0:1:0", "0:2:0.5", "a,b", "1:0:0.1", "-0.1"):
+        with pytest.raises(TransferKitError, match="alphas"):
+            parse_alphas(bad)
+
+
+def test_interpolate_writes_a_run_folder_at_the_chosen_alpha(vision_run: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    import transferkit
+    from transferkit.adaptation.forgetting import pretrained_start
+    from transferkit.adaptation.interpolate import interpolate_state, start_state
+    from transferkit.runfolder import RunFolder
+
+    assert (vision_run / "probe_head.safetensors").is_file()  # two-stage keeps its head-only stage's head
+    out = tmp_path / "wise"
+    code, printed, _ = run_cli(capsys, "interpolate", vision_run, "--alphas", "0,0.5,1", "--out", out, "--json")
+    record = json.loads(printed)
+    assert code == 0 and [p["alpha"] for p in record["sweep"]] == [0.0, 0.5, 1.0]
+    assert record["sweep"][0]["top1_agreement"] == 1.0  # alpha 0 is the pre-trained backbone
+    assert record["alpha"] == max(record["sweep"], key=lambda p: (p["val_accuracy"], -p["alpha"]))["alpha"]
+    assert (out / "interpolation.json").is_file() and (out / "interpolation.png").is_file()
+    loaded = transferkit.load(out)
+    source = transferkit.load(vision_run)
+    theta0 = start_state(pretrained_start(source.info), RunFolder(vision_run).probe_head())
+    expected = interpolate_state(theta0, source.model.state_dict(), record["alpha"])
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.model.state_dict().items())
+    assert loaded.info["wise_ft"]["alpha"] == record["alpha"]
+
+
+def test_train_with_wise_ft(tmp_path: Path, tiny_options: dict) -> None:
+    import transferkit
+    from conftest import make_class_folders
+
+    data = make_class_folders(tmp_path / "data", per_class=6)
+    result = transferkit.train(str(data), out=str(tmp_path / "run"), wise_ft=True, progress=False,
+                               **{**tiny_options, "epochs": 1})
+    record = result.model.info["wise_ft"]
+    assert len(record["sweep"]) == 11 and record["sweep"][0]["top1_agreement"] == 1.0
+    assert record["probe_head"].startswith("the head at the end")
+    assert json.loads((tmp_path / "run" / "interpolation.json").read_text())["alpha"] == record["alpha"]
+
+
+def test_wise_ft_needs_a_fine_tuned_backbone(tmp_path: Path, tiny_options: dict) -> None:
+    import transferkit
+    from transferkit.errors import TransferKitError
+
+    with pytest.raises(TransferKitError, match="--wise-ft"):
+        transferkit.train(str(tmp_path), strategy="linear-probe", wise_ft=True, **tiny_options)

@@ -114,14 +114,17 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
+        keeper = _ProbeHeadKeeper(run, model, run_plan.phases)
         result = fit(model, train_loader, val_loader, run_plan.phases,
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
-                     resume=resumed, callbacks=[_MetricsWriter(run), *callbacks], features=features, world=world)
+                     resume=resumed, callbacks=[_MetricsWriter(run), keeper, *callbacks], features=features,
+                     world=world)
     except BaseException:
         if not resumed:
             run.discard_if_unstarted()
         raise
 
+    extra = {"wise_ft": _wise_ft(model, split, run_config, run, keeper.head, progress)} if run_config.wise_ft else {}
     run.save_model(model)
     trained = TrainedModel(model, split.classes)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
@@ -130,7 +133,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
                       timings={"seconds": seconds, "setup_seconds": setup_seconds, "fit_seconds": result.seconds,
                                "cache_seconds_built": cache_use.built_seconds,
                                "cache_seconds_saved": cache_use.saved_seconds},
-                      distributed=_processes_report(world, run_plan, model, cache_use))
+                      distributed=_processes_report(world, run_plan, model, cache_use), extra=extra)
     logger.info("Done: best epoch %d of %d, val accuracy %.4f%s, %.1f s — %s", result.best_epoch, len(result.history),
                 result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "", seconds, run.path)
     return TrainResult(run.path, result.best_epoch, result.best_val_accuracy, seconds, result.history, test,
@@ -252,6 +255,45 @@ def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
     trained.model.cpu()
     probabilities = np.concatenate(world.gather(probabilities))
     return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
+
+
+class _ProbeHeadKeeper(Callback):
+    """Keeps the head as it is when the head-only stage ends (the linear probe: WiSE-FT's start point) in memory
+    and in the run folder (``probe_head.safetensors``)."""
+
+    def __init__(self, run: RunFolder, model: Any, phases: Sequence[Any]) -> None:
+        self.run, self.model, self.phases = run, model, phases
+        self.head = run.probe_head()  # a resumed run saved it before it stopped
+
+    def on_epoch_start(self, state: Any) -> None:
+        index = state.phase_index
+        if self.head is not None or index == 0 or state.phase_epoch != 0:
+            return
+        if set(self.phases[index - 1].trainable) == {"head"} and set(self.phases[index].trainable) != {"head"}:
+            self.head = {k: v.detach().cpu().clone() for k, v in self.model.head.state_dict().items()}
+            self.run.save_probe_head(self.head)
+
+
+def _wise_ft(model: Any, split: SplitData, config: TrainConfig, run: RunFolder, probe_head: Any,
+             progress: bool) -> dict[str, Any]:
+    """``--wise-ft``: θ(α) between the pre-trained backbone + linear probe and the trained model, α chosen on the
+    validation split; leaves θ(α*) in ``model`` and writes interpolation.json / .png."""
+    from dataclasses import asdict
+
+    from .adaptation.interpolate import DEFAULT_ALPHAS, parse_alphas, save_plot, sweep_record, wise_ft
+    from .runfolder import INTERPOLATION
+
+    start = prepare.load_run_model(config, len(split.classes), pretrained=True)
+    info = {"modality": model.modality, "model": asdict(model.spec), "config": asdict(config)}
+    points, chosen, probe_source = wise_ft(model, start, probe_head, split, alphas=parse_alphas(DEFAULT_ALPHAS),
+                                           info=info, batch_size=max(64, config.batch_size), progress=progress)
+    record = sweep_record(points, chosen, chosen_on="the run's validation split", probe_head=probe_source,
+                          bn_recalibrated=False)
+    run.save_json(INTERPOLATION, record)
+    png = save_plot(points, run.path / "interpolation.png", chosen.alpha) if run.main_process else None
+    logger.info("WiSE-FT: alpha %.2f (val accuracy %.4f; the fine-tuned model, alpha 1: %.4f)", chosen.alpha,
+                chosen.val_accuracy, points[-1].val_accuracy)
+    return {**record, "plot": str(png) if png else None}
 
 
 class _MetricsWriter(Callback):

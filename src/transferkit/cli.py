@@ -239,6 +239,35 @@ def forgetting(**values: Any) -> None:
     print(format_retention(result))
 
 
+@command("interpolate", schema.InterpolateOptions)
+def interpolate(**values: Any) -> None:
+    """WiSE-FT: interpolate a run's weights towards its pre-trained backbone + linear-probe head, choose alpha on
+    validation data, and write the result as a new run folder (with the sweep and an accuracy-vs-retention plot)."""
+    from .adaptation.interpolate import interpolate as run_interpolate
+
+    settings = _settings(values, schema.InterpolateOptions)
+    as_json = settings.pop("as_json")
+    _setup_logging(quiet=as_json)
+    record = run_interpolate(settings.pop("run"), progress=not as_json, **settings)
+    if as_json:
+        print(json.dumps(record))
+        return
+    table = Table(title=f"WiSE-FT: {record['source_run']} -> {record['out']}")
+    for column in ("alpha", "val accuracy", "retention", "KL"):
+        table.add_column(column)
+    for point in record["sweep"]:
+        retention = point["top1_agreement"] if point["top1_agreement"] is not None else point["embedding_cosine"]
+        mark = " *" if point["alpha"] == record["alpha"] else ""
+        table.add_row(f"{point['alpha']:g}{mark}", f"{point['val_accuracy']:.4f}",
+                      "-" if retention is None else f"{retention:.3f}",
+                      "-" if point["kl"] is None else f"{point['kl']:.3f}")
+    out.print(table)
+    test = record.get("test")
+    out.print(f"chosen alpha {record['alpha']:g} on {record['chosen_on']}"
+              + (f"; test accuracy {test['accuracy']:.4f}" if test else "")
+              + (f"; plot: {record['plot']}" if record.get("plot") else ""))
+
+
 @command("predict", schema.PredictOptions)
 def predict(**values: Any) -> None:
     """Top-k labels with probabilities for images and folders (or texts)."""

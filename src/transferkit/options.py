@@ -260,12 +260,25 @@ class OutputOptions:
     evaluate_test: bool = option(True, "Evaluate the test split at the end of the run.", cli=False)
 
 
+@dataclass
+class ShiftOptions:
+    """Domain shift and forgetting: the way back towards the pre-trained model."""
+
+    PANEL: ClassVar[str] = "Domain shift and forgetting"
+
+    wise_ft: bool = option(False, "WiSE-FT at the end of the run: interpolate the weights between the pre-trained "
+                                  "backbone + linear-probe head and the fine-tuned model over alpha = 0, 0.1, ..., 1 "
+                                  "and keep the alpha with the best validation accuracy (interpolation.json, "
+                                  "interpolation.png). See also `transferkit interpolate`.", flags=("--wise-ft",))
+
+
 TRAIN_SECTIONS: tuple[type, ...] = (DataOptions, ModelOptions, StrategyOptions, CacheOptions, RuntimeOptions,
-                                    OutputOptions)
+                                    ShiftOptions, OutputOptions)
 
 
 @dataclass
-class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, ModelOptions, DataOptions):
+class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, StrategyOptions, ModelOptions,
+                  DataOptions):
     """Everything a run needs: every section above as one flat dataclass. Saved in the run folder as
     ``config.yaml`` (a recipe; what ``--resume`` reads). See ``transferkit train --help`` for each field."""
 
@@ -294,6 +307,10 @@ class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, 
         if self.strategy == "lora" and not is_text_model(self.model):
             raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
                                    "--strategy for vision models.")
+        if self.wise_ft and self.strategy in ("scratch", "linear-probe", "lora"):
+            raise TransferKitError(f"--wise-ft interpolates between the pre-trained backbone and a fine-tuned one; "
+                                   f"--strategy {self.strategy} does not fine-tune the backbone's weights. Fix: use "
+                                   "--strategy two-stage (or fine-tune, progressive), or drop --wise-ft.")
         return self
 
     @classmethod
@@ -473,6 +490,25 @@ class ForgettingOptions:
     run: str = option(help="A finished run folder.", argument=True)
     reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
     batch_size: int = option(32, "Examples per batch.", check=positive)
+    as_json: bool = json_flag()
+
+
+@dataclass
+class InterpolateOptions:
+    PANEL: ClassVar[str] = "Interpolate (WiSE-FT)"
+
+    run: str = option(help="A finished run folder (fine-tuned; two-stage runs keep their linear-probe head).",
+                      argument=True)
+    out: str = option(help="The new run folder (the interpolated model at the chosen alpha).")
+    alphas: str = option("0:1:0.1", "The alphas to try: start:stop:step or comma-separated values in \\[0, 1]; 0 is "
+                                    "the pre-trained backbone + linear probe, 1 the fine-tuned run.")
+    data: str | None = option(None, "Labelled validation examples to choose alpha on (a folder of class folders, a "
+                                    "CSV manifest); never the test set.", default_text="the run's validation split")
+    bn_recalibrate: bool = option(False, "Re-estimate BatchNorm statistics of each interpolated model on the run's "
+                                         "training images.")
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    batch_size: int = option(64, "Examples per batch.", check=positive)
+    overwrite: bool = option(False, "Replace an existing output folder.")
     as_json: bool = json_flag()
 
 

@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,21 +173,33 @@ def run_reference(model: TransferModel, batches: Sequence[Any], groups: Sequence
     return {k: torch.cat(v) for k, v in outputs.items()}, torch.cat(logits) if logits else None
 
 
+class RetentionProbe:
+    """The pre-trained ``start``'s outputs on reference ``batches``, computed once; :meth:`measure` compares any
+    model of the same architecture with them (an α sweep measures many)."""
+
+    def __init__(self, start: TransferModel, batches: Sequence[Any], classifier: nn.Module | None = None,
+                 reference: str = "", note: str = "") -> None:
+        self.start, self.batches, self.classifier = start, batches, classifier
+        self.reference, self.note = reference, note
+        self.groups = backbone_groups(start)
+        self.outputs, self.logits = run_reference(start, batches, self.groups, classifier)
+
+    def measure(self, end: TransferModel) -> Retention:
+        end_out, end_logits = run_reference(end, self.batches, self.groups, self.classifier)
+        cka = {name: round(linear_cka(self.outputs[name], end_out[name]), 6) for name in self.outputs}
+        change = relative_weight_change(self.start.backbone, end.backbone, self.groups)
+        return Retention(
+            reference=self.reference, samples=int(self.outputs[FEATURES].shape[0]),
+            top1_agreement=None if self.logits is None else top1_agreement(self.logits, end_logits),
+            kl=None if self.logits is None else mean_kl(self.logits, end_logits),
+            embedding_cosine=mean_cosine(self.outputs[FEATURES], end_out[FEATURES]) if self.start.is_text else None,
+            cka=cka, weight_change={k: round(v, 6) for k, v in change.items()}, note=self.note)
+
+
 def compare_models(start: TransferModel, end: TransferModel, batches: Sequence[Any],
                    classifier: nn.Module | None = None, reference: str = "", note: str = "") -> Retention:
     """All the measures between a pre-trained ``start`` and a fine-tuned ``end`` of the same architecture."""
-    groups = backbone_groups(start)
-    start_out, start_logits = run_reference(start, batches, groups, classifier)
-    end_out, end_logits = run_reference(end, batches, groups, classifier)
-    cka = {name: round(linear_cka(start_out[name], end_out[name]), 6) for name in start_out}
-    text = start.is_text
-    return Retention(
-        reference=reference, samples=int(start_out[FEATURES].shape[0]),
-        top1_agreement=None if start_logits is None else top1_agreement(start_logits, end_logits),
-        kl=None if start_logits is None else mean_kl(start_logits, end_logits),
-        embedding_cosine=mean_cosine(start_out[FEATURES], end_out[FEATURES]) if text else None,
-        cka=cka, weight_change={k: round(v, 6) for k, v in relative_weight_change(
-            start.backbone, end.backbone, groups).items()}, note=note)
+    return RetentionProbe(start, batches, classifier, reference, note).measure(end)
 
 
 # --- a run against its pre-trained start -------------------------------------------------------------
@@ -241,26 +253,29 @@ def reference_batches(model: TransferModel, items: Sequence[Any], batch_size: in
     return [torch.stack([tensor(it) for it in items[i:i + batch_size]]) for i in range(0, len(items), batch_size)]
 
 
-def measure_run(run: str | Path | Any, reference: str | Path | None = None, batch_size: int = 32,
-                start: TransferModel | None = None,
-                classifier: Callable[[], tuple[nn.Linear | None, str]] | None = None) -> Retention:
+def retention_probe(trained: Any, reference: str | Path | None = None, batch_size: int = 32,
+                    start: TransferModel | None = None) -> RetentionProbe:
+    """A :class:`RetentionProbe` for a loaded run (:class:`~transferkit.predict.TrainedModel`): its pre-trained
+    start (loaded unless given), original classifier and reference inputs."""
+    info = trained.info
+    start = start if start is not None else pretrained_start(info)
+    linear, note = original_classifier(info)
+    items, description = reference_inputs(reference, trained.is_text)
+    batches = reference_batches(trained.model, items, batch_size)
+    return RetentionProbe(start.cpu(), batches, linear, description, note)
+
+
+def measure_run(run: str | Path | Any, reference: str | Path | None = None, batch_size: int = 32) -> Retention:
     """Retention of a finished run (a folder or a loaded :class:`~transferkit.predict.TrainedModel`) against the
     pre-trained model it started from.
 
     Args:
         reference: a folder of images (a file of sentences for a language model); default: the built-in set.
-        start: the pre-trained model, if already loaded.
     """
     from ..predict import TrainedModel, load
 
     trained = run if isinstance(run, TrainedModel) else load(run)
-    info = trained.info
-    start = start if start is not None else pretrained_start(info)
-    linear, note = (classifier or (lambda: original_classifier(info)))()
-    items, description = reference_inputs(reference, trained.is_text)
-    batches = reference_batches(trained.model, items, batch_size)
-    end = trained.model.cpu()
-    return compare_models(start.cpu(), end, batches, linear, description, note)
+    return retention_probe(trained, reference, batch_size).measure(trained.model.cpu())
 
 
 def format_retention(result: Retention) -> str:
