@@ -61,8 +61,8 @@ class Retention:
 
     @property
     def most_changed(self) -> str | None:
-        """The layer group whose output moved most (lowest CKA)."""
-        groups = {k: v for k, v in self.cka.items() if k != FEATURES}
+        """The layer group whose output moved most (lowest CKA); ``None`` when none moved."""
+        groups = {k: v for k, v in self.cka.items() if k != FEATURES and v < 1 - 1e-6}
         return min(groups, key=groups.get) if groups else None
 
     def to_dict(self) -> dict[str, Any]:
@@ -293,6 +293,6 @@ def format_retention(result: Retention) -> str:
         change = result.weight_change.get(name)
         lines.append(f"{name:<28}{value:>8.3f}{'' if change is None else f'{change:>16.4f}'}")
     lines.append(f"{'backbone (all groups)':<28}{'':>8}{result.weight_change.get('backbone', 0.0):>16.4f}")
-    if result.most_changed:
-        lines.append(f"most changed group (lowest CKA): {result.most_changed}")
+    lines.append(f"most changed group (lowest CKA): {result.most_changed}" if result.most_changed else
+                 "no layer group's output changed")
     return "\n".join(lines)
