@@ -27,7 +27,7 @@ from . import distributed, prepare
 from .cache import CacheUse
 from .data.checks import check_normalization
 from .data.samples import SplitData
-from .data.splits import take_per_class
+from .data.splits import onto_classes, take_per_class
 from .errors import TransferKitError
 from .evaluate import compute_metrics
 from .features import weights_fingerprint
@@ -97,7 +97,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     if not resumed:
         run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
     run = RunFolder(run_config.out if not resumed else run.path, main_process=world.is_main)
-    split, model, run_plan, state = world.agreed(_validated, run_config, run, world, resumed)
+    split, model, run_plan, state, target = world.agreed(_validated, run_config, run, world, resumed)
     start_phase = state["phase_index"] if state else 0
     if resumed:
         run.rewrite_metrics(state["history"])
@@ -113,12 +113,21 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         if not model.is_text and world.is_main:
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
+        adaptation = None
+        if target.method != "none":
+            adaptation = prepare.domain_adaptation(model, target.data, run_config, run_plan, len(train_loader),
+                                                   len(split.classes))
+            model.domain_adversary = adaptation.adversary  # a submodule while training: checkpoints carry it
+        if target.val is not None:
+            val_loader = prepare.eval_loader(target.val, model, run_config, world)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         keeper = _ProbeHeadKeeper(run, model, run_plan.phases)
         result = fit(model, train_loader, val_loader, run_plan.phases,
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
                      resume=resumed, callbacks=[_MetricsWriter(run), keeper, *callbacks], features=features,
-                     world=world)
+                     world=world, adaptation=adaptation)
+        if adaptation is not None:
+            del model.domain_adversary  # not part of the trained model
     except BaseException:
         if not resumed:
             run.discard_if_unstarted()
@@ -128,6 +137,9 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     run.save_model(model)
     trained = TrainedModel(model, split.classes)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
+    if target.data is not None:
+        extra["adaptation"] = target.record(_score(trained, target.data.test, run_config, world)
+                                            if run_config.evaluate_test else None)
     seconds = setup_seconds + result.seconds
     info = run.finish(model=model, data=split, config=run_config, plan=run_plan, result=result, test=test,
                       timings={"seconds": seconds, "setup_seconds": setup_seconds, "fit_seconds": result.seconds,
@@ -142,9 +154,10 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
 
 
 def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
-               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None]:
+               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None, _Target]:
     """Everything checked before the run folder is written, in every process: the folder, the batch split, the
-    data, the model and the plan; returns them with the checkpoint's state of a resumed run."""
+    data (the target domain's too), the model and the plan; returns them with the checkpoint's state of a resumed
+    run."""
     state = None
     if resumed:
         state = run.checkpoint_state()  # every process reads the checkpoint: the run folder must be visible to all
@@ -159,11 +172,53 @@ def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
     set_seed(config.seed)
     split = prepare.load_data(config)
     model = prepare.load_run_model(config, len(split.classes))
+    target = _Target.load(config, split, world)
     run_plan = make_plan(model, config, processes=world.size)
     logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
                 split.unit, len(split.classes))
     logger.info("%s", run_plan)
-    return split, model, run_plan, state
+    return split, model, run_plan, state, target
+
+
+@dataclass
+class _Target:
+    """The target domain of a run: unlabelled images to adapt to, an optional labelled ``--target-val``, and how
+    the model is selected."""
+
+    method: str = "none"
+    data: Any = None  # data.target.TargetData
+    val: Any = None  # ImageSamples of --target-val
+    spec: str | None = None
+    val_spec: str | None = None
+
+    @classmethod
+    def load(cls, config: TrainConfig, split: SplitData, world: distributed.World) -> _Target:
+        if not config.target_data:
+            return cls()
+        from .data.sources import eval_split
+        from .data.target import load_target
+
+        if config.adapt != "none" and world.size > 1:
+            raise TransferKitError(f"--adapt {config.adapt} runs in one process for now. Fix: run it without "
+                                   "torchrun / accelerate launch.")
+        data = load_target(config.target_data, skip_bad_images=config.skip_bad_images)
+        if data.test is not None:  # scored after training only; its class indices follow the run's classes
+            data.test = onto_classes(data.test, split.classes, f"the test split of {config.target_data}")
+        try:
+            val = eval_split(config.target_val, split.classes).samples if config.target_val else None
+        except TransferKitError as exc:
+            raise TransferKitError(f"--target-val: {exc}") from exc
+        logger.info("Target: %s%s", data.description, f"; selecting on --target-val {config.target_val} "
+                    f"({len(val)} labelled)" if val is not None else "; selecting on the source validation split")
+        return cls(config.adapt, data, val, config.target_data, config.target_val)
+
+    def record(self, target_test: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``transferkit.json``'s ``adaptation`` says."""
+        return {"method": self.method, "target_data": self.data.description,
+                "selected_on": f"--target-val {self.val_spec}" if self.val_spec else "the source validation split",
+                "target_labels_read": (f"only --target-val's ({len(self.val)} images), for model selection"
+                                       if self.val is not None else "none"),
+                "target_test": target_test}
 
 
 def _processes_report(world: distributed.World, run_plan: Plan, model: Any, use: CacheUse) -> dict[str, Any]:
@@ -244,9 +299,13 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
 def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
                   world: distributed.World) -> dict[str, Any] | None:
     """Test metrics; each process predicts its share of the test set, and the shares are gathered in order."""
-    if data.test is None or len(data.test) == 0:
+    return _score(trained, data.test, config, world)
+
+
+def _score(trained: TrainedModel, test: Any, config: TrainConfig, world: distributed.World) -> dict[str, Any] | None:
+    """Metrics on labelled samples (``None`` for none); each process predicts its share, gathered in order."""
+    if test is None or len(test) == 0:
         return None
-    test = data.test
     if config.test_per_class is not None:
         test, _ = take_per_class(test, config.test_per_class, seed=0)
     trained.model.to(world.device)
@@ -254,7 +313,7 @@ def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
     probabilities = trained._probabilities([test.items[i] for i in share], batch_size=max(64, config.batch_size))
     trained.model.cpu()
     probabilities = np.concatenate(world.gather(probabilities))
-    return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
+    return compute_metrics(np.asarray(test.labels), probabilities, trained.classes)
 
 
 class _ProbeHeadKeeper(Callback):

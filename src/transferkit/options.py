@@ -27,6 +27,7 @@ from .models.text import check_max_length, check_pooling, is_text_model
 from .strategies import check_bn, check_lr, check_lr_decay, check_max_unfrozen, check_strategy, check_warmup
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+ADAPT_METHODS = ("none", "dann", "cdan")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
 
 
@@ -266,6 +267,17 @@ class ShiftOptions:
 
     PANEL: ClassVar[str] = "Domain shift and forgetting"
 
+    target_data: str | None = option(None, "Unlabelled images of the target domain to adapt to: a folder (searched "
+                                           "recursively; sub-folder names are ignored) or builtin:fashion-mnist-m / "
+                                           "builtin:digits (their unlabelled pool). A built-in target's labelled test "
+                                           "split is scored at the end (target_test in transferkit.json).")
+    adapt: str = option("none", "Unsupervised domain adaptation to --target-data: none, dann (gradient reversal), "
+                                "cdan (CDAN+E: conditioned on the predictions, entropy-weighted).",
+                        choices=ADAPT_METHODS)
+    target_val: str | None = option(None, "A small labelled target validation set (a folder of class folders or a "
+                                          "CSV manifest) that early stopping and the best epoch are chosen on instead "
+                                          "of the source validation split.",
+                                    default_text="select on the source validation split")
     wise_ft: bool = option(False, "WiSE-FT at the end of the run: interpolate the weights between the pre-trained "
                                   "backbone + linear-probe head and the fine-tuned model over alpha = 0, 0.1, ..., 1 "
                                   "and keep the alpha with the best validation accuracy (interpolation.json, "
@@ -307,11 +319,36 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
         if self.strategy == "lora" and not is_text_model(self.model):
             raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
                                    "--strategy for vision models.")
+        self._check_adaptation()
         if self.wise_ft and self.strategy in ("scratch", "linear-probe", "lora"):
             raise TransferKitError(f"--wise-ft interpolates between the pre-trained backbone and a fine-tuned one; "
                                    f"--strategy {self.strategy} does not fine-tune the backbone's weights. Fix: use "
                                    "--strategy two-stage (or fine-tune, progressive), or drop --wise-ft.")
         return self
+
+    def _check_adaptation(self) -> None:
+        """The rules between --adapt, --target-data and --target-val."""
+        if self.adapt != "none" and not self.target_data:
+            raise TransferKitError(f"--adapt {self.adapt} needs unlabelled target images. Fix: pass --target-data "
+                                   "FOLDER (or builtin:fashion-mnist-m), or drop --adapt.")
+        if self.target_val and not self.target_data:
+            raise TransferKitError("--target-val selects the model for a target domain, but no --target-data was "
+                                   "given. Fix: pass --target-data with the unlabelled target images.")
+        if self.adapt != "none" and is_text_model(self.model):
+            raise TransferKitError(f"--adapt {self.adapt} works with image models; {self.model} is a language model. "
+                                   "Fix: drop --adapt (or adapt an image model).")
+        if self.adapt != "none" and self.strategy in ("scratch", "lora"):
+            raise TransferKitError(f"--adapt {self.adapt} adapts a pre-trained model; --strategy {self.strategy} is "
+                                   "not supported. Fix: use two-stage, fine-tune, progressive or linear-probe (with "
+                                   "--hidden N: a bottleneck that adapts).")
+        if self.adapt != "none" and self.strategy == "linear-probe" and not self.hidden:
+            raise TransferKitError(f"--adapt {self.adapt} with --strategy linear-probe: the backbone is frozen and the "
+                                   "head is one linear layer, so no features can adapt. Fix: add a bottleneck, e.g. "
+                                   "--hidden 256, or fine-tune (--strategy two-stage).")
+        if self.target_val and str(self.target_val).startswith("builtin:"):
+            raise TransferKitError(f"--target-val {self.target_val}: a built-in's labelled split is its test set, "
+                                   "which must never choose the model. Fix: pass a folder or CSV of labelled target "
+                                   "validation images.")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TrainConfig:
