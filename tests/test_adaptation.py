@@ -153,10 +153,12 @@ def test_interpolate_writes_a_run_folder_at_the_chosen_alpha(vision_run: Path, t
     assert loaded.info["wise_ft"]["alpha"] == record["alpha"]
 
 
-def test_train_with_wise_ft(tmp_path: Path, tiny_options: dict) -> None:
+def test_train_with_wise_ft(tmp_path: Path, tiny_options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     import transferkit
     from conftest import make_class_folders
+    from transferkit.adaptation import reference
 
+    monkeypatch.setattr(reference, "CROPS_PER_PHOTO", 0)  # the whole photos only: a faster retention check
     data = make_class_folders(tmp_path / "data", per_class=6)
     result = transferkit.train(str(data), out=str(tmp_path / "run"), wise_ft=True, progress=False,
                                **{**tiny_options, "epochs": 1})
@@ -172,3 +174,124 @@ def test_wise_ft_needs_a_fine_tuned_backbone(tmp_path: Path, tiny_options: dict)
 
     with pytest.raises(TransferKitError, match="--wise-ft"):
         transferkit.train(str(tmp_path), strategy="linear-probe", wise_ft=True, **tiny_options)
+
+
+# --- domain adaptation ------------------------------------------------------------------------------------
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient_exactly() -> None:
+    from transferkit.adaptation.dann import reverse_gradient
+
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 7, dtype=torch.float64)
+    y = reverse_gradient(x, 0.37)
+    assert torch.equal(y, x)  # identity forward
+    (y * upstream).sum().backward()
+    assert torch.equal(x.grad, -0.37 * upstream)
+    x.grad = None
+    (reverse_gradient(x, 0.0) * upstream).sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(upstream))
+
+
+def test_the_reversal_coefficient_follows_the_dann_schedule() -> None:
+    import math
+
+    from transferkit.adaptation.dann import DomainAdaptation, DomainAdversary, warmup_coefficient
+
+    assert warmup_coefficient(0.0) == 0.0
+    for p in (0.1, 0.25, 0.5, 1.0):
+        assert warmup_coefficient(p) == pytest.approx(2 / (1 + math.exp(-10 * p)) - 1, abs=1e-15)
+    assert warmup_coefficient(2.0) == warmup_coefficient(1.0)  # progress is clipped to [0, 1]
+    # through the run: image epoch 1 of 2, 5 steps each -> step 2 is at progress 7 / 10
+    adaptation = DomainAdaptation("dann", DomainAdversary("dann", 4, 3), list(range(10)), batch_size=2,
+                                  total_steps=10)
+    adaptation._step0 = 5
+    assert adaptation.coefficient(2) == warmup_coefficient(0.7)
+
+
+def test_cdan_conditions_on_the_predictions() -> None:
+    from transferkit.adaptation.dann import ConditionalMap
+
+    f, g = torch.randn(6, 4), torch.softmax(torch.randn(6, 3), 1)
+    exact = ConditionalMap(4, 3)
+    assert not exact.random and torch.allclose(exact(f, g)[:, 4:8], f * g[:, 1:2])
+    randomised = ConditionalMap(4, 3, limit=8)
+    assert randomised.random and randomised(f, g).shape == (6, 8)
+
+
+def _unlabelled_builtin(monkeypatch: pytest.MonkeyPatch, folder: Path) -> str:
+    """builtin:no-labels: a target pool whose labels raise when read."""
+    from transferkit.data import builtin
+    from transferkit.data.samples import ImageSamples
+
+    class NoLabels(ImageSamples):
+        def __getattribute__(self, name: str):
+            if name == "labels":
+                raise AssertionError("a target label was read")
+            return super().__getattribute__(name)
+
+    files = sorted(folder.rglob("*.png"))
+    pool = NoLabels(files, [0] * len(files), ["x"])
+    monkeypatch.setitem(builtin.BUILTIN_DATASETS, "no-labels",
+                        lambda: builtin.BuiltinDataset("no-labels", pool, None, "target without readable labels"))
+    return "builtin:no-labels"
+
+
+def test_target_labels_are_never_read(tmp_path: Path, tiny_options: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import transferkit
+    from conftest import make_class_folders
+
+    source = make_class_folders(tmp_path / "source", per_class=6)
+    target = _unlabelled_builtin(monkeypatch, make_class_folders(tmp_path / "target", per_class=3, start=700))
+    result = transferkit.train(str(source), out=str(tmp_path / "run"), target_data=target, adapt="cdan",
+                               strategy="fine-tune", progress=False, **{**tiny_options, "epochs": 2})
+    record = result.model.info["adaptation"]
+    assert record["target_labels_read"] == "none" and record["selected_on"] == "the source validation split"
+    epoch = result.history[-1]
+    assert 0.0 <= epoch["train_domain_accuracy"] <= 1.0 and epoch["train_grl_coefficient"] > 0
+    assert "domain_adversary" not in "".join(result.model.model.state_dict())  # not part of the trained model
+
+
+def test_resume_of_an_adaptation_run_equals_an_uninterrupted_one(tmp_path: Path, tiny_options: dict) -> None:
+    import transferkit
+    from conftest import make_class_folders
+    from test_seeds_and_failures import _interrupted_and_resumed, _same_weights
+
+    source = make_class_folders(tmp_path / "source", per_class=3)
+    target = make_class_folders(tmp_path / "target", per_class=2, start=900)
+    options = {**tiny_options, "strategy": "fine-tune", "epochs": 2, "patience": 0, "augment": "light",
+               "batch_size": 4, "target_data": str(target), "adapt": "dann"}
+    full = transferkit.train(str(source), out=str(tmp_path / "full"), progress=False, **options)
+    cut = _interrupted_and_resumed(str(source), options, tmp_path, "cut", at=1)
+    assert _same_weights(tmp_path / "full", tmp_path / "cut")
+    assert [h["train_domain_accuracy"] for h in full.history] == [h["train_domain_accuracy"] for h in cut.history]
+
+
+def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from conftest import COLOURS, make_class_folders
+
+    source = make_class_folders(tmp_path / "source", per_class=3)
+    target = make_class_folders(tmp_path / "target", per_class=1, start=50)
+    flags = ["--model", "timm:test_efficientnet", "--weights", tiny_weights, "--image-size", "32", "--batch-size",
+             "4", "--workers", "0", "-q", "--data", source]
+    broken = tmp_path / "broken"
+    make_class_folders(broken, per_class=1)
+    (broken / "red" / "damaged.png").write_bytes(b"not an image")
+    other_classes = make_class_folders(tmp_path / "other", per_class=1, classes={"purple": (128, 0, 128)})
+    cases = [
+        (["--adapt", "dann"], "--target-data"),
+        (["--target-data", broken, "--adapt", "dann"], "damaged.png"),
+        (["--target-data", target, "--adapt", "dann", "--target-val", other_classes], "purple"),
+        (["--target-data", target, "--adapt", "dann", "--strategy", "linear-probe"], "--hidden"),
+        (["--target-data", target, "--adapt", "bogus"], "adapt"),
+        (["--target-data", target, "--target-val", "builtin:fashion-mnist-m"], "test set"),
+    ]
+    for extra, expected in cases:
+        code, _, err = run_cli(capsys, "train", *flags, *extra, "--out", tmp_path / "never")
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not (tmp_path / "never").exists()
+    assert len(COLOURS) == 3
+    code, _, err = run_cli(capsys, "train", "--model", "minilm-l6", "--data", "builtin:bbc-news", "--target-data",
+                           target, "--adapt", "dann", "--out", tmp_path / "never")
+    assert code == 2 and "language model" in err

@@ -88,7 +88,7 @@ def reference_inputs(reference: str | Path | None, text: bool) -> tuple[list, st
     if reference is None:
         if text:
             return list(SENTENCES), f"{len(SENTENCES)} built-in everyday English sentences"
-        images = builtin_images()
+        images = builtin_images(CROPS_PER_PHOTO)
         return images, (f"{len(images)} natural images: scikit-image's bundled photographs, whole and as "
                         f"{CROPS_PER_PHOTO} seeded random crops each")
     path = Path(reference)
