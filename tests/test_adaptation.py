@@ -160,7 +160,7 @@ def test_train_with_wise_ft(tmp_path: Path, tiny_options: dict, monkeypatch: pyt
 
     monkeypatch.setattr(reference, "CROPS_PER_PHOTO", 0)  # the whole photos only: a faster retention check
     data = make_class_folders(tmp_path / "data", per_class=6)
-    result = transferkit.train(str(data), out=str(tmp_path / "run"), wise_ft=True, progress=False,
+    result = transferkit.train(str(data), out=str(tmp_path / "run"), wise_ft=True, progress=False, head_fit="sgd",
                                **{**tiny_options, "epochs": 1})
     record = result.model.info["wise_ft"]
     assert len(record["sweep"]) == 11 and record["sweep"][0]["top1_agreement"] == 1.0
