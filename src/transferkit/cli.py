@@ -253,12 +253,13 @@ def interpolate(**values: Any) -> None:
         print(json.dumps(record))
         return
     table = Table(title=f"WiSE-FT: {record['source_run']} -> {record['out']}")
-    for column in ("alpha", "val accuracy", "retention", "KL"):
+    for column in ("alpha", "val accuracy", "test accuracy (not used)", "retention", "KL"):
         table.add_column(column)
     for point in record["sweep"]:
         retention = point["top1_agreement"] if point["top1_agreement"] is not None else point["embedding_cosine"]
         mark = " *" if point["alpha"] == record["alpha"] else ""
         table.add_row(f"{point['alpha']:g}{mark}", f"{point['val_accuracy']:.4f}",
+                      "-" if point["test_accuracy"] is None else f"{point['test_accuracy']:.4f}",
                       "-" if retention is None else f"{retention:.3f}",
                       "-" if point["kl"] is None else f"{point['kl']:.3f}")
     out.print(table)

@@ -129,6 +129,7 @@ class SweepPoint:
     top1_agreement: float | None = None
     kl: float | None = None
     embedding_cosine: float | None = None
+    test_accuracy: float | None = None  # reported beside, never used to choose alpha
 
     @property
     def retention(self) -> float | None:
@@ -138,9 +139,11 @@ class SweepPoint:
 def sweep(model: TransferModel, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
           alphas: Sequence[float], accuracy: Callable[[TransferModel], float],
           retention: Callable[[TransferModel], Any] | None = None,
-          calibrate: Callable[[TransferModel], None] | None = None, progress: bool = True) -> list[SweepPoint]:
+          calibrate: Callable[[TransferModel], None] | None = None, progress: bool = True,
+          test_accuracy: Callable[[TransferModel], float] | None = None) -> list[SweepPoint]:
     """Load θ(α) into ``model`` for each α (re-estimating BatchNorm statistics with ``calibrate``) and record its
-    validation ``accuracy`` and ``retention`` (a :class:`~.forgetting.Retention`)."""
+    validation ``accuracy`` and ``retention`` (a :class:`~.forgetting.Retention`) — and ``test_accuracy`` for the
+    report, which plays no part in choosing α."""
     points = []
     for alpha in alphas:
         model.load_state_dict(interpolate_state(start, end, alpha))
@@ -148,6 +151,8 @@ def sweep(model: TransferModel, start: dict[str, torch.Tensor], end: dict[str, t
             calibrate(model)
         model.eval()
         point = SweepPoint(alpha, accuracy(model))
+        if test_accuracy is not None:
+            point.test_accuracy = test_accuracy(model)
         if retention is not None:
             kept = retention(model)
             point.top1_agreement, point.kl, point.embedding_cosine = kept.top1_agreement, kept.kl, \
@@ -218,7 +223,7 @@ def _accuracy(batches: Sequence[tuple[Any, torch.Tensor]]) -> Callable[[Transfer
 def wise_ft(model: TransferModel, start: TransferModel, probe_head: dict[str, torch.Tensor] | None, data: Any,
             *, alphas: Sequence[float], val: Any = None, bn_recalibrate: bool = False,
             reference: str | Path | None = None, info: dict[str, Any] | None = None, batch_size: int = 64,
-            progress: bool = True) -> tuple[list[SweepPoint], SweepPoint, str]:
+            progress: bool = True, test: Any = None) -> tuple[list[SweepPoint], SweepPoint, str]:
     """Sweep α between θ₀ (``start``'s backbone + ``probe_head``) and θ₁ (``model``) and leave θ(α*) in ``model``.
 
     Args:
@@ -226,6 +231,7 @@ def wise_ft(model: TransferModel, start: TransferModel, probe_head: dict[str, to
             a missing probe; validation by default).
         val: labelled validation samples to choose α on (default: ``data.val``).
         info: the run's ``transferkit.json`` content (for the retention measures; ``None`` skips them).
+        test: labelled test samples whose accuracy is recorded for each α (for the report only).
 
     Returns:
         The sweep, the chosen point, and where the probe head came from.
@@ -252,8 +258,9 @@ def wise_ft(model: TransferModel, start: TransferModel, probe_head: dict[str, to
     if bn_recalibrate and not model.is_text:
         train_inputs = [x for x, _ in _batches(model, data.train, batch_size, limit=BN_BATCHES)]
         calibrate = lambda m: recalibrate_batchnorm(m, train_inputs)  # noqa: E731
+    test_accuracy = _accuracy(_batches(model, test, batch_size)) if test is not None and len(test) else None
     points = sweep(model, theta0, end, alphas, _accuracy(val_batches), probe.measure if probe else None, calibrate,
-                   progress)
+                   progress, test_accuracy)
     chosen = choose_alpha(points)
     model.load_state_dict(interpolate_state(theta0, end, chosen.alpha))
     if calibrate is not None:
@@ -311,13 +318,14 @@ def interpolate(run: str | Path, *, out: str | Path, alphas: str | Sequence[floa
     model = trained.model
     points, chosen, probe_source = wise_ft(
         model, pretrained_start(info), source.probe_head(), split, alphas=grid, val=val,
-        bn_recalibrate=bn_recalibrate, reference=reference, info=info, batch_size=batch_size, progress=progress)
+        bn_recalibrate=bn_recalibrate, reference=reference, info=info, batch_size=batch_size, progress=progress,
+        test=_limited(split.test, config.test_per_class))
     record = sweep_record(points, chosen, source_run=str(run), chosen_on=val_name, probe_head=probe_source,
                           bn_recalibrated=bn_recalibrate)
-    test = None
-    if split.test is not None and len(split.test):
-        probabilities = TrainedModel(model, trained.classes)._probabilities(split.test.items, batch_size)
-        test = compute_metrics(np.asarray(split.test.labels), probabilities, trained.classes)
+    test, test_samples = None, _limited(split.test, config.test_per_class)
+    if test_samples is not None and len(test_samples):
+        probabilities = TrainedModel(model, trained.classes)._probabilities(test_samples.items, batch_size)
+        test = compute_metrics(np.asarray(test_samples.labels), probabilities, trained.classes)
     target.create(config, overwrite)
     target.save_model(model)
     target.save_json(INTERPOLATION, record)
@@ -327,3 +335,12 @@ def interpolate(run: str | Path, *, out: str | Path, alphas: str | Sequence[floa
     target.finish(model=model, data=split, config=config, plan=make_plan(model, config), result=result, test=test,
                   timings={"seconds": seconds}, extra={"wise_ft": {**record, "plot": str(png) if png else None}})
     return {**record, "out": str(target.path), "test": test, "plot": str(png) if png else None}
+
+
+def _limited(samples: Any, per_class: int | None) -> Any:
+    """The run's test split as the run scored it (``--test-per-class``)."""
+    if samples is None or per_class is None:
+        return samples
+    from ..data.splits import take_per_class
+
+    return take_per_class(samples, per_class, seed=0)[0]
