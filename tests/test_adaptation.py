@@ -295,3 +295,24 @@ def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights:
     code, _, err = run_cli(capsys, "train", "--model", "minilm-l6", "--data", "builtin:bbc-news", "--target-data",
                            target, "--adapt", "dann", "--out", tmp_path / "never")
     assert code == 2 and "language model" in err
+
+
+def test_text_retention_is_the_sentence_embedding_cosine(tmp_path: Path) -> None:
+    from conftest import _tiny_bert_folder
+    from transferkit.adaptation.forgetting import reference_batches
+    from transferkit.adaptation.reference import SENTENCES
+    from transferkit.models.text import load_text_model
+
+    start = load_text_model(str(_tiny_bert_folder(tmp_path / "bert")), 2, pooling="mean")
+    end = copy.deepcopy(start)
+    with torch.no_grad():
+        for name, parameter in end.backbone.named_parameters():
+            if ".layer.1." in name:
+                parameter.add_(0.05 * torch.randn_like(parameter))
+    batches = reference_batches(start, list(SENTENCES), batch_size=16)
+    assert compare_models(start, copy.deepcopy(start), batches).embedding_cosine == pytest.approx(1.0)
+    moved = compare_models(start, end, batches)
+    assert moved.top1_agreement is None and moved.embedding_cosine < 1.0
+    groups = [g for g in moved.cka if g != "features"]
+    assert moved.cka[groups[0]] == pytest.approx(1.0) and moved.most_changed == groups[-1]
+    assert moved.weight_change[groups[0]] == 0.0 and moved.weight_change[groups[-1]] > 0.0
