@@ -8,6 +8,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -279,9 +280,14 @@ def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights:
     make_class_folders(broken, per_class=1)
     (broken / "red" / "damaged.png").write_bytes(b"not an image")
     other_classes = make_class_folders(tmp_path / "other", per_class=1, classes={"purple": (128, 0, 128)})
+    deep = make_class_folders(tmp_path / "deep", per_class=1)
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(deep / "red" / "sixteen-bit.png")
     cases = [
         (["--adapt", "dann"], "--target-data"),
         (["--target-data", broken, "--adapt", "dann"], "damaged.png"),
+        (["--target-data", deep, "--adapt", "dann"], "sixteen-bit.png"),
         (["--target-data", target, "--adapt", "dann", "--target-val", other_classes], "purple"),
         (["--target-data", target, "--adapt", "dann", "--strategy", "linear-probe"], "--hidden"),
         (["--target-data", target, "--adapt", "bogus"], "adapt"),
@@ -316,3 +322,48 @@ def test_text_retention_is_the_sentence_embedding_cosine(tmp_path: Path) -> None
     groups = [g for g in moved.cka if g != "features"]
     assert moved.cka[groups[0]] == pytest.approx(1.0) and moved.most_changed == groups[-1]
     assert moved.weight_change[groups[0]] == 0.0 and moved.weight_change[groups[-1]] > 0.0
+
+
+def test_batchnorm_recalibration_takes_the_statistics_of_the_given_batches() -> None:
+    from transferkit.adaptation.interpolate import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    batches = [torch.randn(16, 3) + 5, torch.randn(16, 3) - 1]
+    recalibrate_batchnorm(model, batches)
+    inputs = torch.cat([model[0](b) for b in batches]).detach()
+    assert torch.allclose(model[1].running_mean, inputs.mean(0), atol=1e-5)  # cumulative mean over the batches
+    assert not model.training and model[1].momentum == 0.1
+
+
+def test_a_run_without_a_probe_head_gets_one_fitted(class_folder: Path, tiny_weights: Path) -> None:
+    from transferkit.adaptation.interpolate import wise_ft
+    from transferkit.data.sources import load_training_data
+
+    split = load_training_data(class_folder, val_fraction=0.25, seed=0)
+    start = _tiny(tiny_weights)
+    tuned = copy.deepcopy(start)
+    with torch.no_grad():
+        for parameter in tuned.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    points, chosen, source = wise_ft(tuned, start, None, split, alphas=[0.0, 1.0], batch_size=8, progress=False)
+    assert source.startswith("fitted now") and [p.alpha for p in points] == [0.0, 1.0]
+    assert points[0].val_accuracy >= 2 / 3  # the fitted probe separates the colours on the pre-trained features
+
+
+def test_adaptation_plans_and_limits(class_folder: Path, tiny_options: dict) -> None:
+    import transferkit
+    from transferkit.api import _Target
+    from transferkit.data.sources import load_training_data
+    from transferkit.distributed import World
+    from transferkit.errors import TransferKitError
+    from transferkit.options import TrainConfig
+
+    options = {k: v for k, v in tiny_options.items() if k != "workers"}
+    plan = transferkit.plan(class_folder, strategy="linear-probe", hidden=8, target_data=str(class_folder),
+                            adapt="dann", **options)
+    assert [p.runs_on for p in plan.phases] == ["images"] and "Domain adaptation (dann)" in str(plan)
+    two_stage = transferkit.plan(class_folder, target_data=str(class_folder), adapt="cdan", **options)
+    assert [p.runs_on for p in two_stage.phases] == ["exact-fit", "images"]  # the probe stage stays source-only
+    config = TrainConfig(data=str(class_folder), target_data=str(class_folder), adapt="dann").validate()
+    with pytest.raises(TransferKitError, match="one process"):
+        _Target.load(config, load_training_data(class_folder), World(size=2))

@@ -101,7 +101,6 @@ def start_state(start: TransferModel, probe_head: dict[str, torch.Tensor]) -> di
     return {**state, **head}
 
 
-@torch.no_grad()
 def fit_probe_head(start: TransferModel, train_batches: Sequence[tuple[Any, torch.Tensor]],
                    val_batches: Sequence[tuple[Any, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """A linear probe for a run without one: the exact L2-regularised logistic fit of a linear head on the
@@ -114,6 +113,7 @@ def fit_probe_head(start: TransferModel, train_batches: Sequence[tuple[Any, torc
                                "be fitted. Fix: interpolate a two-stage run (it keeps its head-only stage's head).")
     start.eval()
 
+    @torch.no_grad()
     def features(batches: Sequence[tuple[Any, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*[(start.forward_features(x).float(), y) for x, y in batches], strict=True)
         return torch.cat(xs), torch.cat(ys)
