@@ -367,3 +367,22 @@ def test_adaptation_plans_and_limits(class_folder: Path, tiny_options: dict) -> 
     config = TrainConfig(data=str(class_folder), target_data=str(class_folder), adapt="dann").validate()
     with pytest.raises(TransferKitError, match="one process"):
         _Target.load(config, load_training_data(class_folder), World(size=2))
+
+
+def test_task_sequence_backward_transfer(vision_run: Path, tmp_path: Path, tiny_options: dict,
+                                         capsys: pytest.CaptureFixture) -> None:
+    import transferkit
+    from conftest import make_class_folders
+
+    task_b = make_class_folders(tmp_path / "b", per_class=4, classes={"cyan": (0, 200, 200), "grey": (128,) * 3})
+    options = {**tiny_options, "weights": str(vision_run / "model.safetensors"), "strategy": "fine-tune",
+               "epochs": 1, "lr": 0.05}
+    transferkit.train(str(task_b), out=str(tmp_path / "run-b"), progress=False, **options)
+    code, out, _ = run_cli(capsys, "forgetting", tmp_path / "run-b", "--previous", vision_run, "--reference",
+                           task_b, "--json")
+    sequence = json.loads(out)["task_sequence"]
+    before = transferkit.load(vision_run).evaluate()["accuracy"]
+    assert code == 0 and sequence["accuracy_before"] == before
+    assert sequence["backward_transfer"] == pytest.approx(sequence["accuracy_after"] - before)
+    code, _, err = run_cli(capsys, "forgetting", vision_run, "--previous", tmp_path / "run-b")
+    assert code == 2 and "did not start from" in err

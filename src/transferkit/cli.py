@@ -227,16 +227,23 @@ def forgetting(**values: Any) -> None:
     """How far a fine-tuned run moved from its pre-trained model: top-1 agreement and KL under the original
     classifier on natural images (sentence-embedding cosine for language models), linear CKA per layer group,
     relative weight change per group."""
-    from .adaptation.forgetting import format_retention, measure_run
+    from .adaptation.forgetting import backward_transfer, format_retention, measure_run
 
     settings = _settings(values, schema.ForgettingOptions)
     _setup_logging(quiet=True)
     result = measure_run(settings["run"], settings["reference"], batch_size=settings["batch_size"])
+    sequence = (backward_transfer(settings["run"], settings["previous"], batch_size=settings["batch_size"])
+                if settings["previous"] else None)
     if settings["as_json"]:
-        print(json.dumps({"run": settings["run"], **result.to_dict()}))
+        print(json.dumps({"run": settings["run"], **result.to_dict(),
+                          **({"task_sequence": sequence} if sequence else {})}))
         return
     out.print(f"[bold]{escape(settings['run'])}[/] against its pre-trained model")
     print(format_retention(result))
+    if sequence:
+        print(f"task A ({sequence['previous']}, {sequence['split']} split of {sequence['data']}): accuracy "
+              f"{sequence['accuracy_before']:.4f} before, {sequence['accuracy_after']:.4f} with this run's backbone "
+              f"under A's head: backward transfer {sequence['backward_transfer']:+.4f}")
 
 
 @command("interpolate", schema.InterpolateOptions)

@@ -526,6 +526,9 @@ class ForgettingOptions:
 
     run: str = option(help="A finished run folder.", argument=True)
     reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    previous: str | None = option(None, "Task sequence: the run (task A) this run continued from with --weights "
+                                        "PREVIOUS/model.safetensors; also report A's test accuracy with this run's "
+                                        "backbone under A's head (the drop is the backward transfer).")
     batch_size: int = option(32, "Examples per batch.", check=positive)
     as_json: bool = json_flag()
 

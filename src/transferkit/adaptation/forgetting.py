@@ -278,6 +278,35 @@ def measure_run(run: str | Path | Any, reference: str | Path | None = None, batc
     return retention_probe(trained, reference, batch_size).measure(trained.model.cpu())
 
 
+def backward_transfer(run: str | Path | Any, previous: str | Path | Any, batch_size: int = 64) -> dict[str, Any]:
+    """The task-sequence protocol: ``previous`` was trained on task A, ``run`` continued from its weights on task B
+    (``--weights PREVIOUS/model.safetensors``). A's test accuracy with B's backbone under A's own head, minus A's
+    own test accuracy, is the backward transfer (negative: forgotten; Lopez-Paz & Ranzato 2017).
+
+    Returns:
+        ``previous``, ``data`` and ``split`` (A's evaluation data), ``accuracy_before``, ``accuracy_after`` and
+        ``backward_transfer``.
+    """
+    import copy
+
+    from ..predict import TrainedModel, load
+
+    later = run if isinstance(run, TrainedModel) else load(run)
+    earlier = previous if isinstance(previous, TrainedModel) else load(previous)
+    started_from = later.info.get("config", {}).get("weights")
+    expected = Path(earlier.run_dir or previous) / "model.safetensors"
+    if not started_from or Path(started_from).resolve() != expected.resolve():
+        raise TransferKitError(f"{later.run_dir} did not start from {expected} (its --weights: {started_from}). Fix: "
+                               f"pass the run it continued from, or train task B with --weights {expected}.")
+    combined = copy.deepcopy(earlier.model)
+    combined.backbone.load_state_dict(later.model.backbone.state_dict())
+    before = earlier.evaluate(batch_size=batch_size)
+    after = TrainedModel(combined, earlier.classes, earlier.info, earlier.run_dir).evaluate(batch_size=batch_size)
+    return {"previous": str(earlier.run_dir), "data": before["data"], "split": before["split"],
+            "accuracy_before": before["accuracy"], "accuracy_after": after["accuracy"],
+            "backward_transfer": after["accuracy"] - before["accuracy"]}
+
+
 def format_retention(result: Retention) -> str:
     """A short plain-text report."""
     lines = [f"reference: {result.reference}"]
