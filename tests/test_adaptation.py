@@ -99,6 +99,10 @@ def test_forgetting_of_a_finished_run(vision_run: Path, tmp_path: Path, capsys: 
     shown = json.loads(out)
     assert code == 0 and shown["top1_agreement"] == pytest.approx(result.top1_agreement)
     assert shown["most_changed_group"] in result.cka
+    code, out, _ = run_cli(capsys, "evaluate", vision_run, "--json", "--reference", reference)
+    assert code == 0 and json.loads(out)["retention"]["top1_agreement"] == pytest.approx(result.top1_agreement)
+    code, out, _ = run_cli(capsys, "evaluate", vision_run, "--json", "--no-retention")
+    assert code == 0 and "retention" not in json.loads(out)
     code, _, err = run_cli(capsys, "forgetting", vision_run, "--reference", tmp_path / "missing")
     assert code == 2 and "Reference images not found" in err and len(err.strip().splitlines()) == 1
 
