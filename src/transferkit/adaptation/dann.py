@@ -180,8 +180,6 @@ class DomainAdaptation:
              step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward over source + target; returns (source logits, task loss + domain loss)."""
         target = next(self._batches).to(self._device, non_blocking=True)
-        if target.dtype != inputs.dtype or target.shape[1:] != inputs.shape[1:]:
-            target = target.to(inputs.dtype)
         bottleneck, classifier = split_head(model.head)
         features = bottleneck(model.forward_features(torch.cat([inputs, target])))
         logits = classifier(features)
