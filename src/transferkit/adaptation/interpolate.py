@@ -331,7 +331,7 @@ def interpolate(run: str | Path, *, out: str | Path, alphas: str | Sequence[floa
     target.save_json(INTERPOLATION, record)
     png = save_plot(points, target.path / "interpolation.png", chosen.alpha)
     seconds = time.perf_counter() - started
-    result = FitResult(history=[], best_epoch=0, best_val_accuracy=chosen.val_accuracy, seconds=seconds)
+    result = FitResult([], 0, chosen.val_accuracy, seconds)  # history, best epoch, best validation score, seconds
     target.finish(model=model, data=split, config=config, plan=make_plan(model, config), result=result, test=test,
                   timings={"seconds": seconds}, extra={"wise_ft": {**record, "plot": str(png) if png else None}})
     return {**record, "out": str(target.path), "test": test, "plot": str(png) if png else None}
