@@ -274,7 +274,7 @@ def test_resume_of_an_adaptation_run_equals_an_uninterrupted_one(tmp_path: Path,
 
 def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights: Path,
                                                    capsys: pytest.CaptureFixture) -> None:
-    from conftest import COLOURS, make_class_folders
+    from conftest import make_class_folders
 
     source = make_class_folders(tmp_path / "source", per_class=3)
     target = make_class_folders(tmp_path / "target", per_class=1, start=50)
@@ -301,7 +301,6 @@ def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights:
         code, _, err = run_cli(capsys, "train", *flags, *extra, "--out", tmp_path / "never")
         assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert not (tmp_path / "never").exists()
-    assert len(COLOURS) == 3
     code, _, err = run_cli(capsys, "train", "--model", "minilm-l6", "--data", "builtin:bbc-news", "--target-data",
                            target, "--adapt", "dann", "--out", tmp_path / "never")
     assert code == 2 and "language model" in err
