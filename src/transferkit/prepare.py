@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,9 +40,14 @@ from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
 from .options import TrainConfig
 from .plan import Plan
+from .seeding import derive_seed
 from .strategies import uses_pretrained_weights
 from .tasks import get_task
 from .training.loop import FitConfig
+
+if TYPE_CHECKING:
+    from .adaptation.dann import DomainAdaptation
+    from .data.target import TargetData
 
 logger = logging.getLogger("transferkit.api")
 
@@ -243,3 +249,29 @@ def resolve_mixed_precision(config: TrainConfig) -> str:
     if config.cpu or not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+# --- domain adaptation -----------------------------------------------------------------------------
+
+
+def domain_adaptation(model: TransferModel, target: TargetData, config: TrainConfig, plan: Plan,
+                      steps_per_epoch: int, num_classes: int) -> DomainAdaptation:
+    """The run's adaptation (``--adapt``): the discriminator on the features the head's last layer reads, the
+    augmented target images, and the warm-up over the planned steps of the phases on images."""
+    from .adaptation.dann import DomainAdaptation, DomainAdversary, UnlabelledImages, split_head
+
+    width = split_head(model.head)[1].in_features
+    torch.manual_seed(derive_seed(config.seed, "domain-adversary"))
+    adversary = DomainAdversary(config.adapt, width, num_classes, seed=derive_seed(config.seed, "cdan-map"))
+    train_tf, _ = build_transforms(model.preprocessing, config.augment)
+    epochs = sum(p.epochs for p in plan.phases if p.runs_on == "images")
+    return DomainAdaptation(config.adapt, adversary, UnlabelledImages(target.items, train_tf), config.batch_size,
+                            epochs * steps_per_epoch, seed=config.seed, workers=workers_for(config))
+
+
+def eval_loader(samples: Any, model: TransferModel, config: TrainConfig, world: World | None = None) -> DataLoader:
+    """This process's share of labelled images through the evaluation transform (``--target-val``)."""
+    world = world or World()
+    dataset = ImageDataset(samples, build_transforms(model.preprocessing, "none")[1])
+    return DataLoader(Subset(dataset, world.share(len(dataset))), batch_size=config.batch_size, shuffle=False,
+                      num_workers=workers_for(config))

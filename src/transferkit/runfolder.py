@@ -57,6 +57,8 @@ WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 METRICS = "metrics.jsonl"
 FEATURE_CACHE = "feature-cache"  # the default --cache-dir, inside the run folder
+PROBE_HEAD = "probe_head.safetensors"  # the head at the end of the head-only stage (WiSE-FT's start point)
+INTERPOLATION = "interpolation.json"  # a WiSE-FT sweep: accuracy and retention over alpha
 FORMAT_VERSION = 1
 
 logger = logging.getLogger(__name__)
@@ -205,6 +207,22 @@ class RunFolder:
             with open(self.path / METRICS, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+    def probe_head(self) -> dict[str, torch.Tensor] | None:
+        """The linear-probe head saved at the end of the head-only stage (``None`` when the run has none)."""
+        from .training.checkpoint import load_weights
+
+        path = self.path / PROBE_HEAD
+        return load_weights(path) if path.is_file() else None
+
+    def save_probe_head(self, head: dict[str, torch.Tensor]) -> None:
+        if self.main_process:
+            save_weights(self.path / PROBE_HEAD, head)
+
+    def save_json(self, name: str, data: Any) -> None:
+        """A report file beside the run's own (e.g. ``interpolation.json``)."""
+        if self.main_process:
+            write_json_atomic(self.path / name, data)
+
     @_reports_write_errors
     def save_model(self, model: TransferModel) -> None:
         """The trained model: full weights, or a LoRA run's head (its adapter goes to ``adapter/``); text models
@@ -221,11 +239,12 @@ class RunFolder:
     @_reports_write_errors
     def finish(self, *, model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, result: FitResult,
                test: dict[str, Any] | None, timings: dict[str, float],
-               distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+               distributed: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``transferkit.json`` last and atomically: from now on the folder is a finished run. Returns it.
 
         This is the one place that knows what ``transferkit.json`` holds. ``distributed`` describes the processes
-        (the global and per-process batch, what each built, each one's final-weights fingerprint).
+        (the global and per-process batch, what each built, each one's final-weights fingerprint); ``extra`` adds
+        sections (``wise_ft``, ``adaptation``).
         """
         info = {
             "format": FORMAT_VERSION,
@@ -243,6 +262,7 @@ class RunFolder:
                         "test": test},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": versions(),
+            **(extra or {}),
         }
         if self.main_process:
             write_json_atomic(self.path / INFO, info)

@@ -156,6 +156,60 @@ def list_sources() -> dict[str, Any]:
     }
 
 
+def pretrained_classifier(spec: str, weights: str | Path | None = None) -> nn.Linear | None:
+    """The classifier that the new head replaced (e.g. the 1000 ImageNet classes of the built-in weights), loaded
+    with its pre-trained weights; ``None`` when the weights do not carry one (a ``--weights`` file without it).
+
+    It maps the backbone's pooled features (what ``TransferModel.forward_features`` returns) to the pre-training's
+    classes, so the pre-trained function can be compared with a fine-tuned backbone under the same head.
+    """
+    source = parse_source(spec)
+    if source.kind == "builtin":
+        import timm
+
+        builtin = BUILTIN_MODELS[source.name]
+        full = timm.create_model(builtin.timm_arch, pretrained=False, num_classes=1000)
+        load_packaged_weights(builtin, full)
+        return _as_linear(full.get_classifier())
+    if source.kind == "timm":
+        import timm
+
+        if weights is None:
+            try:
+                full = timm.create_model(source.name, pretrained=True)
+            except Exception as exc:  # hub/network errors come in many types
+                raise weights_error(f"timm:{source.name}", exc, OFFLINE_HINT) from exc
+            return _as_linear(full.get_classifier())
+        full = timm.create_model(source.name, pretrained=False)
+        name = full.pretrained_cfg.get("classifier", "classifier")
+        name = name[0] if isinstance(name, (list, tuple)) else name
+    else:
+        import torchvision
+
+        if weights is None:
+            default = torchvision.models.get_model_weights(source.name).DEFAULT
+            try:
+                full = torchvision.models.get_model(source.name, weights=default)
+            except Exception as exc:  # URLError, OSError, RuntimeError (hash check) from the download
+                raise weights_error(f"torchvision:{source.name}", exc, OFFLINE_HINT) from exc
+            return _last_linear(full)[1]
+        full = torchvision.models.get_model(source.name, weights=None)
+        name = _last_linear(full)[0]
+    state = _strip_prefix(read_weights_file(weights), full.state_dict())
+    linear = _as_linear(full.get_submodule(name))
+    if linear is None or f"{name}.weight" not in state:
+        return None
+    try:
+        linear.load_state_dict({k: state[f"{name}.{k}"] for k in linear.state_dict()})
+    except (KeyError, RuntimeError):  # no bias in the file, or another shape
+        return None
+    return linear
+
+
+def _as_linear(module: nn.Module) -> nn.Linear | None:
+    return module if isinstance(module, nn.Linear) else None
+
+
 # --- download failures ---------------------------------------------------------------------------
 
 # Exception classes (by name, so no HTTP library needs importing) that mean the network or hub is unreachable,
@@ -378,4 +432,4 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
 _LOADERS = {"timm": _timm_backbone, "torchvision": _torchvision_backbone, "builtin": _builtin_backbone}
 
 __all__ = ["LayerGroup", "SourceSpec", "list_sources", "load_backbone", "load_model", "parse_source",
-           "read_weights_file", "rebuild_backbone", "rebuild_model"]
+           "pretrained_classifier", "read_weights_file", "rebuild_backbone", "rebuild_model"]
