@@ -296,6 +296,8 @@ def test_bad_adaptation_inputs_are_one_line_errors(tmp_path: Path, tiny_weights:
         (["--target-data", target, "--adapt", "dann", "--strategy", "linear-probe"], "--hidden"),
         (["--target-data", target, "--adapt", "bogus"], "adapt"),
         (["--target-data", target, "--target-val", "builtin:fashion-mnist-m"], "test set"),
+        (["--target-data", target, "--adapt", "dann", "--task", "segmentation"], "classification"),
+        (["--wise-ft", "--task", "segmentation"], "classification"),
     ]
     for extra, expected in cases:
         code, _, err = run_cli(capsys, "train", *flags, *extra, "--out", tmp_path / "never")

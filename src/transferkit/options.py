@@ -376,6 +376,10 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             raise TransferKitError(f"--adapt {self.adapt} with --strategy linear-probe: the backbone is frozen and the "
                                    "head is one linear layer, so no features can adapt. Fix: add a bottleneck, e.g. "
                                    "--hidden 256, or fine-tune (--strategy two-stage).")
+        if (self.adapt != "none" or self.wise_ft) and self.task not in (None, "classification"):
+            flag = f"--adapt {self.adapt}" if self.adapt != "none" else "--wise-ft"
+            raise TransferKitError(f"{flag} is for classification for now; --task {self.task} is not supported. Fix: "
+                                   f"drop {flag}, or train a classifier.")
         if self.target_val and str(self.target_val).startswith("builtin:"):
             raise TransferKitError(f"--target-val {self.target_val}: a built-in's labelled split is its test set, "
                                    "which must never choose the model. Fix: pass a folder or CSV of labelled target "
