@@ -515,15 +515,7 @@ def text_case(spec: dict[str, Any], assets: Assets, folder: Path) -> Outcome:
             lines.insert(2, "")
             lines.append("   ")
         payload = ("\r\n" if "crlf" in faults else "\n").join(lines).encode("utf-8")
-        if "latin-1-bytes" in faults:
-            payload += "\n{\"text\": \"trés bon\", \"label\": \"pos\"}".encode("latin-1")
-            expected = "error"
-        if "bom" in faults:
-            payload = b"\xef\xbb\xbf" + payload
-        if "empty-file" in faults:
-            payload = b""
-            expected = "error"
-        data.write_bytes(payload)
+        expected = _write_table(data, payload, "\n{\"text\": \"trés bon\", \"label\": \"pos\"}", faults, expected)
     else:
         sep = "\t" if fmt == "tsv" else ","
         data = folder / f"reviews.{fmt}"
@@ -542,17 +534,22 @@ def text_case(spec: dict[str, Any], assets: Assets, folder: Path) -> Outcome:
             lines.insert(2, "")
             lines.append("")
         payload = ("\r\n" if "crlf" in faults else "\n").join(lines).encode("utf-8") + b"\n"
-        if "latin-1-bytes" in faults:
-            payload += f'"un film trés bon"{sep}pos\n'.encode("latin-1")
-            expected = "error"
-        if "bom" in faults:
-            payload = b"\xef\xbb\xbf" + payload
-        if "empty-file" in faults:
-            payload = b""
-            expected = "error"
-        data.write_bytes(payload)
+        expected = _write_table(data, payload, f'"un film trés bon"{sep}pos\n', faults, expected)
     return train_case("text-files", f"{fmt}: {', '.join(sorted(faults)) or 'clean'}", expected,
                       ["--data", str(data), *assets.text_flags(spec["strategy"])], folder / "run")
+
+
+def _write_table(path: Path, payload: bytes, latin1_line: str, faults: set[str], expected: str) -> str:
+    """Write a text table with the file-level faults (a latin-1 line, a BOM, an empty file); the expected outcome."""
+    if "latin-1-bytes" in faults:
+        payload += latin1_line.encode("latin-1")
+        expected = "error"
+    if "bom" in faults:
+        payload = b"\xef\xbb\xbf" + payload
+    if "empty-file" in faults:
+        payload, expected = b"", "error"
+    path.write_bytes(payload)
+    return expected
 
 
 # --- category: label names --------------------------------------------------------------------------------------------
