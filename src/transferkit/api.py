@@ -24,13 +24,12 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from . import distributed, prepare
-from .cache import CacheUse
+from .cache import CacheUse, weights_fingerprint
 from .data.checks import check_normalization
 from .data.samples import SplitData
 from .data.splits import onto_classes, take_per_class
 from .errors import TransferKitError
 from .evaluate import compute_metrics
-from .features import weights_fingerprint
 from .options import TrainConfig, check_names, load_recipe, merge_options, train_option_names
 from .plan import Plan, make_plan
 from .predict import TrainedModel

@@ -39,6 +39,7 @@ from torchvision.transforms import v2 as T
 
 from ..errors import TransferKitError
 from ..models.preprocessing import Preprocessing
+from .builtin import BUILTIN_DATASETS, DENSE_BUILTINS
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LABEL_MAPS = ("classes.json", "classes.txt")
-DENSE_BUILTINS = {"fashion-scenes"}
 BUILTIN_SCENES = {"train_scenes": 3000, "test_scenes": 500, "size": 128, "seed": 0}
 """The parameters of ``builtin:fashion-scenes`` (:func:`transferkit.data.scenes.fashion_scenes`)."""
 
@@ -349,8 +349,6 @@ def _read(spec: str | Path) -> tuple[dict[str, MaskSamples], list[str] | None, s
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
         if name not in DENSE_BUILTINS:
-            from .builtin import BUILTIN_DATASETS
-
             hint = (" is a classification dataset (no masks). Fix: drop --task segmentation, or use "
                     "builtin:fashion-scenes" if name in BUILTIN_DATASETS else
                     ": unknown. Fix: use builtin:fashion-scenes")
