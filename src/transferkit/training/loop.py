@@ -48,6 +48,7 @@ class FitConfig:
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
     patience: int | None = 3
+    patience_fraction: float = 0.0
     bn: str = "train"
     l2_sp: float = 0.0
     groups: int | None = None
@@ -106,7 +107,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     penalty = (lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    state, stopper, best = TrainState(), EarlyStopping(config.patience), None
+    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction), None
     if resume:
         best = _restore(run, model, optimizer, state, stopper)
     _check_inputs(phases[state.phase_index:], features)
@@ -118,6 +119,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
+        stopper.start_phase(phase.epochs, config.warmup)
         net = _phase_network(model, phase, accelerator, config)
         val_data = val_loader if phase.runs_on == "images" else accelerator.prepare(features.val_loader())
         while state.phase_epoch < phase.epochs and not state.stop_requested:
@@ -192,7 +194,7 @@ def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase
     if not (done or stopper.should_stop):
         return False
     if not done:
-        logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.patience)
+        logger.info("Early stopping: no better validation accuracy for %d epochs", stopper.current_patience)
     state.phase_index, state.phase_epoch = state.phase_index + 1, 0
     stopper.new_phase()
     return True
