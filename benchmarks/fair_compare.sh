@@ -5,6 +5,12 @@
 #
 #   nice -n 10 benchmarks/fair_compare.sh [ROOT] [STAGE...]    # ROOT default /work/fair-runs; stages default all
 #
+# One torch thread per process (OMP_NUM_THREADS=1, override it): on a shared, busy 2-core machine a niced 2-thread
+# run measured 2.7 images/s against 12 for 1 thread (its threads wait on each other while descheduled), so the
+# grids ran as two 1-thread workers side by side:
+#   nice -n 10 benchmarks/fair_compare.sh /work/fair-runs fmnist-small fmnist-100 fmnist-300 fmnist-1000 &
+#   nice -n 10 benchmarks/fair_compare.sh /work/fair-runs lfw digits bbc-small bbc &
+#
 # Reports are copied to benchmarks/results/compare/<data>/ after every stage (results.json, summary.md,
 # report.html, lr_search.json); run folders and caches stay in ROOT (large).
 set -euo pipefail
@@ -16,6 +22,7 @@ stages=("$@")
 python="${PYTHON:-$here/.venv/bin/python}"
 [ -x "$python" ] || python=/work/main/.venv/bin/python
 export PYTHONPATH="$here/src" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 mkdir -p "$root"
 
 grid() {  # grid NAME ARGS...: one compare invocation, logged with its wall time, report copied into the repo

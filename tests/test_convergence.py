@@ -39,6 +39,21 @@ def test_a_dip_shorter_than_the_patience_does_not_stop_a_long_run():
     assert stop_epoch(curve, stopper, epochs=50) == 14 + 10 and stopper.best_epoch == 14
 
 
+def test_a_saturated_accuracy_with_a_falling_loss_is_a_plateau():
+    stopper = EarlyStopping(patience=3, relative=0.2)
+    stopper.start_phase(50, 0.0)
+    for epoch in range(1, 30):
+        stopper.update(1.0 if epoch >= 5 else 0.5, 1.0 / epoch, epoch)  # accuracy 1.0 from epoch 5, loss falling
+        if stopper.should_stop:
+            break
+    assert epoch == 15  # 10 epochs without a higher accuracy
+    assert stopper.best_epoch == 15  # the weights kept: the same accuracy at the lowest loss
+    fixed = EarlyStopping(patience=3)  # the default rule counts a lower loss at the same accuracy as progress
+    for epoch in range(1, 30):
+        fixed.update(1.0, 1.0 / epoch, epoch)
+    assert not fixed.should_stop
+
+
 def test_no_stopping_during_warm_up():
     # flat (even falling) while the LR warms up over the first 10 of 100 epochs, then climbing
     curve = [0.3] + [0.2] * 9 + [0.3 + 0.01 * i for i in range(40)]

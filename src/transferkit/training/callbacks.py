@@ -37,6 +37,8 @@ class EarlyStopping:
     scales with the schedule: a phase of E epochs stops after ``max(patience, ceil(relative * E))`` epochs
     without improvement, and epochs inside the phase's warm-up (the first ``ceil(warmup * E)``, set by
     :meth:`start_phase`) never count against it: a run is not judged while its learning rate is still rising.
+    Under this rule only a higher validation accuracy resets the count (a validation loss still creeping down at a
+    saturated accuracy is not progress); the best epoch of the run is still chosen with the loss as tie-break.
 
     Attributes:
         patience: epochs without improvement before stopping; ``None`` or 0 never stops.
@@ -67,7 +69,11 @@ class EarlyStopping:
     def update(self, accuracy: float, loss: float, epoch: int) -> bool:
         """Record an epoch's validation result; returns True when it is the best of the run so far."""
         self.phase_epochs += 1
-        if self._better(accuracy, loss, self.phase_best, self.phase_best_loss):
+        if self.relative:  # convergence: only a higher accuracy counts (a loss creeping towards 0 is no progress)
+            improved = self.phase_best is None or accuracy > self.phase_best + self.min_delta
+        else:
+            improved = self._better(accuracy, loss, self.phase_best, self.phase_best_loss)
+        if improved:
             self.phase_best, self.phase_best_loss, self.bad_epochs = accuracy, loss, 0
         elif not (self.relative and self.phase_epochs <= self.warmup_epochs):
             self.bad_epochs += 1
