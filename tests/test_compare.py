@@ -286,3 +286,12 @@ def test_compare_refuses_data_without_a_test_split_before_training(capsys, class
                            "--weights", tiny_weights, "--image-size", "32", "--out", out)
     assert code == 2 and "needs a held-out test split" in err and "Traceback" not in err
     assert not (out / "runs").exists() and not (out / "results.json").exists()
+
+
+def test_readme_tables_script_smoke(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    text = importlib.import_module("compare_tables").main(["--smoke"])
+    assert "| 10 | 0.500 (1 seed) | 0.700 (1 seed) | 0.200 (1 seed) | 4.6x [2.0x, never] / > 10.0x |" in text
+    assert "differs from the recipe's in 1; seed-0 test accuracy, chosen minus recipe's LR: mean +0.050" in text
