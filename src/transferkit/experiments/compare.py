@@ -136,8 +136,9 @@ class CellRunner:
     the test evaluation. The LR search's runs are recorded in ``out/lr_search.json`` as they finish (resumable)."""
 
     def __init__(self, data: str, model: str, out: Path, given: Mapping[str, Any], *, recipes: str, tune: str,
-                 test: Samples, classes: list[str], progress: bool = False) -> None:
+                 test: Samples, classes: list[str], progress: bool = False, cache_dir: Path | None = None) -> None:
         self.data, self.model, self.out, self.given = str(data), model, Path(out), dict(given)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.recipes, self.tune, self.test, self.classes, self.progress = recipes, tune, test, classes, progress
         self.text = is_text_model(model)
         path = self.out / LR_SEARCH
@@ -215,7 +216,7 @@ class CellRunner:
         from ..api import train
 
         train(self.data, model=self.model, strategy=cell.strategy, per_class=cell.per_class, seed=cell.seed,
-              out=str(run_dir), overwrite=True, cache_dir=str(self.out / "cache"), progress=self.progress,
+              out=str(run_dir), overwrite=True, cache_dir=str(self.cache_dir), progress=self.progress,
               **{**options, "evaluate_test": False})
         shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # only a resume needs it; the weights are kept
 
@@ -223,31 +224,41 @@ class CellRunner:
         """The LR search of the cell's group: each value on the grid trained on seed 0 and judged by its best
         validation accuracy (the test split is never evaluated); the best wins, a tie goes to the recipe's value,
         then to the smaller LR."""
-        key = "|".join((cell.strategy, cell.budget, str(cell.per_class)))
-        center = self.center(cell.strategy, option, options)
-        search = self.lr_search.setdefault(key, {"option": option, "default": center, "values": lr_grid(center),
-                                                 "seed": 0, "candidates": {}})
+        search = self.search_entry(cell, options, option)
         first = Cell(cell.strategy, cell.per_class, search["seed"], cell.budget)
         for value in search["values"]:
-            if _key(value) in search["candidates"]:
-                continue
-            run_dir = self.out / "runs" / "lr-search" / f"{first.name}-{option.replace('_', '-')}-{_key(value)}"
-            logger.info("LR search %s: %s %s", first.name, option, _key(value))
-            self.train(first, {**options, option: value}, run_dir)
-            info = RunFolder(run_dir).read_info()["metrics"]
-            search["candidates"][_key(value)] = {
-                "value": value, "val_accuracy": info["val_accuracy"], "best_epoch": info["best_epoch"],
-                "epochs_run": info["epochs_run"], "seconds": round(info["seconds"] + info["cache_seconds_saved"], 2),
-                "run": str(run_dir)}
-            self._save_search()
+            if _key(value) not in search["candidates"]:
+                search["candidates"][_key(value)] = self.train_candidate(first, options, option, value)
+                self._save_search()
         if "chosen" not in search:
-            search["chosen"] = choose_lr({c["value"]: c["val_accuracy"] for c in search["candidates"].values()},
-                                         center)
-            logger.info("LR search %s: %s %s chosen (validation accuracy %s)", first.name, option,
-                        _key(search["chosen"]), ", ".join(f"{k} {c['val_accuracy']:.3f}"
-                                                          for k, c in search["candidates"].items()))
+            self.decide(search, first.name)
             self._save_search()
         return search
+
+    def search_entry(self, cell: Cell, options: Mapping[str, Any], option: str) -> dict[str, Any]:
+        """The record of the cell's group's search (created empty: the values to try, none tried yet)."""
+        center = self.center(cell.strategy, option, options)
+        return self.lr_search.setdefault(search_key(cell), {"option": option, "default": center,
+                                                            "values": lr_grid(center), "seed": 0, "candidates": {}})
+
+    def train_candidate(self, first: Cell, options: Mapping[str, Any], option: str, value: float) -> dict[str, Any]:
+        """One value of a search, trained on the group's first seed; its record (validation only)."""
+        run_dir = self.out / "runs" / "lr-search" / f"{first.name}-{option.replace('_', '-')}-{_key(value)}"
+        logger.info("LR search %s: %s %s", first.name, option, _key(value))
+        self.train(first, {**options, option: value}, run_dir)
+        info = RunFolder(run_dir).read_info()["metrics"]
+        return {"value": value, "val_accuracy": info["val_accuracy"], "best_epoch": info["best_epoch"],
+                "epochs_run": info["epochs_run"], "seconds": round(info["seconds"] + info["cache_seconds_saved"], 2),
+                "run": str(run_dir)}
+
+    @staticmethod
+    def decide(search: dict[str, Any], name: str = "") -> float:
+        search["chosen"] = choose_lr({c["value"]: c["val_accuracy"] for c in search["candidates"].values()},
+                                     search["default"])
+        logger.info("LR search %s: %s %s chosen (validation accuracy %s)", name, search["option"],
+                    _key(search["chosen"]), ", ".join(f"{k} {c['val_accuracy']:.3f}"
+                                                      for k, c in search["candidates"].items()))
+        return search["chosen"]
 
     def measure_search(self, results: Sequence[CellResult]) -> None:
         """After the grid (every choice made): what the search changed, on the test split — seed 0's test accuracy
@@ -299,6 +310,11 @@ class CellRunner:
                           recipe=_plain(options), epochs_run=len(history), best_epoch=metrics["best_epoch"],
                           stopped=_stopped(info["phases"], history), images_seen=passes * info["data"]["train"],
                           test_correct=bits(predicted == truth), run=str(run_dir))
+
+
+def search_key(cell: Cell) -> str:
+    """The LR search is per (strategy, budget, size): every seed of a group uses its choice."""
+    return "|".join((cell.strategy, cell.budget, str(cell.per_class)))
 
 
 def choose_lr(val_accuracy: Mapping[float, float], default: float) -> float:

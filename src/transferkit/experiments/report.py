@@ -93,7 +93,8 @@ def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, 
                   "seed-0 test accuracy: chosen / recipe's |", "|---|---|---|---|---|---|---|"]
         for key, search in sorted(lr_search.items(), key=lambda kv: _search_order(kv[0])):
             strategy, budget, n = key.split("|")
-            values = ", ".join(f"{k}: {c['val_accuracy']:.3f}" for k, c in search["candidates"].items())
+            values = ", ".join(f"{c['value']:g}: {c['val_accuracy']:.3f}"
+                               for c in sorted(search["candidates"].values(), key=lambda c: c["value"]))
             chosen = f"{search['chosen']:g} ({search['default']:g})" if "chosen" in search else "-"
             tests = (f"{search['chosen_test_accuracy']:.3f} / {search['default_test_accuracy']:.3f}"
                      if "default_test_accuracy" in search else "-")
