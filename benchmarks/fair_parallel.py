@@ -2,7 +2,8 @@
 
     transferkit compare --data D --strategies S --per-class N --seeds K [--tune lr|none] [train options]
 
-but up to --workers cells (or LR-search runs) at a time, each in its own 1-thread process, longest first. On a
+but up to --workers cells (or LR-search runs) at a time, each in its own 1-thread process, cheapest first (so a
+grid cut short still has its small sizes complete; --order long-first for the shortest total time). On a
 shared, busy machine where every niced process gets a thin slice, several 1-thread workers finish a grid far sooner
 than one. Resumable like compare (results.json and lr_search.json in --out); each worker logs to
 OUT/logs/worker-PID.log and keeps its own cache folder (no two processes write one cache entry).
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune", default="lr", choices=("lr", "none"))
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--order", default="small-first", choices=("small-first", "long-first"))
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a train option for every cell")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -147,7 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     running: dict[Future, tuple[str, Cell, Any]] = {}
     with ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(config,)) as pool:
         def submit(tasks: list) -> None:
-            for kind, cell, options, extra in sorted(tasks, key=lambda t: -_cost(t[1], t[2])):
+            def order(task: tuple) -> tuple:
+                cost = _cost(task[1], task[2])
+                return (-cost,) if args.order == "long-first" else (task[1].per_class, cost)
+
+            for kind, cell, options, extra in sorted(tasks, key=order):
                 running[pool.submit(_work, kind, cell, options, extra)] = (kind, cell, extra)
 
         submit(ready)
@@ -159,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
                 if kind != "candidate":
                     done[cell] = CellResult(**value)
                     record()
+                    write_outputs(out, [done[c] for c in cells if c in done], runner, meta, args.seeds)
                     logger.info("done %s: test accuracy %.3f (%d of %d cells)", cell.name, done[cell].test_accuracy,
                                 sum(c in done for c in cells), len(cells))
                     continue
