@@ -40,7 +40,7 @@ from transferkit.experiments.compare import (  # noqa: E402
     search_key,
     write_outputs,
 )
-from transferkit.experiments.grid import RESULTS, Cell, CellResult, grid  # noqa: E402
+from transferkit.experiments.grid import RESULTS, Cell, CellResult, check_same_grid, grid  # noqa: E402
 from transferkit.training.checkpoint import write_json_atomic  # noqa: E402
 
 logger = logging.getLogger("fair_parallel")
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                     for k, v in sorted(given.items())}
     meta = {"data": args.data, "model": args.model, "options": options_text, "recipes": args.recipes,
             "tune": args.tune, "test_samples": len(test)}
+    check_same_grid(out, meta)  # like compare: never mix cells trained with other settings
     saved = json.loads((out / RESULTS).read_text()) if (out / RESULTS).is_file() else {}
     done = {r.cell: r for r in (CellResult(**row) for row in saved.get("cells", []))}
     wall, started = float(saved.get("wall_seconds", 0.0)), time.perf_counter()

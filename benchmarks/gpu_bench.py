@@ -3,6 +3,9 @@
     bash benchmarks/gpu.sh            # the whole measurement in one command (a few minutes on one GPU)
     python benchmarks/gpu_bench.py --smoke   # tiny CPU run that checks the script works
 
+This script measures one GPU. With several GPUs, ``gpu.sh`` then runs ``benchmarks/distributed.py --gpus``: one
+run on 1 GPU vs the same run on all of them (torchrun, one process per GPU), samples/s and scaling efficiency.
+
 Models use random weights (no hub): timm ResNet-50 and ViT-B/16 at 224 px, and BERT-base (sequence
 length 128) when ``transformers`` is installed. Each row is images (or sequences) per second of full
 fine-tuning steps on synthetic input already on the device, except the ``frozen`` rows (forward only,

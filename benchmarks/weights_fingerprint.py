@@ -7,6 +7,9 @@ with an earlier JSON and exits 1 on any difference.
     python benchmarks/weights_fingerprint.py --out /tmp/before.json
     ... change the code ...
     python benchmarks/weights_fingerprint.py --against /tmp/before.json
+
+``benchmarks/results/weights_fingerprint.json`` holds the fingerprints of the current main (the file ending in
+``_before.json`` those before the one-schema restructuring, which left them unchanged).
 """
 
 from __future__ import annotations

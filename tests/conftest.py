@@ -71,3 +71,62 @@ def tiny_options(tiny_weights: Path) -> dict:
     """Training options for a tiny, fast run (timm test model, 32 px, 1 worker-free loader)."""
     return {"model": "timm:test_efficientnet", "weights": str(tiny_weights), "image_size": 32, "batch_size": 8,
             "epochs": 2, "head_epochs": 1, "workers": 0, "augment": "none"}
+
+
+# --- finished tiny runs, shared by the export and serve tests (session-scoped: trained once) ---------------------
+
+SENTIMENT = {"pos": ["good", "great", "wonderful", "moving", "superb", "lovely"],
+             "neg": ["bad", "awful", "boring", "poor", "dreadful", "dull"]}
+FILLER_WORDS = ["the", "film", "was", "a", "story", "and", "acting", "really", "quite"]
+
+
+@pytest.fixture(scope="session")
+def vision_run(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Path:
+    """A finished two-stage run of timm ``test_efficientnet`` at 32 px on red/green/blue images."""
+    import transferkit
+
+    root = tmp_path_factory.mktemp("vision-run")
+    make_class_folders(root / "data" / "train", per_class=8)
+    make_class_folders(root / "data" / "val", per_class=3, start=1000)
+    transferkit.train(str(root / "data"), model="timm:test_efficientnet", weights=str(tiny_weights), image_size=32,
+                      batch_size=8, epochs=2, head_epochs=1, workers=0, augment="none", strategy="two-stage",
+                      out=str(root / "run"), progress=False)
+    return root / "run"
+
+
+def _tiny_bert_folder(folder: Path) -> Path:
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *SENTIMENT["pos"], *SENTIMENT["neg"], *FILLER_WORDS]
+    BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+def _reviews(path: Path, n: int = 12) -> Path:
+    rows = ["text,label"]
+    for label, words in SENTIMENT.items():
+        rows += [" ".join([FILLER_WORDS[i % 9], words[i % 6], words[(i + 2) % 6], FILLER_WORDS[(i + 5) % 9]]) +
+                 f",{label}" for i in range(n)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def text_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Finished tiny-BERT sentiment runs (2 layers, hidden 32): ``{"cls": fine-tuned, cls pooling; "mean":
+    linear probe, mean pooling}``."""
+    import transferkit
+
+    root = tmp_path_factory.mktemp("text-runs")
+    bert, data = _tiny_bert_folder(root / "bert"), _reviews(root / "reviews.csv")
+    runs = {}
+    for pooling, options in (("cls", {"strategy": "fine-tune", "lr": 3e-3, "epochs": 10, "batch_size": 4}),
+                             ("mean", {"strategy": "linear-probe"})):
+        transferkit.train(str(data), model=str(bert), pooling=pooling, patience=0, progress=False,
+                          out=str(root / pooling), **options)
+        runs[pooling] = root / pooling
+    return runs

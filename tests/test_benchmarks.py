@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -12,16 +13,40 @@ import pytest
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("name, key", [("feature_cache", "speedup"), ("train_step", "transferkit_vs_plain"),
-                                       ("decoded_cache", "speedup"), ("gpu_bench", "per_s")])
-def test_benchmark_smoke(name, key, tmp_path, monkeypatch):
+def _ratio(key, numerator, denominator):
+    """Each row's ``key`` is ``numerator / denominator`` of the same row (a speed-up reported as what it says)."""
+    def check(rows):
+        assert rows and all(row[key] == pytest.approx(row[numerator] / row[denominator], rel=1e-12) for row in rows)
+    return check
+
+
+def _feature_cache(rows):
+    _ratio("speedup", "uncached_s", "cached_s")(rows)
+    assert [row["head_epochs"] for row in rows] == [1, 2]
+    # the cache is a pure speed-up: the same head, so the same validation accuracy
+    assert all(row["val_acc_cached"] == pytest.approx(row["val_acc_uncached"], abs=1e-6) for row in rows)
+
+
+def _gpu_bench(rows):
+    modes = [(row["model"], row["mode"]) for row in rows]
+    assert ("test_resnet", "transferkit fit (defaults)") in modes and ("bert-base seq128", "plain bf16") in modes
+    assert all(math.isfinite(row["per_s"]) and row["per_s"] > 0 for row in rows)  # throughputs, measured
+
+
+@pytest.mark.parametrize("name, check", [
+    ("feature_cache", _feature_cache),
+    ("train_step", _ratio("transferkit_vs_plain", "transferkit_img_s", "plain_img_s")),
+    ("decoded_cache", _ratio("speedup", "decoded_cache_img_s", "decode_every_epoch_img_s")),
+    ("gpu_bench", _gpu_bench),
+])
+def test_benchmark_smoke(name, check, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = importlib.import_module(name)
     out = tmp_path / f"{name}.json"
     rows = module.main(["--smoke", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(rows)) and saved["machine"]["torch"]
-    assert any(isinstance(row.get(key), float) and row[key] > 0 for row in rows)
+    check(rows)
     sys.modules.pop(name, None)
 
 
@@ -37,4 +62,61 @@ def test_advise_vs_compare_ranks_the_advised_strategy(tmp_path, monkeypatch):
     assert by_size["full"]["compare_at"] == 100
     saved = json.loads((tmp_path / "check.json").read_text())
     assert set(saved["measurements"]) == {"smoke|m|10", "smoke|m|100", "smoke|m|full"}
+    sys.modules.pop("advise_vs_compare", None)
+
+
+@pytest.mark.slow
+def test_serve_benchmark_smoke(tmp_path, monkeypatch):
+    """Trains a tiny run, exports it, starts `transferkit serve` in subprocesses and load-tests them over loopback."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("serve")
+    rows = module.main(["--smoke", "--out", str(tmp_path / "serve.json")])
+    served = [row for row in rows if row["runtime"] in ("pytorch", "onnxruntime")]
+    assert {(r["runtime"], r["batching"]) for r in served} == {("pytorch", "on"), ("onnxruntime", "off")}
+    assert all(r["req_per_s"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in served)
+    raw = next(row for row in rows if row["runtime"] == "raw model")
+    assert raw["ort_vs_torch_b1"] > 0 and json.loads((tmp_path / "serve.json").read_text())["rows"]
+    sys.modules.pop("serve", None)
+
+
+def test_advise_vs_compare_ranks_by_hand_when_the_advice_is_not_the_best(tmp_path, monkeypatch):
+    """The smoke run's cells are built so that the advice ranks first (gap 0): here the advised strategy ranks
+    second at both sizes, and is missing at one; rank, gap, spread and timing are checked against hand computation."""
+    from dataclasses import asdict
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("advise_vs_compare")
+    from transferkit.experiments.advise import Measurements
+    from transferkit.experiments.grid import CellResult
+
+    table = [("linear-probe", 10, (0.80, 0.82), (2.0, 4.0)), ("two-stage", 10, (0.86, 0.90), (10.0, 12.0)),
+             ("scratch", 10, (0.30, 0.30), (5.0, 5.0)), ("two-stage", 30, (0.70, 0.70), (8.0, 8.0)),
+             ("scratch", 30, (0.40, 0.40), (5.0, 5.0)), ("linear-probe", 100, (0.90, 0.90), (3.0, 3.0)),
+             ("two-stage", 100, (0.86, 0.90), (20.0, 30.0)), ("scratch", 100, (0.50, 0.52), (6.0, 6.0))]
+    cells = [CellResult(s, n, seed, acc[seed], acc[seed], secs[seed], []) for s, n, acc, secs in table
+             for seed in (0, 1)]
+    (tmp_path / "results.json").write_text(json.dumps({"cells": [asdict(c) for c in cells], "data": "d",
+                                                       "model": "m"}))
+
+    def measurer(data, model, per_class=None):  # 10 classes; from 1,000 samples on a far domain: two-stage
+        n = per_class or 300
+        return Measurements("image", 12 * n, 10, n, n, 28, 224, 0.8, 0.7, 1.0, "feature statistics")
+
+    rows = {row["per_class"]: row for row in module.check(tmp_path, {}, measurer=measurer)}
+    assert set(rows) == {10, 30, 100, "full"}
+    ten = rows[10]  # 120 samples: linear-probe (0.81 ± 0.01, 3 s); two-stage best (0.88 ± 0.02, 11 s)
+    assert (ten["advised"], ten["rank"], ten["of"], ten["best"]) == ("linear-probe", 2, 3, "two-stage")
+    assert ten["advised_acc"] == pytest.approx(0.81) and ten["best_acc"] == pytest.approx(0.88)
+    assert ten["gap"] == pytest.approx(0.07) and ten["within_spread"] is False  # 0.07 > 0.02 + 0.01
+    assert (ten["advised_s"], ten["best_s"]) == (pytest.approx(3.0), pytest.approx(11.0))
+    assert ten["ranking"] == "two-stage 0.880 > linear-probe 0.810 > scratch 0.300"
+    thirty = rows[30]  # linear-probe advised but not run at 30 per class
+    assert (thirty["advised"], thirty["rank"], thirty["gap"], thirty["advised_acc"]) == ("linear-probe", None,
+                                                                                           None, None)
+    assert thirty["within_spread"] is False and thirty["best"] == "two-stage"
+    hundred = rows[100]  # 1,200 samples, far: two-stage (0.88 ± 0.02) second to linear-probe (0.90 ± 0)
+    assert (hundred["advised"], hundred["rank"], hundred["best"]) == ("two-stage", 2, "linear-probe")
+    assert hundred["gap"] == pytest.approx(0.02) and hundred["within_spread"] is True  # 0.02 <= 0 + 0.02
+    full = rows["full"]  # the whole data's advice, compared at the largest transfer size
+    assert full["compare_at"] == 100 and full["samples"] == 3600 and full["rank"] == 2
     sys.modules.pop("advise_vs_compare", None)

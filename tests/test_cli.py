@@ -8,8 +8,10 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import transferkit
 from conftest import make_class_folders
 from transferkit.cli import main
 
@@ -36,9 +38,18 @@ def test_train_evaluate_predict(capsys, image_tree, tiny_weights, tmp_path):
     code, out, err = run_cli(capsys, "evaluate", run, "--data", image_tree / "test", "--json")
     assert code == 0, err
     report = json.loads(out)
-    assert report["n"] == 9 and 0.0 <= report["accuracy"] <= 1.0 and 0.0 <= report["macro_f1"] <= 1.0
-    assert set(report["per_class"]) == {"blue", "green", "red"}
-    assert sum(map(sum, report["confusion_matrix"])) == 9
+    assert report["n"] == 9 and set(report["per_class"]) == {"blue", "green", "red"}
+    # the numbers agree with the library's evaluation of the same images and with their own confusion matrix
+    library = transferkit.load(run).evaluate(image_tree / "test")
+    assert report["confusion_matrix"] == library["confusion_matrix"] and report["accuracy"] == library["accuracy"]
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.sum() == 9 and matrix.sum(axis=1).tolist() == [3, 3, 3]  # rows: the true classes, 3 images each
+    assert report["accuracy"] == pytest.approx(np.trace(matrix) / 9, abs=1e-12)
+    f1 = [2 * matrix[i, i] / (matrix[i].sum() + matrix[:, i].sum()) for i in range(3)]
+    assert report["macro_f1"] == pytest.approx(np.mean(f1), abs=1e-12)
+    for i, name in enumerate(report["classes"]):
+        row = report["per_class"][name]
+        assert row["recall"] == pytest.approx(matrix[i, i] / 3) and row["support"] == 3
     assert (run / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     code, out, _ = run_cli(capsys, "evaluate", run)  # default: the run's own test split
@@ -50,7 +61,15 @@ def test_train_evaluate_predict(capsys, image_tree, tiny_weights, tmp_path):
     predictions = json.loads(out)["predictions"]
     assert len(predictions) == 1 + 9 and predictions[0]["source"] == str(image)
     assert len(predictions[0]["top_k"]) == 2 and predictions[0]["top_k"][0]["label"] == predictions[0]["label"]
-    assert sum(p["probability"] for p in predictions[0]["top_k"]) <= 1.0 + 1e-6
+    # top-k is the k most probable classes of the library's full distribution, which sums to 1
+    probabilities = transferkit.load(run).predict_proba([image])[0]
+    assert float(probabilities.sum()) == pytest.approx(1.0, abs=1e-5)
+    order = np.argsort(-probabilities)
+    assert [(p["label"], p["probability"]) for p in predictions[0]["top_k"]] == [
+        (["blue", "green", "red"][i], pytest.approx(float(probabilities[i]), abs=1e-6)) for i in order[:2]]
+    code, out, _ = run_cli(capsys, "predict", run, image, "--json", "--top-k", "3")
+    every = json.loads(out)["predictions"][0]["top_k"]
+    assert code == 0 and sum(p["probability"] for p in every) == pytest.approx(1.0, abs=1e-5)
 
     code, out, _ = run_cli(capsys, "predict", run, image)
     assert code == 0 and str(image) in out

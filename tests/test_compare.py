@@ -149,6 +149,7 @@ def test_grid_resumes_without_rerunning_finished_cells(tmp_path, caplog):
 
 def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path):
     from transferkit.experiments import compare
+    from transferkit.predict import load
 
     options = {k: v for k, v in tiny_options.items() if k != "model"}
     report = compare(str(image_tree), model=tiny_options["model"], strategies=["scratch", "linear-probe"],
@@ -171,6 +172,14 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
         run = out / "runs" / Cell(cell["strategy"], cell["per_class"], cell["seed"], cell["budget"]).name
         assert cell["run"] == str(run) and not (run / "checkpoint").exists()
         metrics = json.loads((run / "transferkit.json").read_text())["metrics"]
+        # each cell's score is its own run's test-split score (the 9 test images), not another number: the run
+        # folder evaluated afresh on the data's test split agrees, and so do the cell's per-sample results
+        scored = load(run).evaluate(str(image_tree))
+        assert scored["split"] == "test" and len(cell["test_correct"]) == 9
+        assert cell["test_accuracy"] == pytest.approx(scored["accuracy"]) == cell["test_correct"].count("1") / 9
+        assert cell["macro_f1"] == pytest.approx(scored["macro_f1"]) and len(cell["curve"]) == metrics["epochs_run"]
+        if cell["strategy"] == "linear-probe":  # the exact fit separates the colours even from 2 images per class
+            assert cell["test_accuracy"] >= 8 / 9
         first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
         start = metrics["setup_seconds"] + metrics["cache_seconds_saved"]
         assert metrics["test"] is None  # train never evaluated the test split; compare did, afterwards
@@ -182,6 +191,7 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
     assert "| linear-probe | own | 2 | 1 |" in summary and "## Recipes" in summary
     assert "| scratch | linear-probe's | 2 | 1 |" in summary
     assert not math.isnan(report["results"][0].test_accuracy)
+    assert [r.test_accuracy for r in report["results"]] == [c["test_accuracy"] for c in saved["cells"]]
 
 
 class SealedLabels(list):
@@ -295,3 +305,23 @@ def test_readme_tables_script_smoke(monkeypatch):
     text = importlib.import_module("compare_tables").main(["--smoke"])
     assert "| 10 | 0.500 (1 seed) | 0.700 (1 seed) | 0.200 (1 seed) | 4.6x [2.0x, never] / > 10.0x |" in text
     assert "differs from the recipe's in 1; seed-0 test accuracy, chosen minus recipe's LR: mean +0.050" in text
+
+
+def test_a_grid_started_with_other_settings_is_not_resumed(tmp_path):
+    """Rerunning compare with the same --out but another --epochs used to mix old and new cells."""
+    cells = grid(["linear-probe"], [10, 30], seeds=1)
+
+    def trainer(cell, run_dir):
+        return CellResult(cell.strategy, cell.per_class, cell.seed, 0.5, 0.5, 1.0, curve((1, 0.5)))
+
+    meta = {"data": "builtin:digits", "model": "efficientnet_lite0", "options": {"epochs": 6, "image_size": 64}}
+    run_grid(cells[:1], tmp_path, trainer, meta)
+    run_grid(cells, tmp_path, trainer, meta)  # same settings: resumes
+    changed = {**meta, "options": {"epochs": 10, "image_size": 64}}
+    with pytest.raises(TransferKitError, match=r"other settings \(epochs: 6 before, 10 now\).*another --out"):
+        run_grid(cells, tmp_path, trainer, changed)
+    with pytest.raises(TransferKitError, match=r"model: 'efficientnet_lite0' before, 'minilm-l6' now"):
+        run_grid(cells, tmp_path, trainer, {**meta, "model": "minilm-l6"})
+    run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "none"})
+    with pytest.raises(TransferKitError, match=r"tune: 'none' before, 'lr' now"):  # the LR search changes cells too
+        run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "lr"})

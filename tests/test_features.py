@@ -15,7 +15,7 @@ import transferkit
 from transferkit.data import build_transforms, load_training_data
 from transferkit.features import cache_key, cached_features
 from transferkit.models import load_model
-from transferkit.training.headfit import fit_linear_head
+from transferkit.training.headfit import L2_GRID, fit_linear_head
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_two_stage_uses_the_exact_fit_then_trains_on_images(class_folder, tiny_o
                                progress=False, **{k: v for k, v in tiny_options.items() if k not in ("epochs",
                                                                                                       "head_epochs")})
     assert [h["inputs"] for h in result.history] == ["exact fit on cached features", "images"]
-    assert result.history[0]["train_exact_fit_l2"] > 0
+    assert result.history[0]["train_exact_fit_l2"] in L2_GRID
 
 
 def test_exact_fit_solves_the_logistic_problem_and_folds_standardisation():
@@ -122,3 +122,81 @@ def test_exact_fit_solves_the_logistic_problem_and_folds_standardisation():
     assert accuracy == pytest.approx(result.val_accuracy) and accuracy > 0.95
     assert result.l2 in [row["l2"] for row in result.grid]
     assert result.val_loss == min(row["val_loss"] for row in result.grid)
+
+
+def test_an_augmented_single_view_is_keyed_on_the_seed(setup):
+    """--cache-views 1 stores one augmented view: another seed draws other crops, so it must not reuse it."""
+    model, data, eval_tf = setup
+    train_tf, _ = build_transforms(model.preprocessing, "light")
+    assert cache_key(model, data.train, train_tf, 1, 0) != cache_key(model, data.train, train_tf, 1, 1)
+    assert cache_key(model, data.train, train_tf, 2, 0) != cache_key(model, data.train, train_tf, 2, 1)
+    # un-augmented features do not depend on the seed: every seed shares them
+    assert cache_key(model, data.train, eval_tf, 1, 0) == cache_key(model, data.train, eval_tf, 1, 7)
+
+
+def test_different_seeds_sharing_a_cache_dir_get_their_own_augmented_view(setup, tmp_path):
+    model, data, _ = setup
+    train_tf, _ = build_transforms(model.preprocessing, "heavy")
+    first = cached_features(model, data.train, train_tf, tmp_path, views=1, seed=0, progress=False)
+    other = cached_features(model, data.train, train_tf, tmp_path, views=1, seed=1, progress=False)
+    assert not other.reused and not np.array_equal(np.asarray(other.features), np.asarray(first.features))
+
+
+@pytest.mark.parametrize("package", ["torch", "torchvision", "timm", "transformers", "pillow"])
+def test_cache_key_changes_with_library_versions(setup, monkeypatch, package):
+    import importlib.metadata
+
+    model, data, eval_tf = setup
+    key = cache_key(model, data.train, eval_tf, 1, 0)
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "99.0" if name.lower() == package else real(name))
+    assert cache_key(model, data.train, eval_tf, 1, 0) != key
+
+
+def _overlapping_classes(n=240, dim=12, classes=3, seed=0):
+    """Three Gaussian classes that overlap (not separable: the L2 optimum is finite and well defined), with a large
+    offset and unequal scales so standardisation matters."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.randn(classes, dim, generator=generator)
+    x = centres[y] + 1.5 * torch.randn(n, dim, generator=generator)
+    return x * torch.linspace(0.5, 20, dim) + 100.0, y
+
+
+@pytest.mark.parametrize("l2, weighted", [(1e-1, False), (1e-3, False), (1e-2, True)])
+def test_exact_fit_matches_scikit_learn_logistic_regression(l2, weighted):
+    """Same problem, reference solver: mean CE + l2/2 ||W||^2 on standardised features (intercept not penalised) is
+    scikit-learn's C * sum CE + 1/2 ||W||^2 divided by C * n, so C = 1 / (l2 * n) — with class weights, n is the sum
+    of the samples' weights. The objective agrees to 1e-5 relative, the probabilities to 2e-3, the labels exactly."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _overlapping_classes()
+    class_weights = torch.tensor([1.0, 2.0, 0.5]) if weighted else None
+    head = nn.Linear(x.shape[1], 3)
+    result = fit_linear_head(head, x, y, x[:30], y[:30], grid=(l2,), class_weights=class_weights, max_iter=500)
+    assert result.converged and result.l2 == l2
+    z = ((x - x.mean(0)) / x.std(0)).double().numpy()
+    sample_weight = class_weights[y].double() if weighted else torch.ones(len(y), dtype=torch.float64)
+    reference = LogisticRegression(C=1.0 / (l2 * float(sample_weight.sum())), tol=1e-12, max_iter=10_000)
+    reference.fit(z, y.numpy(), sample_weight=sample_weight.numpy())
+    logits = torch.from_numpy(z @ reference.coef_.T + reference.intercept_)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    objective = float((sample_weight * ce).sum() / sample_weight.sum() + l2 / 2 * (reference.coef_ ** 2).sum())
+    assert result.objective == pytest.approx(objective, rel=1e-5)
+    with torch.no_grad():
+        ours = head(x).softmax(1).double()
+    theirs = torch.from_numpy(reference.predict_proba(z))
+    assert float((ours - theirs).abs().max()) < 2e-3
+    assert torch.equal(ours.argmax(1), theirs.argmax(1))
+
+
+def test_exact_fit_reports_non_convergence(caplog):
+    x, y = _overlapping_classes()
+    with caplog.at_level("WARNING", logger="transferkit"):
+        stopped = fit_linear_head(nn.Linear(x.shape[1], 3), x, y, x, y, grid=(1e-3,), max_iter=3)
+    assert not stopped.converged and stopped.iterations <= 3 and not stopped.grid[0]["converged"]
+    assert "did not converge for the chosen L2 1e-03" in caplog.text
+    assert f"stopped after {stopped.iterations} iterations" in caplog.text
+    done = fit_linear_head(nn.Linear(x.shape[1], 3), x, y, x, y, grid=(1e-3,), max_iter=500)
+    assert done.converged and done.iterations < 500

@@ -10,28 +10,7 @@ import torch
 from torch import nn
 
 from transferkit.errors import TransferKitError
-from transferkit.models import BUILTIN_MODELS, load_model, parse_source, read_weights_file
-from transferkit.models.packaged import load_packaged_weights
-
-
-def test_packaged_lite0_weights_are_real_imagenet_weights():
-    """The positional rename must load the real weights: the coffee photo is an espresso."""
-    import timm
-    from skimage.data import coffee
-
-    from transferkit.data.images import build_transforms
-
-    builtin = BUILTIN_MODELS["efficientnet_lite0"]
-    model = timm.create_model(builtin.timm_arch, pretrained=False, num_classes=1000).eval()
-    load_packaged_weights(builtin, model)
-    _, transform = build_transforms(builtin.preprocessing, "none")
-    from PIL import Image
-
-    with torch.no_grad():
-        probs = model(transform(Image.fromarray(coffee()))[None]).softmax(1)[0]
-    espresso = 967  # ImageNet-1k class index of "espresso"
-    assert int(probs.argmax()) == espresso
-    assert float(probs[espresso]) > 0.8
+from transferkit.models import load_model, parse_source, read_weights_file
 
 
 def test_builtin_preprocessing_and_head_replacement():
@@ -117,3 +96,66 @@ def test_unknown_models_get_helpful_errors(spec, message):
 def test_offline_pretrained_download_names_the_fix():
     with pytest.raises(TransferKitError, match="--weights FILE.*efficientnet_lite0"):
         load_model("timm:test_resnet.r160_in1k", 3)
+
+
+def _hub_error(cls_name, message, status=404):
+    import httpx2
+    import huggingface_hub.errors as hub_errors
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", "https://huggingface.co/api/models/timm/x"))
+    return getattr(hub_errors, cls_name)(message, response=response)
+
+
+def _offline_error():
+    import huggingface_hub.errors as hub_errors
+
+    try:
+        try:
+            raise hub_errors.OfflineModeIsEnabled("Cannot reach https://huggingface.co/timm/x: offline mode is on.")
+        except hub_errors.OfflineModeIsEnabled as cause:
+            raise hub_errors.LocalEntryNotFoundError("An error happened while trying to locate the file on the Hub "
+                                                     "and we cannot find the requested files in the local cache.") \
+                from cause
+    except hub_errors.LocalEntryNotFoundError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("make_error, expected, absent", [
+    (_offline_error, r"offline \(OfflineModeIsEnabled: Cannot reach https://huggingface.co/timm/x: offline mode",
+     "not found ("),
+    (lambda: _hub_error("RepositoryNotFoundError", "404 Client Error. Repository Not Found for url: x.\nmore"),
+     r"not found \(RepositoryNotFoundError: 404 Client Error\. Repository Not Found for url: x\.\)", "offline ("),
+    (lambda: RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory\nmore"),
+     r"failed \(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory\)",
+     "offline ("),
+])
+def test_timm_weight_errors_report_their_real_cause(monkeypatch, make_error, expected, absent):
+    import timm
+
+    def fail(*args, **kwargs):
+        raise make_error()
+
+    monkeypatch.setattr(timm, "create_model", fail)
+    with pytest.raises(TransferKitError, match=expected) as info:
+        load_model("timm:test_resnet.r160_in1k", 3)
+    message = str(info.value)
+    assert absent not in message and "\n" not in message and "Fix:" in message
+
+
+@pytest.mark.parametrize("error, expected", [
+    (lambda: __import__("urllib.error").error.URLError(OSError(-2, "Name or service not known")),
+     r"offline \(OSError: \[Errno -2\] Name or service not known\)"),
+    (lambda: __import__("urllib.error").error.HTTPError("https://download.pytorch.org/x.pth", 404, "Not Found", {},
+                                                         None), r"not found \(HTTPError: HTTP Error 404: Not Found\)"),
+    (lambda: RuntimeError("invalid hash value (expected \"f37072fd\", got \"00000000\")"),
+     r"failed \(RuntimeError: invalid hash value"),
+])
+def test_torchvision_weight_errors_report_their_real_cause(monkeypatch, error, expected):
+    import torchvision
+
+    def fail(*args, **kwargs):
+        raise error()
+
+    monkeypatch.setattr(torchvision.models, "get_model", fail)
+    with pytest.raises(TransferKitError, match=expected):
+        load_model("torchvision:resnet18", 3)

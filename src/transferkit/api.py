@@ -4,6 +4,11 @@ it would do.
 Order of work: validate everything (configuration, data, model) before the run folder exists, then train, then
 write the final weights and ``transferkit.json`` last. A failure before the first checkpoint removes the new
 folder; a failure after it leaves a resumable run (``--resume``).
+
+Under ``torchrun`` / ``accelerate launch`` every process runs this same function as one
+:class:`~transferkit.distributed.World`: rank 0 names the run folder and is its only writer; the checks run in
+every process and a failure in any of them stops all; caches are built by one process and read by the others;
+the test set is split among the processes and gathered.
 """
 
 from __future__ import annotations
@@ -16,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from accelerate.utils import set_seed
 
-from . import prepare
+from . import distributed, prepare
 from .cache import CacheUse
 from .data.checks import check_normalization
 from .data.samples import SplitData
 from .data.splits import take_per_class
 from .errors import TransferKitError
 from .evaluate import compute_metrics
+from .features import weights_fingerprint
 from .options import TrainConfig, check_names, load_recipe, merge_options, train_option_names
 from .plan import Plan, make_plan
 from .predict import TrainedModel
@@ -80,49 +85,52 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     """
     _console_logging()
     run_config, run = _resolve(data, resume, config, options)
-    started = time.perf_counter()
-    set_seed(run_config.seed)
-    split = prepare.load_data(run_config)
-    model = prepare.load_run_model(run_config, len(split.classes))
-    run_plan = make_plan(model, run_config)
-    logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
-                split.unit, len(split.classes))
-    logger.info("%s", run_plan)
+    world = distributed.join(cpu=run_config.cpu)
+    progress = progress and world.is_main
+    with world.together():  # a failure in any process stops every process, with its one-line message
+        return _train(run_config, run, world, resume is not None, callbacks, progress)
 
-    start_phase = 0
-    if resume is None:
-        run.create(run_config, run_config.overwrite)
-    else:
-        state = run.checkpoint_state()
-        start_phase = state["phase_index"]
+
+def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, resumed: bool,
+           callbacks: Sequence[Callback], progress: bool) -> TrainResult:
+    started = time.perf_counter()
+    if not resumed:
+        run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
+    run = RunFolder(run_config.out if not resumed else run.path, main_process=world.is_main)
+    split, model, run_plan, state = world.agreed(_validated, run_config, run, world, resumed)
+    start_phase = state["phase_index"] if state else 0
+    if resumed:
         run.rewrite_metrics(state["history"])
+    else:
+        run.create(run_config, run_config.overwrite)
     try:
         cache_use = CacheUse()
         cache_dir = Path(run_config.cache_dir) if run_config.cache_dir else run.path / "feature-cache"
-        features = prepare.head_features(model, split, run_config, run_plan, start_phase, cache_dir, progress,
-                                         cache_use)
-        train_loader, val_loader = prepare.loaders(split, model, run_config, run_plan, start_phase, cache_dir,
-                                                   progress, cache_use)
-        if not model.is_text:
+        features, (train_loader, val_loader) = world.first_on_each_file_system(lambda: (
+            prepare.head_features(model, split, run_config, run_plan, start_phase, cache_dir, progress, cache_use,
+                                  world),
+            prepare.loaders(split, model, run_config, run_plan, start_phase, cache_dir, progress, cache_use, world)))
+        if not model.is_text and world.is_main:
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         result = fit(model, train_loader, val_loader, run_plan.phases,
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
-                     resume=resume is not None, callbacks=[_MetricsWriter(run), *callbacks], features=features)
+                     resume=resumed, callbacks=[_MetricsWriter(run), *callbacks], features=features, world=world)
     except BaseException:
-        if resume is None:
+        if not resumed:
             run.discard_if_unstarted()
         raise
 
     run.save_model(model)
     trained = TrainedModel(model, split.classes)
-    test = _test_metrics(trained, split, run_config) if run_config.evaluate_test else None
+    test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
     seconds = setup_seconds + result.seconds
     info = run.finish(model=model, data=split, config=run_config, plan=run_plan, result=result, test=test,
                       timings={"seconds": seconds, "setup_seconds": setup_seconds, "fit_seconds": result.seconds,
                                "cache_seconds_built": cache_use.built_seconds,
-                               "cache_seconds_saved": cache_use.saved_seconds})
+                               "cache_seconds_saved": cache_use.saved_seconds},
+                      distributed=_processes_report(world, run_plan, model, cache_use))
     logger.info("Done: best epoch %d of %d, val accuracy %.4f%s, %.1f s — %s", result.best_epoch, len(result.history),
                 result.best_val_accuracy, f", test accuracy {test['accuracy']:.4f}" if test else "", seconds, run.path)
     return TrainResult(run.path, result.best_epoch, result.best_val_accuracy, seconds, result.history, test,
@@ -130,14 +138,54 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
                        cache_use.saved_seconds)
 
 
+def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
+               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None]:
+    """Everything checked before the run folder is written, in every process: the folder, the batch split, the
+    data, the model and the plan; returns them with the checkpoint's state of a resumed run."""
+    state = None
+    if resumed:
+        state = run.checkpoint_state()  # every process reads the checkpoint: the run folder must be visible to all
+        world.check_batch_size(config.batch_size, resumed=True)
+        if state.get("processes", 1) != world.size:
+            logger.info("Resuming a run started with %d process(es) on %d: the global batch stays %d (%d per "
+                        "process), so the data order and the LR schedule continue unchanged.",
+                        state.get("processes", 1), world.size, config.batch_size, config.batch_size // world.size)
+    else:
+        run.check_new(config.overwrite)
+        world.check_batch_size(config.batch_size)
+    set_seed(config.seed)
+    split = prepare.load_data(config)
+    model = prepare.load_run_model(config, len(split.classes))
+    run_plan = make_plan(model, config, processes=world.size)
+    logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
+                split.unit, len(split.classes))
+    logger.info("%s", run_plan)
+    return split, model, run_plan, state
+
+
+def _processes_report(world: distributed.World, run_plan: Plan, model: Any, use: CacheUse) -> dict[str, Any]:
+    """What ``transferkit.json`` says about the processes: the batch split, what each process built, and a
+    fingerprint of each one's final weights (equal when they stayed in step)."""
+    fingerprint = weights_fingerprint(model)[:16] if world.size > 1 else None
+    per_process = world.gather({"cache_entries_built": use.built, "cache_entries_reused": use.reused,
+                                "weights_sha256": fingerprint})
+    if len({p["weights_sha256"] for p in per_process}) > 1:
+        logger.error("The processes ended with different weights (%s): please report this.",
+                     ", ".join(p["weights_sha256"] for p in per_process))
+    exact = any(p.runs_on == "exact-fit" for p in run_plan.phases) and world.size > 1
+    return {**run_plan.distribution, **({"exact_head_fit": "fitted once by process 0, sent to the others"}
+                                        if exact else {}), "per_process": per_process}
+
+
 def plan(data: str | Path | None = None, *, num_classes: int | None = None, config: str | Path | None = None,
-         **options: Any) -> Plan:
+         processes: int | None = None, **options: Any) -> Plan:
     """What :func:`train` would do with these options, without training or downloading anything.
 
     Args:
         data: training data, used only to count the classes (optional).
         num_classes: the number of classes when ``data`` is not given (default 10).
         config: a recipe file (YAML or TOML); ``options`` override it.
+        processes: plan for this many processes (default: this launch's, 1 outside ``torchrun``).
         **options: any :class:`TrainConfig` field.
     """
     check_names(options, TrainConfig)
@@ -150,7 +198,9 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, conf
     model = prepare.load_run_model(run_config, num_classes or 10, pretrained=False)
     scratch = not uses_pretrained_weights(run_config.strategy)
     model.spec.weights = "random" if scratch else (run_config.weights or "pre-trained")  # what training would load
-    return make_plan(model, run_config)
+    processes = processes or distributed.launched_processes()
+    distributed.World(size=processes).check_batch_size(run_config.batch_size)
+    return make_plan(model, run_config, processes=processes)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -170,27 +220,37 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
             raise TransferKitError(f"{run.path} has no checkpoint (it stopped before the first epoch ended). "
                                    f"Fix: start again with --overwrite --out {run.path}.")
         known = set(train_option_names())  # a run made by another version may hold names this one lacks
-        return TrainConfig.from_options({k: v for k, v in saved.items() if k in known}), run
+        dropped = sorted(set(saved) - known - {"out", "overwrite"})
+        if dropped:
+            logger.warning("%s: ignoring saved option(s) this transferkit does not know: %s", run.path,
+                           ", ".join(dropped))
+        try:
+            return TrainConfig.from_options({k: v for k, v in saved.items() if k in known}), run
+        except TransferKitError as exc:
+            raise TransferKitError(f"The saved configuration of {run.path} is not valid: {exc} Fix: restore the "
+                                   "file from the interrupted run, or start again with --overwrite --out "
+                                   f"{run.path}.") from exc
     run_config = TrainConfig.from_options(merge_options(load_recipe(config) if config else {},
                                                         {**options, "data": None if data is None else str(data)}))
     if run_config.out is None:
         short = run_config.model.split(":")[-1].split("/")[-1]
         run_config.out = str(Path("runs") / f"{short}-{run_config.strategy}-{time.strftime('%Y%m%d-%H%M%S')}")
-    run = RunFolder(run_config.out)
-    run.check_new(run_config.overwrite)
-    return run_config, run
+    return run_config, RunFolder(run_config.out)  # checked (RunFolder.check_new) once every process has joined
 
 
-def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig) -> dict[str, Any] | None:
+def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
+                  world: distributed.World) -> dict[str, Any] | None:
+    """Test metrics; each process predicts its share of the test set, and the shares are gathered in order."""
     if data.test is None or len(data.test) == 0:
         return None
     test = data.test
     if config.test_per_class is not None:
         test, _ = take_per_class(test, config.test_per_class, seed=0)
-    if torch.cuda.is_available() and not config.cpu:
-        trained.model.cuda()
-    probabilities = trained._probabilities(test.items, batch_size=max(64, config.batch_size))
+    trained.model.to(world.device)
+    share = world.share(len(test))
+    probabilities = trained._probabilities([test.items[i] for i in share], batch_size=max(64, config.batch_size))
     trained.model.cpu()
+    probabilities = np.concatenate(world.gather(probabilities))
     return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
 
 
@@ -215,4 +275,4 @@ def _console_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
-        package.setLevel(logging.INFO)
+        package.setLevel(logging.INFO if distributed.is_main_process() else logging.WARNING)  # one voice per job

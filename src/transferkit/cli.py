@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import options as schema
+from .distributed import is_main_process, leave
 from .errors import TransferKitError
 
 app = typer.Typer(
@@ -113,6 +114,18 @@ def _flag(values: dict[str, Any], name: str) -> bool:
     return bool(values.get(name))
 
 
+def _settings(values: dict[str, Any], section: type) -> dict[str, Any]:
+    """Every field of ``section``: the given value, else the schema's default; checked, and required ones present."""
+    settings = {}
+    for f in dataclasses.fields(section):
+        value = values.get(f.name)
+        if value is None and f.default is dataclasses.MISSING:
+            raise TransferKitError(f"Missing --{f.name.replace('_', '-')}. Fix: pass it (see --help).")
+        settings[f.name] = value if value is not None else f.default
+    schema.check_values(settings, section)
+    return settings
+
+
 # --- train, plan ---------------------------------------------------------------------------------------
 
 
@@ -126,7 +139,9 @@ def train(**values: Any) -> None:
     given, recipe, resume = _given(values, schema.TrainConfig), values.get("config"), values.get("resume")
     if values.get("dry_run"):
         given.pop("out", None)
-        print(api.plan(given.pop("data", None), config=recipe, **given))
+        plan_text = str(api.plan(given.pop("data", None), config=recipe, **given))
+        if is_main_process():
+            print(plan_text)
         return
     try:
         result = api.train(given.pop("data", None), resume=resume, config=recipe, progress=not quiet,
@@ -136,6 +151,9 @@ def train(**values: Any) -> None:
         console.print(f"[yellow]Interrupted.[/] Continue with: transferkit train --resume {run}" if run else
                       "[yellow]Interrupted.[/] Continue with --resume <run folder> (see the runs/ folder).")
         raise typer.Exit(130) from None
+    leave()  # the distributed job's process group, if this command joined one
+    if not is_main_process():  # one report per job: the process that wrote the run folder prints it
+        return
     table = Table(title=f"transferkit: {result.run_dir}", show_header=False)
     table.add_row("data", result.data_description)
     table.add_row("best epoch", f"{result.best_epoch} of {len(result.history)}")
@@ -158,7 +176,7 @@ def plan(**values: Any) -> None:
     _setup_logging(quiet=True)
     given = _given(values, schema.TrainConfig)
     result = api.plan(given.pop("data", None), num_classes=values.get("num_classes") or 10,
-                      config=values.get("config"), **given)
+                      config=values.get("config"), processes=values.get("processes"), **given)
     print(json.dumps(result.to_dict()) if _flag(values, "as_json") else result)
 
 
@@ -175,19 +193,18 @@ def evaluate(**values: Any) -> None:
     run, data, as_json = values["run"], values.get("data"), _flag(values, "as_json")
     _setup_logging(quiet=as_json)
     model = load(run)
-    if data is None:
-        data = model.info.get("config", {}).get("data", "")
-        if not data.startswith("builtin:") and not (Path(data) / "test").is_dir():
-            raise TransferKitError(f"The run's data ({data}) has no test split. Fix: pass --data with labelled "
-                                   "images to evaluate on.")
     metrics = model.evaluate(data, batch_size=values.get("batch_size") or 64,
                              skip_bad_images=_flag(values, "skip_bad_images"))
     png = values.get("png")
     png_path = save_confusion_png(metrics, Path(png) if png else Path(run) / "confusion_matrix.png")
+    if metrics["seen_in_training"]:
+        console.print(f"[bold yellow]warning:[/] this is the {metrics['split']} split of the run's own training "
+                      "data: the run saw it (validation chose the best epoch), so the score is optimistic. Pass "
+                      "--data with held-out examples.", highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps({**metrics, "data": str(data), "run": str(run), "confusion_matrix_png": str(png_path)}))
+        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path)}))
         return
-    out.print(f"[bold]{run}[/] on {data}")
+    out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
     print(format_report(metrics))
     out.print(f"confusion matrix image: {png_path}")
 
@@ -250,9 +267,7 @@ def demo(**values: Any) -> None:
     """Offline demo: from scratch vs linear probe vs two-stage on Fashion-MNIST with EfficientNet-Lite0."""
     from .demo import run_demo
 
-    schema.check_values(values, schema.DemoOptions)
-    settings = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
-                for f in dataclasses.fields(schema.DemoOptions)}
+    settings = _settings(values, schema.DemoOptions)
     _setup_logging(quiet=False)
     rows = run_demo(Path(settings["out"]), per_class=settings["per_class"], image_size=settings["image_size"],
                     epochs=settings["epochs"])
@@ -277,9 +292,7 @@ def compare(**values: Any) -> None:
     from .experiments.compare import compare as run_compare
 
     _setup_logging(quiet=False)
-    grid = {f.name: values.get(f.name) if values.get(f.name) is not None else f.default
-            for f in dataclasses.fields(schema.CompareOptions)}
-    schema.check_values(grid, schema.CompareOptions)
+    grid = _settings(values, schema.CompareOptions)
     train_options = {k: v for k, v in _given(values, schema.TrainConfig).items() if k not in schema.COMPARE_OWNS}
     data = train_options.pop("data", None)
     if data is None:
@@ -289,6 +302,9 @@ def compare(**values: Any) -> None:
                          per_class=_int_list("per_class", grid["per_class"]), seeds=grid["seeds"],
                          scratch_per_class=_int_list("scratch_per_class", grid["scratch_per_class"]),
                          out=grid["out"], recipes=grid["recipes"], tune=grid["tune"], **train_options)
+    leave()
+    if not is_main_process():
+        return
     print((Path(report["out"]) / "summary.md").read_text(encoding="utf-8"))
     print(f"report: {Path(report['out']) / 'report.html'}")
 
@@ -334,6 +350,40 @@ def advise(**values: Any) -> None:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
+@command("export", schema.ExportOptions)
+def export(**values: Any) -> None:
+    """Export a run (ONNX, torch.export or a Hugging Face folder), verified against the PyTorch model."""
+    from .export import export as run_export
+
+    settings = _settings(values, schema.ExportOptions)
+    _setup_logging(quiet=True)
+    result = run_export(settings["run"], settings["format"], settings["out"],
+                        include_preprocessing=settings["include_preprocessing"], opset=settings["opset"],
+                        tolerance=settings["tolerance"], overwrite=settings["overwrite"])
+    check = result.verification
+    print(f"exported: {result.path}")
+    print(f"sidecar: {result.sidecar}")
+    print(f"verified: max probability difference {check['max_abs_diff_probabilities']:.1e} (tolerance "
+          f"{check['tolerance']:.0e}) on {check['samples']} samples, top-1 agreement {check['top1_agreement']:.0%}")
+
+
+@command("serve", schema.ServeOptions)
+def serve(**values: Any) -> None:
+    """Serve predictions over HTTP: POST /predict, GET /health, GET /info."""
+    from .serve import ServeConfig
+    from .serve import serve as run_serve
+
+    settings = _settings(values, schema.ServeOptions)
+    _setup_logging(quiet=False)
+    config = ServeConfig(max_batch_size=settings["max_batch_size"], max_wait_ms=settings["max_wait_ms"],
+                         max_queue=settings["max_queue"],
+                         max_request_bytes=int(settings["max_request_mb"] * 1024 * 1024),
+                         max_inputs=settings["max_inputs"], max_image_pixels=settings["max_image_pixels"],
+                         timeout_s=settings["timeout"], top_k=settings["top_k"], api_key=settings["api_key"])
+    run_serve(settings["source"], host=settings["host"], port=settings["port"], config=config,
+              threads=settings["threads"])
+
+
 def _int_list(name: str, text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -348,7 +398,7 @@ def _setup_logging(quiet: bool) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         package.addHandler(handler)
-    package.setLevel(logging.WARNING if quiet else logging.INFO)
+    package.setLevel(logging.WARNING if quiet or not is_main_process() else logging.INFO)  # one voice per job
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -5,15 +5,20 @@ every epoch would push the same images through the same network. Instead the poo
 computed once, stored as float16 ``.npy`` files (memory-mapped on reuse) and the head trains on them.
 
 The cache key covers everything the features depend on — the model source and a hash of the
-backbone's weights, the preprocessing and transform, the dataset (file names, sizes and mtimes, or the
-bytes of in-memory images, and the labels) and the number of augmented views — so a changed dataset,
-model or preprocessing never reuses a stale cache. Entries are written to a temporary folder and
+backbone's weights, the preprocessing and transform, the tokenizer's contents (vocabulary, normaliser,
+special tokens) for language models, the dataset (file names, sizes and mtimes, or the bytes of in-memory
+images, and the labels), the number of views, the seed whenever the transform is random (an augmented
+view of seed 1 is not seed 0's), and the versions of the libraries that compute them (torch,
+torchvision, timm, Pillow, transformers, tokenizers) — so a changed dataset, model, preprocessing,
+tokenizer, seed or library never reuses a stale cache. Entries are written to a temporary folder and
 renamed into place (see :mod:`transferkit.cache`), so an interrupted write leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,17 +26,28 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import send_to_device
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
 from .data.images import ImageDataset
 from .data.samples import Samples
+from .data.sampling import SeededShuffle
+from .distributed import ShardedBatches, share_of
 from .models.model import TransferModel
+from .seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 3  # 3: augmented views seeded by derive_seed(seed, "view", v); full keys
+# Libraries whose versions can change the features (kernels, resampling filters, tokenisation).
+FEATURE_LIBRARIES = ("torch", "torchvision", "timm", "pillow", "transformers", "tokenizers")
+# Transforms that give the same output every call; anything else (unknown ones included) counts as random.
+DETERMINISTIC_TRANSFORMS = {"Compose", "Resize", "CenterCrop", "ToImage", "ToDtype", "Normalize", "PILToTensor",
+                            "ToTensor", "ToPureTensor", "ConvertImageDtype", "Grayscale", "Pad"}
+# Tokenizer settings that name files or hold per-call state rather than change what a text becomes.
+_TOKENIZER_STATE = {"name_or_path", "is_local", "local_files_only", "_commit_hash", "cache_dir", "max_length",
+                    "stride", "truncation_strategy", "pad_to_multiple_of"}
 
 
 @dataclass
@@ -59,16 +75,65 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`FEATURE_LIBRARIES` (``absent`` for one that is not installed)."""
+    found = {}
+    for name in FEATURE_LIBRARIES:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def is_random_transform(transform: object) -> bool:
+    """Whether ``transform`` can give different outputs for the same input (an augmentation).
+
+    Compositions are searched; flips with ``p`` of 0 or 1 are deterministic; a transform not known to be
+    deterministic counts as random, so its features are keyed on the seed (a cache miss, never a stale hit).
+    """
+    if transform is None:
+        return False
+    name = type(transform).__name__
+    if name == "Compose":
+        return any(is_random_transform(t) for t in transform.transforms)
+    if name in ("RandomHorizontalFlip", "RandomVerticalFlip"):
+        return getattr(transform, "p", 0.5) not in (0.0, 1.0)
+    return name not in DETERMINISTIC_TRANSFORMS
+
+
+def tokenizer_fingerprint(tokenizer: object) -> str | None:
+    """SHA-256 of what a tokenizer does to text: its serialised pipeline (vocabulary, normaliser, pre-tokeniser,
+    post-processor, added tokens) or, for a tokenizer without one, its vocabulary; plus its class and settings.
+    Per-call truncation and padding state and file paths are left out, so using a tokenizer keeps its key."""
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+    else:
+        pipeline = sorted(tokenizer.get_vocab().items())
+    settings = {k: v for k, v in getattr(tokenizer, "init_kwargs", {}).items()
+                if k not in _TOKENIZER_STATE and not k.endswith("_file")}
+    text = json.dumps([type(tokenizer).__name__, pipeline, settings], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def cache_key(model: TransferModel, samples: Samples, transform: object, views: int, seed: int) -> str:
+    """The key of the features of ``samples``: everything they depend on (see the module docstring)."""
     return key_of({
         "format": FORMAT,
         "model": [model.spec.kind, model.spec.name],
         "weights": weights_fingerprint(model.backbone),
         "preprocessing": model.preprocessing.to_dict(),
+        "tokenizer": tokenizer_fingerprint(getattr(model, "tokenizer", None)),
         "transform": repr(transform),
         "data": dataset_fingerprint(samples),
         "views": views,
-        "seed": seed if views > 1 else None,
+        "seed": seed if is_random_transform(transform) else None,
+        "libraries": library_versions(),
     })
 
 
@@ -91,7 +156,7 @@ def extract_features(model: TransferModel, samples: Samples, transform: object, 
     out = np.empty((views, len(samples), model.head_config.num_features), dtype=np.float16)
     try:
         for view in range(views):
-            torch.manual_seed(seed + 7919 * view)  # each augmented view is reproducible
+            torch.manual_seed(derive_seed(seed, "view", view))  # each augmented view is reproducible
             start = 0
             desc = f"caching {label} features" + (f" (view {view + 1}/{views})" if views > 1 else "")
             for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
@@ -133,7 +198,8 @@ class FeatureDataset(Dataset):
     def __len__(self) -> int:
         return self.cached.features.shape[1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index = key[0] if isinstance(key, tuple) else key  # features are not augmented: the item seed is unused
         row = np.asarray(self.cached.features[self.view, index], dtype=np.float32)
         return torch.from_numpy(row), int(self.cached.labels[index])
 
@@ -146,19 +212,28 @@ class FeatureDataset(Dataset):
 @dataclass(frozen=True)
 class HeadFeatures:
     """Cached train and validation features for the head-only phases of a run. Epoch ``e`` trains on the
-    cached view ``e mod views``."""
+    cached view ``e mod views``. With several processes, process ``rank`` gets its part of every batch and its
+    share of the validation features (see :mod:`transferkit.distributed`)."""
 
     train: CachedFeatures
     val: CachedFeatures
     batch_size: int
     drop_last: bool
+    rank: int = 0
+    processes: int = 1
 
     def train_loader(self, epoch: int) -> DataLoader:
-        return DataLoader(FeatureDataset(self.train, epoch), batch_size=self.batch_size, shuffle=True,
-                          drop_last=self.drop_last)
+        """The same order of examples as the image loader draws for this epoch (:class:`SeededShuffle`), each global
+        batch sliced for this process."""
+        dataset = FeatureDataset(self.train, epoch)
+        batches = BatchSampler(SeededShuffle(len(dataset)), self.batch_size, drop_last=self.drop_last)
+        return DataLoader(dataset, batch_sampler=ShardedBatches(batches, self.rank, self.processes),
+                          generator=torch.Generator().manual_seed(0))
 
     def val_loader(self) -> DataLoader:
-        return DataLoader(FeatureDataset(self.val), batch_size=max(self.batch_size, 256), shuffle=False)
+        share = share_of(len(FeatureDataset(self.val)), self.rank, self.processes)
+        return DataLoader(Subset(FeatureDataset(self.val), share), batch_size=max(self.batch_size, 256), shuffle=False,
+                          generator=torch.Generator().manual_seed(0))
 
     def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((x_train, y_train), (x_val, y_val)) of the first view, float32 (for the exact head fit)."""

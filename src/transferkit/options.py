@@ -195,7 +195,8 @@ class StrategyOptions:
     l2_sp: float = option(0.0, "L2-SP strength: pull pre-trained weights towards their starting values (0: off), "
                                "e.g. 0.01.", flags=("--l2-sp",),
                           check=lambda n, v: non_negative_float(n, v, "0.01"))
-    batch_size: int = option(32, "Examples per batch.", check=positive)
+    batch_size: int = option(32, "Examples per optimisation step, in total: several processes (torchrun) split "
+                                 "each batch evenly.", check=positive)
     augment: str = option("light", "Augmentation: none, light (flip, random resized crop), heavy (plus colour "
                                    "jitter, rotation, RandAugment).", check=check_augment)
     label_smoothing: float = option(0.0, "Label smoothing for the cross-entropy loss.",
@@ -212,7 +213,8 @@ class StrategyOptions:
                                            "and epochs in its warm-up never count (0: off, --patience alone), "
                                            "e.g. 0.2.",
                                       check=lambda n, v: check_range(n, v, 0, 1, example=0.2))
-    seed: int = option(0, "Seed for splits, initialisation and data order.")
+    seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
+                          "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 
 
 @dataclass
@@ -401,6 +403,8 @@ class PlanOptions:
     PANEL: ClassVar[str] = "Plan"
 
     num_classes: int = option(10, "Classes of the task when --data is not given.", check=positive)
+    processes: int | None = option(None, "Plan for N processes sharing each batch (torchrun --nproc-per-node N).",
+                                   default_text="this launch's, 1 outside torchrun", check=positive_or_none)
     as_json: bool = json_flag()
 
 
@@ -489,6 +493,53 @@ class DemoOptions:
     per_class: int = option(30, "Training images per class.", check=positive)
     image_size: int = option(96, "Input size in pixels.", check=positive)
     epochs: int = option(8, "Epochs per run.", check=positive)
+
+
+@dataclass
+class ExportOptions:
+    PANEL: ClassVar[str] = "Export"
+
+    run: str = option(help="A finished run folder.", argument=True)
+    format: str = option(help="onnx (onnxruntime), pt2 (torch.export program) or hf (a Hugging Face folder for "
+                              "AutoModelForSequenceClassification; text runs with cls pooling).",
+                         check=lambda n, v: check_choice(n, v, ("onnx", "pt2", "hf"), "Pass --format onnx."))
+    out: str = option(help="The output file (onnx, pt2) or folder (hf); a JSON sidecar with labels, preprocessing "
+                           "and the verification goes beside it.")
+    include_preprocessing: bool = option(False, "Images: the graph takes uint8 NCHW images at the model's input "
+                                                "size and scales and normalises them itself (resize and crop stay "
+                                                "outside).")
+    opset: int = option(18, "ONNX opset.", check=positive)
+    tolerance: float = option(1e-4, "Largest difference in class probabilities between the export and the PyTorch "
+                                    "model that the check accepts.",
+                              check=lambda n, v: check_range(n, v, 0, 1, low_open=True, example="1e-4"))
+    overwrite: bool = option(False, "Replace an existing output.")
+
+
+@dataclass
+class ServeOptions:
+    PANEL: ClassVar[str] = "Serve"
+
+    source: str = option(help="A finished run folder (PyTorch) or an exported .onnx file with its sidecar "
+                              "(onnxruntime).", argument=True)
+    host: str = option("127.0.0.1", "Interface to listen on (0.0.0.0: all, e.g. in a container).")
+    port: int = option(8000, "TCP port.", check=lambda n, v: check_int(n, v, 1, example=8000))
+    max_batch_size: int = option(16, "Dynamic batching: most inputs per model call (1: off).", check=positive)
+    max_wait_ms: float = option(5.0, "Dynamic batching: how long a batch waits for more inputs.",
+                                check=non_negative_float)
+    max_queue: int = option(256, "Most inputs waiting for the model; beyond it requests get 503.", check=positive)
+    max_request_mb: float = option(16.0, "Largest request body in MB (413 beyond).",
+                                   check=lambda n, v: check_range(n, v, 0, 1e6, low_open=True, example=16))
+    max_inputs: int = option(64, "Most images or texts in one request (413 beyond).", check=positive)
+    max_image_pixels: int = option(40_000_000, "Largest image, width x height (413 beyond: decompression bombs).",
+                                   check=positive)
+    timeout: float = option(30.0, "Seconds a request may take (408 reading, 504 predicting).",
+                            check=lambda n, v: check_range(n, v, 0, 1e6, low_open=True, example=30))
+    top_k: int = option(3, "Labels per prediction when the request does not say.", check=positive)
+    api_key: str | None = option(None, "Require this key ('X-API-Key: KEY' or 'Authorization: Bearer KEY') on "
+                                       "/predict and /info.",
+                                 default_text="the TRANSFERKIT_API_KEY environment variable, else none")
+    threads: int | None = option(None, "Inference threads.", default_text="the runtime's",
+                                 check=positive_or_none)
 
 
 @dataclass

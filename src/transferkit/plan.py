@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from .models.groups import LayerGroup
 from .models.model import TransferModel
 from .options import parse_lrs
@@ -35,15 +37,40 @@ class Plan:
     bn_chosen_by_auto: bool
     warmup: float
     notes: tuple[str, ...] = ()
+    batch_size: int = 32
+    processes: int = 1
+    sync_bn: bool = False
 
     @classmethod
     def build(cls, model: TransferModel, groups: list[LayerGroup], phases: list[Phase], bn: str,
-              bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = ()) -> Plan:
+              bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = (), batch_size: int = 32,
+              processes: int = 1, sync_bn: bool = False) -> Plan:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
         return cls(model=f"{model.spec.spec} ({model.spec.weights} weights)", head=model.describe_head(),
                    preprocessing=model.preprocessing.describe(),
                    groups=[(g.name, sum(sizes[n] for n in g.param_names)) for g in groups], phases=list(phases),
-                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes)
+                   bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes, batch_size=batch_size,
+                   processes=processes, sync_bn=sync_bn)
+
+    @property
+    def distribution(self) -> dict[str, Any]:
+        """How the run is spread over processes: the global batch, each process's part, and what that means for
+        learning rates and BatchNorm (``transferkit.json`` keeps it)."""
+        statistics = ("n/a (no phase trains BatchNorm statistics)" if self.bn != "train" or self.processes == 1 else
+                      "SyncBatchNorm: over the global batch" if self.sync_bn else
+                      f"per process: over its {self.batch_size // self.processes} samples, running statistics those "
+                      "of process 0 (SyncBatchNorm needs GPUs)")
+        return {"processes": self.processes, "global_batch": self.batch_size,
+                "per_process_batch": self.batch_size // self.processes, "lr_scaling": "none",
+                "batchnorm_statistics": statistics}
+
+    def describe_batch(self) -> str:
+        if self.processes == 1:
+            return f"Batch: {self.batch_size} per step (1 process)"
+        d = self.distribution
+        text = (f"Batch: {self.batch_size} per step in total — {self.processes} processes x {d['per_process_batch']}; "
+                "the learning rates below apply to this global batch, unscaled")
+        return text + (f". BatchNorm statistics {d['batchnorm_statistics']}" if self.bn == "train" else "")
 
     def needs_features(self, start: int = 0) -> bool:
         """Whether a phase from ``start`` on runs on cached backbone features (exact fit included)."""
@@ -57,13 +84,13 @@ class Plan:
         return {"model": self.model, "head": self.head, "preprocessing": self.preprocessing,
                 "groups": [{"name": n, "params": c} for n, c in self.groups],
                 "phases": [p.to_dict() for p in self.phases], "bn": self.bn, "warmup": self.warmup,
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "distributed": self.distribution}
 
     def __str__(self) -> str:
         width = max(len(n) for n, _ in self.groups) + 2
         lines = [f"Model: {self.model}", self.head, f"Preprocessing: {self.preprocessing}",
                  f"BatchNorm: {self.bn}{' (chosen by --bn auto)' if self.bn_chosen_by_auto else ''} — "
-                 f"{BN_POLICIES[self.bn]}", "", "Layer groups (input → output):",
+                 f"{BN_POLICIES[self.bn]}", self.describe_batch(), "", "Layer groups (input → output):",
                  f"  {'#':>3}  {'group':<{width}}{'params':>12}"]
         for i, (name, count) in enumerate(self.groups):
             lines.append(f"  {i:>3}  {name:<{width}}{count:>12,}")
@@ -86,8 +113,9 @@ class Plan:
         return "\n".join(lines)
 
 
-def make_plan(model: TransferModel, config: TrainConfig) -> Plan:
-    """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs."""
+def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> Plan:
+    """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs, for
+    ``processes`` processes sharing each (global) batch of ``config.batch_size``."""
     groups = model.layer_groups(config.groups)
     lr = config.lr if config.lr is not None else default_lr(config.strategy, model.is_text)
     phases = build_phases(config.strategy, groups, epochs=config.epochs, head_epochs=config.head_epochs,
@@ -98,7 +126,9 @@ def make_plan(model: TransferModel, config: TrainConfig) -> Plan:
                                  head_fit=config.head_fit, cache_views=config.cache_views,
                                  linear_head=model.linear_head() is not None)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size)
-    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes)
+    sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
+    return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes,
+                      batch_size=config.batch_size, processes=processes, sync_bn=sync_bn)
 
 
 def place_phases(phases: list[Phase], head: str, *, feature_cache: str, head_fit: str, cache_views: int,

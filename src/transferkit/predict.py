@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +13,16 @@ import torch
 from PIL import Image
 
 from .data.images import IMAGE_EXTENSIONS, build_transforms, open_image
-from .data.samples import Samples
-from .data.sources import load_eval_data
+from .data.samples import EvalData, Samples
+from .data.sources import eval_split
 from .errors import TransferKitError
 from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
 from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
 from .training.checkpoint import load_weights
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,21 +75,43 @@ class TrainedModel:
             results.append(Prediction(name, top[0][0], top[0][1], top))
         return results
 
-    def evaluate(self, data: str | Path | Samples, batch_size: int = 64,
+    def evaluate(self, data: str | Path | Samples | None = None, batch_size: int = 64,
                  skip_bad_images: bool = False) -> dict[str, Any]:
-        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data."""
+        """Accuracy, macro-F1, per-class metrics and the confusion matrix on labelled data (default: the run's own
+        data, its test split when it has one).
+
+        The result also says what was evaluated: ``data``, ``split`` (``test``, ``val``, ``train``, ``all`` or
+        ``given`` for samples passed in) and ``seen_in_training`` — true when the examples come from the run's own
+        training data and are not its test split (validation picked the best epoch and the head's L2, so its score
+        is optimistic); then a warning is logged as well.
+        """
         if isinstance(data, Samples):
-            samples = data
-        elif self.is_text:
-            from .data.text import load_text_eval_data
+            found = EvalData(data, "given")
+        else:
+            data = str(data) if data is not None else str(self.info.get("config", {}).get("data", ""))
+            if not data:
+                raise TransferKitError("No data to evaluate on. Fix: pass labelled examples (a folder, a CSV, "
+                                       "builtin:NAME).")
+            found = self._eval_split(data, skip_bad_images)
+        seen = (not isinstance(data, Samples) and found.split != "test"
+                and _same_source(data, self.info.get("config", {}).get("data")))
+        if seen:
+            logger.warning("Evaluated on the %s split of the run's own training data (%s): the run saw these "
+                           "examples (validation chose the best epoch), so this score is optimistic. Pass --data "
+                           "with held-out examples for an unbiased one.", found.split, data)
+        probabilities = self._probabilities(found.samples.items, batch_size)
+        metrics = compute_metrics(np.asarray(found.samples.labels), probabilities, self.classes)
+        return {**metrics, "data": None if isinstance(data, Samples) else data, "split": found.split,
+                "seen_in_training": seen}
+
+    def _eval_split(self, data: str, skip_bad_images: bool) -> EvalData:
+        if self.is_text:
+            from .data.text import text_eval_split
 
             config = self.info.get("config", {})
-            samples = load_text_eval_data(data, self.classes, text_column=config.get("text_column", "text"),
-                                          label_column=config.get("label_column", "label"))
-        else:
-            samples = load_eval_data(data, self.classes, skip_bad_images=skip_bad_images)
-        probabilities = self._probabilities(samples.items, batch_size)
-        return compute_metrics(np.asarray(samples.labels), probabilities, self.classes)
+            return text_eval_split(data, self.classes, text_column=config.get("text_column", "text"),
+                                   label_column=config.get("label_column", "label"))
+        return eval_split(data, self.classes, skip_bad_images=skip_bad_images)
 
     def _probabilities(self, items: Sequence[Any], batch_size: int) -> np.ndarray:
         self.model.eval()
@@ -131,26 +156,50 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
     if info.get("modality") == "text":
         from .models.text import rebuild_text_model
 
-        model = rebuild_text_model(run_dir, info, merge=merge)
+        model = rebuild_text_model(run_dir, info, merge=merge)  # LoRA: refuses a changed base encoder
         if "lora" in info["model"].get("extra", {}):
-            model.head.load_state_dict(load_weights(run_dir / HEAD_WEIGHTS))
+            # the adapter is in adapter/; the head is checked like full weights (shapes, hence the class count)
+            _load_checked(model.head, run_dir / HEAD_WEIGHTS, prefix="head.")
             return TrainedModel(model, classes, info, run_dir)
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])
-    state = load_weights(run_dir / WEIGHTS)
-    expected = model.state_dict()
+    _load_checked(model, run_dir / WEIGHTS)
+    return TrainedModel(model, classes, info, run_dir)
+
+
+def _load_checked(module: torch.nn.Module, path: Path, prefix: str = "") -> None:
+    """Load ``path`` into ``module`` after checking names and shapes, with a one-line error naming the problems.
+
+    Args:
+        module: the model (or its head) built from ``transferkit.json``.
+        path: the safetensors file.
+        prefix: shown before the tensor names (``head.`` for a head loaded on its own).
+    """
+    if not path.is_file():
+        raise TransferKitError(f"{path} is missing from the run folder. Fix: the run folder is incomplete; copy it "
+                               "again or retrain.")
+    state = load_weights(path)
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
+    wrong = [f"{prefix}{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})" for k, v in expected.items()
              if k in state and state[k].shape != v.shape]
     if missing or unexpected or wrong:
-        problems = ([f"{len(missing)} missing (e.g. {missing[0]})"] if missing else []) + \
-                   ([f"{len(unexpected)} unexpected (e.g. {unexpected[0]})"] if unexpected else []) + \
+        problems = ([f"{len(missing)} missing (e.g. {prefix}{missing[0]})"] if missing else []) + \
+                   ([f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})"] if unexpected else []) + \
                    ([f"wrong shapes: {'; '.join(wrong[:3])}"] if wrong else [])
-        raise TransferKitError(f"{run_dir / WEIGHTS} does not fit the model described in transferkit.json: "
+        raise TransferKitError(f"{path} does not fit the model described in transferkit.json: "
                                f"{', '.join(problems)}. Fix: the files come from different runs; retrain.")
-    model.load_state_dict(state)
-    return TrainedModel(model, classes, info, run_dir)
+    module.load_state_dict(state)
+
+
+def _same_source(a: str, b: str | None) -> bool:
+    """Whether two ``--data`` values name the same data (paths compared once resolved)."""
+    if b is None:
+        return False
+    if a.startswith("builtin:") or b.startswith("builtin:"):
+        return a == b
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def expand_inputs(inputs: Iterable[Any]) -> list[tuple[str, Any]]:

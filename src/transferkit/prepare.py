@@ -1,7 +1,8 @@
 """What a run needs before its loop starts, from a :class:`~transferkit.options.TrainConfig` and its
 :class:`~transferkit.plan.Plan`: the data, the model (with LoRA adapters when asked), the loaders (decoded-input
 cache for images, length-bucketed batches for texts), the frozen-backbone feature cache when the plan runs
-phases on it, and the device settings."""
+phases on it, and the device settings. Loaders are made for this process of the run's
+:class:`~transferkit.distributed.World`: its part of every training batch, its share of the validation set."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import BatchSampler, DataLoader, Subset
 
 from .cache import CacheUse
-from .data.decoded import DecodedDataset, decoded_images
+from .data.decoded import DecodedDataset, decoded_images, estimated_bytes
 from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
+from .data.sampling import SeededShuffle
 from .data.sources import load_training_data
 from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
+from .distributed import World
 from .errors import TransferKitError
 from .features import HeadFeatures, cached_features
 from .models.model import TransferModel
@@ -67,33 +70,42 @@ def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | Non
 
 
 def loaders(data: SplitData, model: TransferModel, config: TrainConfig, plan: Plan, start_phase: int,
-            cache_dir: Path, progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders of the run's modality."""
+            cache_dir: Path, progress: bool, use: CacheUse | None = None,
+            world: World | None = None) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders of the run's modality, for this process of ``world``."""
+    world = world or World()
     if model.is_text:
-        return text_loaders(data, model, config)
-    return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use)
+        return text_loaders(data, model, config, world)
+    return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use, world)
 
 
-def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig) -> tuple[DataLoader, DataLoader]:
-    """Length-bucketed, dynamically padded batches of tokenised texts."""
+def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig,
+                 world: World | None = None) -> tuple[DataLoader, DataLoader]:
+    """Length-bucketed, dynamically padded batches of tokenised texts. Several processes draw the same buckets and
+    each takes its part of every batch; each validates on its own share of the texts, bucketed within it."""
+    world = world or World()
     collate = TextCollator(model.tokenizer, model.preprocessing.max_length)
     lengths = [len(t) for t in data.train.items]
     train = DataLoader(TextDataset(data.train), collate_fn=collate,
-                       batch_sampler=LengthBucketSampler(lengths, config.batch_size, shuffle=True,
-                                                         drop_last=len(data.train) > config.batch_size))
-    val = DataLoader(TextDataset(data.val), collate_fn=collate,
-                     batch_sampler=LengthBucketSampler([len(t) for t in data.val.items], max(config.batch_size, 32),
-                                                       shuffle=False))
+                       batch_sampler=world.batches(LengthBucketSampler(lengths, config.batch_size, shuffle=True,
+                                                                       drop_last=len(data.train) > config.batch_size)))
+    share = world.share(len(data.val))
+    val = DataLoader(Subset(TextDataset(data.val), share), collate_fn=collate,
+                     batch_sampler=LengthBucketSampler([len(data.val.items[i]) for i in share],
+                                                       max(config.batch_size, 32), shuffle=False))
     return train, val
 
 
 def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, cache_dir: Path, on_images: bool,
-                  progress: bool, use: CacheUse | None = None) -> tuple[DataLoader, DataLoader]:
+                  progress: bool, use: CacheUse | None = None,
+                  world: World | None = None) -> tuple[DataLoader, DataLoader]:
     """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
-    size = model.preprocessing.resize_size
-    footprint = (len(data.train) + len(data.val)) * 3 * size * size
-    decoded = config.decoded_cache == "auto" and on_images and footprint <= DECODED_CACHE_LIMIT
-    if config.decoded_cache == "auto" and on_images and not decoded:
+    world = world or World()
+    wanted = config.decoded_cache == "auto" and on_images
+    footprint = (estimated_bytes(data.train, model.preprocessing) + estimated_bytes(data.val, model.preprocessing)
+                 if wanted else 0)
+    decoded = wanted and footprint <= DECODED_CACHE_LIMIT
+    if wanted and not decoded:
         logger.info("Decoded-input cache: off (%.1f GB would exceed the %.0f GB limit); images are decoded every "
                     "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
@@ -105,17 +117,26 @@ def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, ca
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
     workers = workers_for(config)
-    common = {"batch_size": config.batch_size, "num_workers": workers, "pin_memory": torch.cuda.is_available(),
-              "persistent_workers": workers > 0}
-    train = DataLoader(train_set, shuffle=True, drop_last=len(data.train) > config.batch_size, **common)
-    val = DataLoader(val_set, shuffle=False, **common)
+    common = {"num_workers": workers, "pin_memory": torch.cuda.is_available(), "persistent_workers": workers > 0}
+    # Every example's augmentation runs under its own seed (SeededShuffle), and the loaders' own draws (worker base
+    # seeds) come from private generators, so the global random stream that dropout and the shuffle use depends
+    # neither on the number of workers nor on an interruption.
+    batches = BatchSampler(SeededShuffle(len(train_set)), config.batch_size,
+                           drop_last=len(data.train) > config.batch_size)
+    train = DataLoader(train_set, batch_sampler=world.batches(batches), worker_init_fn=world.worker_init_fn(),
+                       generator=torch.Generator().manual_seed(0), **common)
+    val = DataLoader(Subset(val_set, world.share(len(val_set))), batch_size=config.batch_size, shuffle=False,
+                     generator=torch.Generator().manual_seed(0), **common)
     return train, val
 
 
 def head_features(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, start_phase: int,
-                  cache_dir: Path, progress: bool, use: CacheUse | None = None) -> HeadFeatures | None:
+                  cache_dir: Path, progress: bool, use: CacheUse | None = None,
+                  world: World | None = None) -> HeadFeatures | None:
     """The cached backbone features the plan's phases run on (from ``start_phase``), or ``None`` (with the reason
-    logged)."""
+    logged). Computed on this process's device; with several processes, call it through
+    ``World.first_on_each_file_system`` so that one process computes and the others read."""
+    world = world or World(device=torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu"))
     if not plan.needs_features(start_phase):
         if not plan.needs_features():
             logger.info("Feature cache: off (%s)", "--feature-cache off" if config.feature_cache == "off" else
@@ -127,7 +148,7 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
     else:
         train_tf, eval_tf = build_transforms(model.preprocessing, config.augment)
         views = config.cache_views
-    device = torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu")
+    device = world.device
     model.to(device)
     common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device, "progress": progress,
               "use": use, "workers": workers_for(config)}
@@ -142,7 +163,8 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
     logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
                 "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
                 "--feature-cache off turns it off.")
-    return HeadFeatures(train, val, config.batch_size, drop_last=len(data.train) > config.batch_size)
+    return HeadFeatures(train, val, config.batch_size, drop_last=len(data.train) > config.batch_size,
+                        rank=world.rank, processes=world.size)
 
 
 def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, progress: bool) -> FitConfig:

@@ -17,7 +17,6 @@ processes of one distributed run (``torchrun``, ``accelerate launch``) write eac
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import time
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .distributed import is_main_process
 from .errors import IncompleteRunError, TransferKitError
 from .training.checkpoint import (
     CHECKPOINT,
@@ -53,11 +53,6 @@ WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 METRICS = "metrics.jsonl"
 FORMAT_VERSION = 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 of a ``torchrun`` / ``accelerate launch`` job, or a single process."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class RunFolder:
@@ -181,10 +176,12 @@ class RunFolder:
             save_weights(self.path / WEIGHTS, model.state_dict())
 
     def finish(self, *, model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, result: FitResult,
-               test: dict[str, Any] | None, timings: dict[str, float]) -> dict[str, Any]:
+               test: dict[str, Any] | None, timings: dict[str, float],
+               distributed: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``transferkit.json`` last and atomically: from now on the folder is a finished run. Returns it.
 
-        This is the one place that knows what ``transferkit.json`` holds.
+        This is the one place that knows what ``transferkit.json`` holds. ``distributed`` describes the processes
+        (the global and per-process batch, what each built, each one's final-weights fingerprint).
         """
         info = {
             "format": FORMAT_VERSION,
@@ -196,6 +193,7 @@ class RunFolder:
             "data": {"description": data.description, "train": len(data.train), "val": len(data.val),
                      "skipped_images": len(data.skipped), "class_counts": data.train.class_counts()},
             "config": asdict(config),
+            "distributed": distributed or plan.distribution,
             "metrics": {"best_epoch": result.best_epoch, "val_accuracy": result.best_val_accuracy,
                         "epochs_run": len(result.history), **{k: round(v, 2) for k, v in timings.items()},
                         "test": test},
@@ -210,13 +208,11 @@ class RunFolder:
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    import accelerate
-    import timm
-    import torchvision
-
-    try:
-        own = version("transferkit")
-    except PackageNotFoundError:  # running from a source tree that was not installed
-        own = "unknown"
-    return {"transferkit": own, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "accelerate": accelerate.__version__, "python": platform.python_version()}
+    found = {"python": platform.python_version()}
+    for name in ("transferkit", "torch", "torchvision", "timm", "accelerate", "transformers", "tokenizers", "peft",
+                 "pillow"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:  # running from a source tree that was not installed, or not installed
+            found[name] = "unknown" if name == "transferkit" else "absent"
+    return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torchvision.transforms import v2 as T
 from ..errors import TransferKitError, check_choice
 from ..models.preprocessing import Preprocessing
 from .samples import ImageItem, ImageSamples
+from .sampling import with_item_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 AUGMENTATIONS = ("none", "light", "heavy")
@@ -57,7 +59,10 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return with_item_seed(key, self._item)
+
+    def _item(self, index: int) -> tuple[torch.Tensor, int]:
         image = open_image(self.samples.items[index])
         return self.transform(image), self.samples.labels[index]
 
@@ -66,16 +71,56 @@ def check_augment(name: str, value: object) -> str:
     return check_choice(name, value, AUGMENTATIONS, "Pass e.g. --augment light.")
 
 
+class SourceSizedCrop:
+    """A random resized crop of an image stored resized (the decoded-input cache), drawn as on its source.
+
+    The box is drawn by ``crop`` (a ``RandomResizedCrop``) on the *source* image's size — the same random numbers
+    and the same box as the uncached path, which crops the source image — then scaled onto the stored image and
+    resampled from it to the output size with the same filter; ``rest`` (flips, colour, normalisation) follows.
+    The region is the same as the uncached path's; the pixels agree up to resampling twice instead of once.
+
+    Args:
+        crop: the random resized crop of the uncached training transform.
+        rest: the transforms after it.
+    """
+
+    def __init__(self, crop: T.RandomResizedCrop, rest: T.Transform) -> None:
+        self.crop = crop
+        self.rest = rest
+        self.resample = Image.Resampling[InterpolationMode(crop.interpolation).name]
+
+    def __call__(self, image: Image.Image, source_size: tuple[int, int]) -> torch.Tensor:
+        height, width = source_size
+        # make_params reads only the input's size: a zero-stride tensor of the source's size stands in for it
+        stand_in = torch.zeros((), dtype=torch.uint8).expand(1, height, width)
+        draw = getattr(self.crop, "make_params", None) or self.crop._get_params  # torchvision < 0.21: _get_params
+        params = draw([stand_in])
+        fx, fy = image.width / width, image.height / height
+        box = (params["left"] * fx, params["top"] * fy, min(image.width, (params["left"] + params["width"]) * fx),
+               min(image.height, (params["top"] + params["height"]) * fy))
+        # crop the whole pixels that hold the box, then resample the box from them (as the uncached path resamples
+        # its crop): the filter sees no pixels beyond the crop in either path
+        outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))
+        region = image.crop(outer)
+        inner = (box[0] - outer[0], box[1] - outer[1], box[2] - outer[0], box[3] - outer[1])
+        out_h, out_w = self.crop.size
+        return self.rest(region.resize((out_w, out_h), self.resample, box=inner))
+
+    def __repr__(self) -> str:
+        return f"SourceSizedCrop({self.crop!r}, {self.rest!r})"
+
+
 def build_transforms(preprocessing: Preprocessing, augment: str = "light",
-                     decoded: bool = False) -> tuple[T.Transform, T.Transform]:
+                     decoded: bool = False) -> tuple[T.Transform | SourceSizedCrop, T.Transform]:
     """The training and evaluation transforms for a model's preprocessing.
 
     Args:
         preprocessing: mean, std, size, crop and interpolation of the pre-training.
         augment: ``none`` (training sees the evaluation transform), ``light`` (random resized crop and
             horizontal flip) or ``heavy`` (plus rotation, colour jitter and RandAugment).
-        decoded: inputs are uint8 tensors already resized to ``resize_size`` squares (the decoded-input
-            cache), so the evaluation transform only centre-crops.
+        decoded: inputs are images already resized as the evaluation transform resizes them (the decoded-input
+            cache: short side to ``resize_size``, aspect kept), so the evaluation transform only centre-crops,
+            and the training transform is a :class:`SourceSizedCrop` that needs each image's source size.
     """
     check_augment("augment", augment)
     interpolation = InterpolationMode(preprocessing.interpolation)
@@ -93,4 +138,6 @@ def build_transforms(preprocessing: Preprocessing, augment: str = "light",
         train = [T.RandomResizedCrop(size, scale=(0.25, 1.0), interpolation=interpolation, antialias=True),
                  T.RandomHorizontalFlip(), T.RandomRotation(15, interpolation=interpolation),
                  T.ColorJitter(0.3, 0.3, 0.3, 0.05), T.RandAugment(num_ops=2, magnitude=9)]
+    if decoded:
+        return SourceSizedCrop(train[0], T.Compose([*train[1:], *to_tensor])), evaluation
     return T.Compose([*train, *to_tensor]), evaluation

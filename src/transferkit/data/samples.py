@@ -71,6 +71,15 @@ class TextSamples(Samples):
 
 
 @dataclass
+class EvalData:
+    """Labelled examples to evaluate on, and which part of their source they are: ``test``, ``val``, ``train`` or
+    ``all`` (a source without splits: every example)."""
+
+    samples: Samples
+    split: str
+
+
+@dataclass
 class SplitData:
     """Training data, split and labelled (images or texts)."""
 

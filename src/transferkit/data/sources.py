@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import TransferKitError
 from .builtin import load_builtin
 from .images import IMAGE_EXTENSIONS, is_readable_image
-from .samples import ImageSamples, SplitData
+from .samples import EvalData, ImageSamples, SplitData
 from .splits import from_pool, from_splits, onto_classes
 
 logger = logging.getLogger(__name__)
@@ -66,18 +66,24 @@ def load_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_class
 
 
 def load_eval_data(spec: str | Path, classes: list[str], *, skip_bad_images: bool = False) -> ImageSamples:
-    """Images to evaluate, labelled with indices into the run's ``classes``.
+    """Images to evaluate, labelled with indices into the run's ``classes`` (see :func:`eval_split`)."""
+    return eval_split(spec, classes, skip_bad_images=skip_bad_images).samples
 
-    A tree's ``test/`` (else ``val/``), a class-folder, a CSV (its ``test`` rows if it has a ``split``
-    column), or a built-in dataset's test split. A label the run never saw is an error.
+
+def eval_split(spec: str | Path, classes: list[str], *, skip_bad_images: bool = False) -> EvalData:
+    """The images to evaluate and which split they are — the one rule for the library and the CLI.
+
+    A built-in dataset's test split; a CSV's ``test`` rows (all rows when it has none); a tree's ``test/``, else its
+    ``val/``, else its ``train/``; a folder of class folders: all its images. A label the run never saw is an error.
     """
     text = str(spec)
     skipped: list[str] = []
     if text.startswith("builtin:"):
-        return _evaluable(load_builtin(text.removeprefix("builtin:")).test, classes, text)
+        return EvalData(_evaluable(load_builtin(text.removeprefix("builtin:")).test, classes, text), "test")
     path = _existing(text)
     if path.suffix.lower() in (".csv", ".tsv"):
         splits, found = _read_manifest(path, skipped, skip_bad_images)
+        split = "test" if "test" in splits else "all"
         samples = splits.get("test")
         if samples is None:
             parts = list(splits.values())
@@ -85,16 +91,16 @@ def load_eval_data(spec: str | Path, classes: list[str], *, skip_bad_images: boo
             for part in parts[1:]:
                 samples = samples.concat(part)
     else:
-        folder = path
-        for name in ("test", *VAL_NAMES):
+        folder, split = path, "all"
+        for name in ("test", *VAL_NAMES, "train"):
             if (path / "train").is_dir() and (path / name).is_dir():
-                folder = path / name
+                folder, split = path / name, ("val" if name in VAL_NAMES else name)
                 break
         found = _class_folders(folder, allow_single=True)
         samples = _scan_classes(folder, found, skipped, skip_bad_images)
     if skipped:
         logger.warning("Skipped %d unreadable image(s), e.g. %s", len(skipped), skipped[0])
-    return _evaluable(samples, classes, text)
+    return EvalData(_evaluable(samples, classes, text), split)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

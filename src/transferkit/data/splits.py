@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import TransferKitError, bad_value, check_range
+from ..seeding import derive_seed
 from .samples import S, Samples, SplitData
 
 
@@ -52,7 +53,8 @@ def per_class_from_pool(pool: S, per_class: int, val_fraction: float, seed: int)
                                f"{' ...' if len(short) > 5 else ''} (the pool has {int(counts.min())} of the smallest "
                                f"class). Fix: use --per-class {max(1, int(counts.min()) - 1)} or less.")
     train, rest = take_per_class(pool, per_class, seed)
-    val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1.0 - val_fraction)))), seed + 1)
+    val, _ = take_per_class(rest, max(1, int(round(per_class * val_fraction / (1.0 - val_fraction)))),
+                            derive_seed(seed, "validation"))
     return train, val
 
 

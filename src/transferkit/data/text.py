@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 from ..errors import TransferKitError
 from ..models.text import tokenize
 from .images import IMAGE_EXTENSIONS
-from .samples import SplitData
+from .samples import EvalData, SplitData
 from .samples import TextSamples as Samples
 from .splits import from_pool, from_splits, onto_classes, stratified_split
 
@@ -36,13 +36,23 @@ def is_text_data(spec: str | Path) -> bool:
         return text.removeprefix("builtin:") in BUILTIN_TEXT
     path = Path(text)
     if path.is_file():
-        return path.suffix.lower() in TEXT_FILES
+        return path.suffix.lower() in TEXT_FILES and not _is_image_manifest(path)
     if path.is_dir():
         if any(next(path.glob(f"*{suffix}"), None) is not None for suffix in TEXT_FILES):
             return True
         files = [p.suffix.lower() for p in path.rglob("*") if p.is_file()]
         return ".txt" in files and not any(suffix in IMAGE_EXTENSIONS for suffix in files)
     return False
+
+
+def _is_image_manifest(path: Path) -> bool:
+    """A CSV/TSV whose header names a ``path`` column (an image manifest: path,label[,split]), not texts."""
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        return False
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        header = handle.readline()
+    columns = {c.strip().strip('"').lower() for c in header.replace("\t", ",").split(",")}
+    return "path" in columns and "text" not in columns
 
 
 def load_text_training_data(spec: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -61,14 +71,21 @@ def load_text_training_data(spec: str | Path, *, text_column: str = "text", labe
 
 def load_text_eval_data(spec: str | Path, classes: list[str], *, text_column: str = "text",
                         label_column: str = "label") -> Samples:
-    """Labelled texts to evaluate: a file, a split folder's test (else val) split, or a built-in's test split."""
+    """Labelled texts to evaluate (see :func:`text_eval_split`)."""
+    return text_eval_split(spec, classes, text_column=text_column, label_column=label_column).samples
+
+
+def text_eval_split(spec: str | Path, classes: list[str], *, text_column: str = "text",
+                    label_column: str = "label") -> EvalData:
+    """The texts to evaluate and which split they are: a built-in's test split; a folder's test split, else its val,
+    else its train split; a single file: all its rows."""
     text = str(spec)
     if text.startswith("builtin:"):
-        samples = _builtin(text.removeprefix("builtin:"))[1]
-    else:
-        splits = _read_splits(Path(text), text_column, label_column, require_train=False)
-        samples = splits.get("test") or splits.get("val") or splits["train"]
-    return onto_classes(samples, classes, text)
+        return EvalData(onto_classes(_builtin(text.removeprefix("builtin:"))[1], classes, text), "test")
+    path = Path(text)
+    splits = _read_splits(path, text_column, label_column, require_train=False)
+    split = "all" if path.is_file() else next(name for name in ("test", "val", "train") if name in splits)
+    return EvalData(onto_classes(splits[split if split != "all" else "train"], classes, text), split)
 
 
 def read_lines(path: str | Path) -> list[str]:

