@@ -3,7 +3,8 @@
     transferkit compare --data D --strategies S --per-class N --seeds K [--tune lr|none] [train options]
 
 but up to --workers cells (or LR-search runs) at a time, each in its own 1-thread process, cheapest first (so a
-grid cut short still has its small sizes complete; --order long-first for the shortest total time). On a
+grid cut short still has its small sizes complete; --order required-first runs the equal-budget scratch cells
+last; --order long-first for the shortest total time). On a
 shared, busy machine where every niced process gets a thin slice, several 1-thread workers finish a grid far sooner
 than one. Resumable like compare (results.json and lr_search.json in --out); each worker logs to
 OUT/logs/worker-PID.log and keeps its own cache folder (no two processes write one cache entry).
@@ -94,7 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tune", default="lr", choices=("lr", "none"))
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--order", default="small-first", choices=("small-first", "long-first"))
+    p.add_argument("--order", default="small-first", choices=("small-first", "required-first", "long-first"),
+                   help="small-first: smallest size first; required-first: the same, but the equal-budget scratch "
+                        "cells after all others (a grid cut short keeps every strategy at its own recipe); "
+                        "long-first: the shortest total time")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a train option for every cell")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -152,7 +156,11 @@ def main(argv: list[str] | None = None) -> None:
         def submit(tasks: list) -> None:
             def order(task: tuple) -> tuple:
                 cost = _cost(task[1], task[2])
-                return (-cost,) if args.order == "long-first" else (task[1].per_class, cost)
+                if args.order == "long-first":
+                    return (-cost,)
+                if args.order == "required-first":  # within a size the longest first: the short ones fill in
+                    return (bool(task[1].budget), task[1].per_class, -cost)
+                return (task[1].per_class, cost)
 
             for kind, cell, options, extra in sorted(tasks, key=order):
                 running[pool.submit(_work, kind, cell, options, extra)] = (kind, cell, extra)
