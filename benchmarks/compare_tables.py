@@ -70,6 +70,14 @@ def table(report: Path) -> str:
         lines.append(f"| {n} (scratch only) | {accuracy(saved, 'scratch', '', n)} | " + " | ".join(
             ["-"] * len(transfer) + [accuracy(saved, "scratch", t, n) for t in transfer] + ["-"] * len(transfer)) +
             " | - |")
+    own = [c for c in saved["cells"] if c["strategy"] == "scratch" and not c["budget"] and c.get("stopped")]
+    if own:  # a converged baseline that ran out of budget instead is not converged: say so
+        ended = {}
+        for c in own:
+            ended.setdefault(c["stopped"], []).append(c["per_class"])
+        lines.append("\nscratch, converged: " + "; ".join(
+            f"{len(v)} run{'s' if len(v) > 1 else ''} ended by {k} (per class {', '.join(map(str, sorted(set(v))))})"
+            for k, v in sorted(ended.items())) + ".")
     wall, compute = saved.get("wall_seconds"), saved.get("compute_seconds")
     lines.append(f"\nWall time of the grid: {wall / 3600:.1f} h; compute, every run incl. the LR search: "
                  f"{compute / 3600:.1f} h." if wall and compute else "")
@@ -110,7 +118,8 @@ def main(argv: list[str] | None = None) -> str:
 
 
 def _smoke_report(folder: Path) -> Path:
-    cells = [{"strategy": s, "budget": b, "per_class": n, "seed": 0, "test_accuracy": a, "seconds": 1.0}
+    cells = [{"strategy": s, "budget": b, "per_class": n, "seed": 0, "test_accuracy": a, "seconds": 1.0,
+              "stopped": "plateau" if s == "scratch" and not b else ""}
              for s, b, n, a in [("scratch", "", 10, 0.5), ("scratch", "", 100, 0.8), ("linear-probe", "", 10, 0.7),
                                 ("scratch", "linear-probe", 10, 0.2), ("scratch", "linear-probe", 100, 0.3)]]
     factors = [{"strategy": "linear-probe", "per_class": 10,
