@@ -1,8 +1,11 @@
-"""compare: grid bookkeeping and resume with a stub trainer, the derived factors by hand, one tiny real grid."""
+"""compare: grid bookkeeping and resume with a stub trainer, both data-efficiency factors by hand (with intervals),
+the LR search (never reading test labels), one tiny real grid."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 
@@ -10,12 +13,14 @@ from transferkit.errors import TransferKitError
 from transferkit.experiments.grid import (
     Cell,
     CellResult,
+    comparisons,
     derived_factors,
     examples_needed,
     grid,
     load_results,
     run_grid,
 )
+from transferkit.experiments.intervals import bits, resampling
 
 SCRATCH = {10: 0.5, 100: 0.7, 1000: 0.8}
 
@@ -41,11 +46,69 @@ def test_examples_needed_interpolates_on_the_log_scale():
 def test_data_efficiency_and_speedup_by_hand():
     rows = {(r["strategy"], r["per_class"]): r for r in derived_factors(stub_results())}
     lp10 = rows[("linear-probe", 10)]
-    assert lp10["data_efficiency"] == pytest.approx(10 ** 2.5 / 10)  # scratch needs ~316 per class: 31.6x
+    assert lp10["converged"]["factor"] == pytest.approx(10 ** 2.5 / 10)  # scratch needs ~316 per class: 31.6x
     assert lp10["speedup"] == pytest.approx(20.0 / 2.0)  # scratch's best (0.5) at 20 s; linear-probe there at 2 s
+    assert lp10["equal_budget"] is None  # no scratch cells with linear-probe's budget in this grid
     lp100 = rows[("linear-probe", 100)]
-    assert lp100["data_efficiency"] is None and lp100["data_efficiency_text"].startswith("> 10.0x")
+    assert lp100["converged"]["factor"] is None and lp100["converged"]["text"].startswith("> 10.0x")
     assert lp100["speedup"] is None and lp100["speedup_text"] == "never reaches scratch's best"
+
+
+def toy_grid(n_test=400):
+    """Scratch converged reaches 0.5 / 0.7 / 0.8 at 10 / 100 / 1000 per class; scratch with two-stage's budget
+    0.3 / 0.6 / 0.75; two-stage 0.7 at 10 per class. Two seeds, per-sample results on ``n_test`` samples."""
+    curves = {("scratch", ""): {10: 0.5, 100: 0.7, 1000: 0.8},
+              ("scratch", "two-stage"): {10: 0.3, 100: 0.6, 1000: 0.75}, ("two-stage", ""): {10: 0.7}}
+    cells = []
+    for (strategy, budget), curve in curves.items():
+        for n, acc in curve.items():
+            for seed in (0, 1):
+                right = round(acc * n_test)
+                correct = [i < right for i in range(n_test)]
+                cells.append(CellResult(strategy, n, seed, right / n_test, 0.5, 1.0, [], budget=budget,
+                                        test_correct=bits(correct)))
+    return cells
+
+
+def test_both_factors_by_hand():
+    row = derived_factors(toy_grid())[0]
+    assert (row["strategy"], row["per_class"]) == ("two-stage", 10)
+    # converged: scratch reaches 0.7 at 100 per class exactly: 10x
+    assert row["converged"]["scratch_per_class_needed"] == pytest.approx(100) and row["converged"]["factor"] == \
+        pytest.approx(10)
+    # equal budget: between 100 (0.6) and 1000 (0.75), 2/3 of the way on the log scale: 10**(2 + 2/3) = 464
+    assert row["equal_budget"]["scratch_per_class_needed"] == pytest.approx(10 ** (2 + 2 / 3), rel=1e-3)
+    assert row["equal_budget"]["factor"] == pytest.approx(46.4, rel=1e-3)
+
+
+def test_factor_intervals_contain_the_estimate_and_narrow_with_more_test_samples():
+    widths = []
+    for n_test in (200, 5000):
+        results = toy_grid(n_test)
+        row = derived_factors(results, resampling(n_test, 2, replicates=300))[0]
+        low, high = row["converged"]["interval"]
+        assert low <= row["converged"]["factor"] <= high
+        low_b, high_b = row["equal_budget"]["interval"]
+        assert low_b <= row["equal_budget"]["factor"] <= high_b and "[" in row["equal_budget"]["text"]
+        acc_low, acc_high = row["test_accuracy_interval"]
+        assert acc_low <= 0.7 <= acc_high
+        widths.append(math.log(high_b / low_b))
+    assert widths[1] < widths[0] / 3  # 25x the samples: about a fifth of the width
+
+
+def test_strategies_within_noise_are_not_distinguishable():
+    def cells(strategy, right, shift, n_test=300):  # right on ``right`` samples, which ones set by ``shift``
+        return [CellResult(strategy, 10, seed, right / n_test, 0.5, 1.0, [],
+                           test_correct=bits([(i + shift + 37 * seed) % n_test < right for i in range(n_test)]))
+                for seed in range(3)]
+
+    # two-stage is 1 point ahead, but the two err on different samples: the paired difference is noise
+    results = cells("linear-probe", 210, 0) + cells("two-stage", 213, 100) + cells("scratch", 120, 0)
+    rows = {(r["better"], r["worse"]): r for r in comparisons(results, resampling(300, 3, replicates=500))}
+    close = rows[("two-stage", "linear-probe")]
+    assert close["difference"] == pytest.approx(0.01) and not close["distinguishable"]
+    assert close["interval"][0] < 0 < close["interval"][1]
+    assert rows[("linear-probe", "scratch")]["distinguishable"]
 
 
 def test_convergence_is_95_percent_of_the_runs_own_best():
@@ -77,42 +140,141 @@ def test_grid_resumes_without_rerunning_finished_cells(tmp_path, caplog):
     assert len(results) == len(cells) and calls[0] == cells[2] and len(calls) == len(cells) - 2
     with pytest.raises(TransferKitError, match="'strategies' parameter"):
         grid(["warp"], [10], 1)
+    budgeted = grid(["scratch", "linear-probe", "two-stage"], [10], seeds=1, scratch_sizes=[100], equal_budget=True)
+    assert [c.name for c in budgeted if c.budget] == ["scratch-n10-s0-budget-linear-probe",
+                                                      "scratch-n100-s0-budget-linear-probe",
+                                                      "scratch-n10-s0-budget-two-stage",
+                                                      "scratch-n100-s0-budget-two-stage"]
 
 
 def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path):
     from transferkit.experiments import compare
+    from transferkit.predict import load
 
     options = {k: v for k, v in tiny_options.items() if k != "model"}
     report = compare(str(image_tree), model=tiny_options["model"], strategies=["scratch", "linear-probe"],
-                     per_class=[2, 4], seeds=1, out=tmp_path / "report", **options)
+                     per_class=[2, 4], seeds=1, out=tmp_path / "report", tune="none", **options)
     out = tmp_path / "report"
     saved = json.loads((out / "results.json").read_text())
-    assert len(saved["cells"]) == 4 and {f["strategy"] for f in saved["factors"]} == {"linear-probe"}
+    assert len(saved["cells"]) == 6 and {f["strategy"] for f in saved["factors"]} == {"linear-probe"}
+    assert all(0 <= c["test_accuracy"] <= 1 and c["curve"] and len(c["test_correct"]) == 9 for c in saved["cells"])
+    factor = saved["factors"][0]
+    assert factor["converged"] is not None and factor["equal_budget"] is not None
+    budget = [c for c in saved["cells"] if c["budget"]]
+    # scratch with linear-probe's budget: one pass over the training images (the probe's feature cache)
+    assert len(budget) == 2 and all(c["recipe"]["epochs"] == 1 and c["epochs_run"] == 1 for c in budget)
+    lp = next(c for c in saved["cells"] if c["strategy"] == "linear-probe")
+    assert lp["stopped"] == "exact fit" and lp["images_seen"] == 2 * 3
+    own = next(c for c in saved["cells"] if c["strategy"] == "scratch" and not c["budget"])
+    assert own["recipe"]["weight_decay"] == 0.05 and own["recipe"]["epochs"] == 2  # the recipe; --epochs overrides
+    assert saved["wall_seconds"] > 0 and saved["compute_seconds"] > 0
     for cell in saved["cells"]:  # curve seconds count from the start of the run: setup (caches) included
-        run = out / "runs" / f"{cell['strategy']}-n{cell['per_class']}-s{cell['seed']}"
+        run = out / "runs" / Cell(cell["strategy"], cell["per_class"], cell["seed"], cell["budget"]).name
+        assert cell["run"] == str(run) and not (run / "checkpoint").exists()
         metrics = json.loads((run / "transferkit.json").read_text())["metrics"]
-        # each cell's score is its own run's test-split score (the 9 test images), not another number
-        assert metrics["test"]["n"] == 9 and cell["test_accuracy"] == metrics["test"]["accuracy"]
-        assert cell["macro_f1"] == metrics["test"]["macro_f1"] and len(cell["curve"]) == metrics["epochs_run"]
+        # each cell's score is its own run's test-split score (the 9 test images), not another number: the run
+        # folder evaluated afresh on the data's test split agrees, and so do the cell's per-sample results
+        scored = load(run).evaluate(str(image_tree))
+        assert scored["split"] == "test" and len(cell["test_correct"]) == 9
+        assert cell["test_accuracy"] == pytest.approx(scored["accuracy"]) == cell["test_correct"].count("1") / 9
+        assert cell["macro_f1"] == pytest.approx(scored["macro_f1"]) and len(cell["curve"]) == metrics["epochs_run"]
         if cell["strategy"] == "linear-probe":  # the exact fit separates the colours even from 2 images per class
             assert cell["test_accuracy"] >= 8 / 9
         first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["seconds"]
         start = metrics["setup_seconds"] + metrics["cache_seconds_saved"]
+        assert metrics["test"] is None  # train never evaluated the test split; compare did, afterwards
         assert cell["curve"][0]["seconds"] == pytest.approx(start + first, abs=0.02)
         assert cell["seconds"] == pytest.approx(metrics["seconds"] + metrics["cache_seconds_saved"], abs=0.02)
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "data efficiency" in html
-    assert "| linear-probe | 2 |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Data efficiency" in html
+    assert "| linear-probe | own | 2 | 1 |" in summary and "## Recipes" in summary
+    assert "| scratch | linear-probe's | 2 | 1 |" in summary
+    assert not math.isnan(report["results"][0].test_accuracy)
     assert [r.test_accuracy for r in report["results"]] == [c["test_accuracy"] for c in saved["cells"]]
 
 
-def test_summary_lists_epochs_and_seconds_to_95_percent():
+class SealedLabels(list):
+    """Labels that raise on any read: a test split the LR search must never look at."""
+
+    def _raise(self, *args, **kwargs):
+        raise AssertionError("the LR search read the test labels")
+
+    __getitem__ = __iter__ = __len__ = __contains__ = __eq__ = _raise
+
+
+def test_lr_search_never_reads_test_labels(image_tree, tiny_options, tmp_path, monkeypatch):
+    from transferkit import prepare
+    from transferkit.data.samples import ImageSamples, SplitData
+    from transferkit.experiments.compare import CellRunner
+
+    real_load = prepare.load_data
+
+    def sealed(config):
+        data = real_load(config)
+        test = ImageSamples(data.test.items, SealedLabels(), data.test.classes, data.test.names)
+        return SplitData(data.classes, data.train, data.val, test, data.description)
+
+    monkeypatch.setattr(prepare, "load_data", sealed)
+    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs")}
+    classes = sealed(prepare.TrainConfig(data=str(image_tree), model=tiny_options["model"])).classes
+    test = ImageSamples([], SealedLabels(), classes)
+    runner = CellRunner(str(image_tree), tiny_options["model"], tmp_path / "grid", given, recipes="own", tune="lr",
+                        test=test, classes=classes)
+    cell = Cell("scratch", 4, 0)
+    options = {**runner.options(cell), "epochs": 1}
+    assert runner.searched_option(cell, options) == "lr"
+    search = runner.search(cell, options, "lr")
+    values = {c["value"]: c["val_accuracy"] for c in search["candidates"].values()}
+    assert sorted(values) == pytest.approx([1e-3, 3e-3, 1e-2]) and search["default"] == pytest.approx(3e-3)
+    assert values[search["chosen"]] == max(values.values())  # chosen on validation accuracy
+    saved = json.loads((tmp_path / "grid" / "lr_search.json").read_text())
+    assert saved["scratch||4"]["chosen"] == search["chosen"]
+    for candidate in search["candidates"].values():
+        assert json.loads((Path(candidate["run"]) / "transferkit.json").read_text())["metrics"]["test"] is None
+    # the exact-fit linear probe has no LR to search; an LR given to compare is not searched either
+    assert runner.searched_option(Cell("linear-probe", 4, 0), runner.options(Cell("linear-probe", 4, 0))) is None
+    runner.given["lr"] = 1e-3
+    assert runner.searched_option(cell, options) is None
+
+
+def test_choose_lr_prefers_validation_then_the_recipe_then_the_smaller():
+    from transferkit.experiments.compare import choose_lr
+
+    assert choose_lr({1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.55}, 3e-3) == 3e-3
+    assert choose_lr({1e-3: 0.7, 3e-3: 0.6, 1e-2: 0.55}, 3e-3) == 1e-3
+    assert choose_lr({1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.6}, 3e-3) == 3e-3  # a tie goes to the recipe's value
+    assert choose_lr({1e-3: 0.6, 3e-3: 0.5, 1e-2: 0.6}, 3e-3) == 1e-3  # then to the smaller LR
+
+
+def test_budget_passes_count_the_feature_cache_once(tiny_options, tmp_path):
+    from transferkit.data.samples import ImageSamples
+    from transferkit.experiments.compare import CellRunner
+
+    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs", "head_epochs")}
+    runner = CellRunner("unused", tiny_options["model"], tmp_path, given, recipes="own", tune="none",
+                        test=ImageSamples([], [], ["a", "b"]), classes=["a", "b"])
+    assert runner.budget_passes("linear-probe", 10) == 1  # the exact fit: one pass of the frozen backbone
+    assert runner.budget_passes("two-stage", 10) == 1 + 10  # exact head fit, then 10 epochs of all layers
+    assert runner.options(Cell("scratch", 10, 0, "two-stage"))["epochs"] == 11
+    assert runner.options(Cell("scratch", 10, 0))["epochs"] == 200  # its own recipe: 1,200 steps at least
+
+
+def test_summary_shows_recipes_factors_and_distinguishability():
     from transferkit.experiments.report import summary_markdown
 
-    text = summary_markdown(stub_results(), derived_factors(stub_results()), "t")
+    results = stub_results()
+    text = summary_markdown(results, derived_factors(results), "t")
     # scratch at 10: best val 0.5, 95% of it (0.475) first reached at epoch 2, 20 s
-    assert "| scratch | 10 | 1 | 0.500 ± 0.000 | 0.500 | 30 | 2.0 | 20.0 |" in text
-    assert "| linear-probe | 10 | 0.750 | 316 | 31.6x | 10.0x |" in text
+    assert "| scratch | own | 10 | 1 | 0.500 ± 0.000 | 0.500 | 30 |" in text and "| 2.0 | 20.0 |" in text
+    assert "| linear-probe | 10 | 0.750 | 316 | 31.6x | - | not measured | 10.0x |" in text
+    toy = toy_grid()
+    plan = resampling(400, 2, replicates=200)
+    text = summary_markdown(toy, derived_factors(toy, plan), "t", comparisons=comparisons(toy, plan),
+                            wall_seconds=4000, compute_seconds=3600)
+    assert "| two-stage | 10 | 0.700 [" in text and "| 100 | 10.0x [" in text and "| 464 | 46.4x [" in text
+    assert "Wall time of the grid 1 h 07 min; compute (every run, LR search included) 1 h 00 min." in text
+    assert "| 10 | two-stage vs scratch | +0.200 [" in text
 
 
 def test_ranking_orders_strategies_at_one_size_with_spread_and_time():
@@ -136,6 +298,15 @@ def test_compare_refuses_data_without_a_test_split_before_training(capsys, class
     assert not (out / "runs").exists() and not (out / "results.json").exists()
 
 
+def test_readme_tables_script_smoke(monkeypatch):
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    text = importlib.import_module("compare_tables").main(["--smoke"])
+    assert "| 10 | 0.500 (1 seed) | 0.700 (1 seed) | 0.200 (1 seed) | 4.6x [2.0x, never] / > 10.0x |" in text
+    assert "differs from the recipe's in 1; seed-0 test accuracy, chosen minus recipe's LR: mean +0.050" in text
+
+
 def test_a_grid_started_with_other_settings_is_not_resumed(tmp_path):
     """Rerunning compare with the same --out but another --epochs used to mix old and new cells."""
     cells = grid(["linear-probe"], [10, 30], seeds=1)
@@ -151,3 +322,6 @@ def test_a_grid_started_with_other_settings_is_not_resumed(tmp_path):
         run_grid(cells, tmp_path, trainer, changed)
     with pytest.raises(TransferKitError, match=r"model: 'efficientnet_lite0' before, 'minilm-l6' now"):
         run_grid(cells, tmp_path, trainer, {**meta, "model": "minilm-l6"})
+    run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "none"})
+    with pytest.raises(TransferKitError, match=r"tune: 'none' before, 'lr' now"):  # the LR search changes cells too
+        run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "lr"})

@@ -455,10 +455,16 @@ def test_compare_reports_miou_and_draws_each_strategy(few_scenes, tiny_weights, 
                                  strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1,
                                  out=tmp_path / "cmp", weights=str(tiny_weights),
                                  image_size=32, batch_size=4, epochs=1, head_epochs=1, workers=0, augment="none",
-                                 decoder_channels=16)
+                                 decoder_channels=16, tune="none")
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert results["task"] == "segmentation" and results["metrics"] == ["miou", "mean_dice"]
-    assert len(results["cells"]) == 4 and all(0 <= c["test_accuracy"] <= 1 for c in results["cells"])
+    # each strategy at 2 sizes, and scratch again at linear-probe's budget (the equal-budget view)
+    assert sorted((c["strategy"], c["budget"]) for c in results["cells"]) == [
+        ("linear-probe", ""), ("linear-probe", ""), ("scratch", ""), ("scratch", ""),
+        ("scratch", "linear-probe"), ("scratch", "linear-probe")]
+    assert all(0 <= c["test_accuracy"] <= 1 and c["test_correct"] == "" for c in results["cells"])
+    for cell in results["cells"]:  # each score is the run's own mIoU on the test split, evaluated afresh
+        assert cell["test_accuracy"] == pytest.approx(transferkit.load(cell["run"]).evaluate(str(few_scenes))["miou"])
     summary = (tmp_path / "cmp" / "summary.md").read_text()
     assert "test mIoU" in summary and "mean Dice" in summary
     html = (tmp_path / "cmp" / "report.html").read_text()

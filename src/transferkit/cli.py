@@ -409,7 +409,7 @@ def compare(**values: Any) -> None:
     report = run_compare(data, strategies=[s.strip() for s in grid["strategies"].split(",") if s.strip()],
                          per_class=_int_list("per_class", grid["per_class"]), seeds=grid["seeds"],
                          scratch_per_class=_int_list("scratch_per_class", grid["scratch_per_class"]),
-                         out=grid["out"], **train_options)
+                         out=grid["out"], recipes=grid["recipes"], tune=grid["tune"], **train_options)
     leave()
     if not is_main_process():
         return

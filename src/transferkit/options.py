@@ -234,6 +234,11 @@ class StrategyOptions:
                               "The best epoch's weights are kept.",
                            check=lambda n, v: check_int(n, v, 0, "a non-negative integer (0 turns early stopping "
                                                                  "off)", 3))
+    patience_fraction: float = option(0.0, "Early stopping relative to the schedule: a phase of E epochs stops after "
+                                           "max(--patience, this share of E) epochs without better val accuracy, "
+                                           "and epochs in its warm-up never count (0: off, --patience alone), "
+                                           "e.g. 0.2.",
+                                      check=lambda n, v: check_range(n, v, 0, 1, example=0.2))
     seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
                           "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 
@@ -516,7 +521,15 @@ class CompareOptions:
     per_class: str = option("10,30,100", "Comma-separated training examples per class (segmentation: training "
                                          "images).")
     scratch_per_class: str = option("", "Extra sizes for scratch only (to find how much data it needs), e.g. 1000.")
-    seeds: int = option(1, "Seeds per (strategy, size).", check=positive)
+    seeds: int = option(1, "Seeds per (strategy, size); 3 or more give bootstrap intervals worth reading.",
+                        check=positive)
+    recipes: str = option("own", "own: each strategy trains with its own recipe (scratch: a long budget, stopped "
+                                 "when validation accuracy plateaus, its own LR and weight decay; transfer "
+                                 "strategies: train's defaults); shared: train's defaults for every strategy. "
+                                 "Options given here apply to every strategy.", choices=("own", "shared"))
+    tune: str = option("lr", "lr: a small LR search per strategy and size (3 values on a log grid around the "
+                             "recipe's, trained on seed 0, chosen on validation accuracy — never on test); none: the "
+                             "recipe's LR.", choices=("lr", "none"))
     out: str = option("reports/compare", "Report folder (results.json, summary.md, report.html, runs/, cache/); an "
                                          "interrupted grid resumes there.")
 

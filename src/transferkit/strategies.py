@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -288,3 +289,80 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return multiplier
+
+
+# --- recipes: how each strategy trains in a fair comparison (``transferkit compare``) ---------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings a strategy trains with when strategies are compared: its own budget, stopping rule, LR and
+    augmentation, as ``train`` options. ``train`` itself keeps its defaults; ``compare`` applies these.
+
+    Attributes:
+        options: ``train`` options for image models.
+        text: overrides of ``options`` for language models.
+        lr_option: the option the LR search (``compare --tune lr``) varies; ``None``: nothing to search.
+        min_steps: on small data, raise the epochs so a run gets at least this many optimizer steps (an epoch of
+            10 images per class is 3 steps of 32), up to ``max_epochs``.
+        max_epochs: the cap of that raise.
+        why: one line for the report.
+    """
+
+    options: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    lr_option: str | None = "lr"
+    min_steps: int = 0
+    max_epochs: int = 0
+    why: str = ""
+
+    def resolve(self, text: bool, train_examples: int, batch_size: int) -> dict[str, Any]:
+        """The recipe's ``train`` options for a run on ``train_examples`` examples (epochs raised to ``min_steps``;
+        empty when the strategy keeps ``train``'s defaults)."""
+        options = {**self.options, **(self.text if text else {})}
+        if self.min_steps and "epochs" in options:
+            steps_per_epoch = max(1, train_examples // batch_size)
+            wanted = math.ceil(self.min_steps / steps_per_epoch)
+            options["epochs"] = max(options["epochs"], min(wanted, self.max_epochs))
+        return options
+
+
+# Scratch (He et al. 2018: "Rethinking ImageNet Pre-training"): trained long enough, a from-scratch model catches up
+# with a pre-trained one on large data, so the baseline gets a long budget and stops on a validation plateau
+# judged against its own schedule (a fifth of it, never during warm-up), stronger weight decay (it has no
+# pre-trained start to stay near), and at least 1,200 optimizer steps on small data.
+RECIPES: dict[str, Recipe] = {
+    "scratch": Recipe(options={"epochs": 40, "patience_fraction": 0.2, "lr": DEFAULT_SCRATCH_LR, "augment": "light",
+                               "weight_decay": 0.05},
+                      text={"epochs": 20, "lr": TEXT_SCRATCH_LR},
+                      min_steps=1200, max_epochs=200,
+                      why="long budget; stops when val accuracy plateaus for a fifth of the schedule (not during "
+                          "warm-up); at least 1,200 steps on small data; weight decay 0.05"),
+    "linear-probe": Recipe(lr_option="head_lr",
+                           why="train's defaults: the exact L-BFGS fit of the head (its L2 chosen on validation)"),
+    "two-stage": Recipe(why="train's defaults: exact head fit, then 10 epochs (text 4) of all layers at 1e-4 (text "
+                            "3e-5), patience 3"),
+    "fine-tune": Recipe(why="train's defaults"),
+    "progressive": Recipe(why="train's defaults"),
+    "lora": Recipe(why="train's defaults"),
+}
+
+# The LR search of ``compare --tune lr``: this many values on the 1-3-10 log grid, centred on the recipe's LR.
+LR_SEARCH_POINTS = 3
+
+
+def lr_grid(center: float, points: int = LR_SEARCH_POINTS) -> list[float]:
+    """``points`` learning rates on the 1-3-10 grid (half-decade steps) centred on ``center``'s nearest grid value,
+    e.g. 3e-3 -> [1e-3, 3e-3, 1e-2]; 1e-4 -> [3e-5, 1e-4, 3e-4]."""
+    check_lr("lr", center)
+    check_int("points", points)
+    guess = math.floor(2 * math.log10(center))
+    k = min(range(guess - 2, guess + 3), key=lambda i: abs(math.log10(_grid_value(i) / center)))
+    start = k - (points - 1) // 2
+    return [_grid_value(i) for i in range(start, start + points)]
+
+
+def _grid_value(k: int) -> float:
+    """The k-th value of the 1-3-10 grid: k = 0 -> 1, 1 -> 3, 2 -> 10, -1 -> 0.3, -2 -> 0.1, ..."""
+    decade, step = divmod(k, 2)
+    return float(f"{(1, 3)[step]}e{decade}")

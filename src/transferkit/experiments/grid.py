@@ -1,7 +1,15 @@
 """The bookkeeping of ``compare``: the grid of (strategy, size, seed) cells, finished cells recorded and resumed,
-and the claims derived from them — the **data-efficiency factor** (how many training examples per class
-``scratch`` needs to match a transfer strategy, interpolated on the log scale) and the **speed-up** (scratch's
-time to its best vs the strategy's time to the same accuracy). Pure functions of the results; no training here.
+and the claims derived from them. Pure functions of the results; no training here.
+
+Two **data-efficiency factors** per transfer strategy and size n — how many training examples per class ``scratch``
+needs for the strategy's test accuracy, interpolated on the log scale, divided by n:
+
+- **converged**: against ``scratch`` at its own recipe, trained until its validation accuracy plateaus;
+- **equal budget**: against ``scratch`` given the strategy's own training budget — the same number of passes over
+  the training images (so, at equal size, the same number of images seen), cells with ``budget`` = the strategy.
+
+And the **speed-up**: scratch's (converged) time to its best validation accuracy vs the strategy's time to the same
+accuracy. With per-sample test results, every accuracy and factor gets a bootstrap interval (:mod:`.intervals`).
 """
 
 from __future__ import annotations
@@ -15,31 +23,59 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..distributed import is_main_process
 from ..errors import TransferKitError, bad_value
 from ..strategies import STRATEGIES
 from ..training.checkpoint import write_json_atomic
+from .intervals import Resampling, distinguishable, interval, replicate_accuracies, replicate_statistic, unbits
 
 logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
+SCRATCH = "scratch"
 
 
 @dataclass(frozen=True)
 class Cell:
+    """One run of the grid. ``budget`` is empty for a strategy at its own recipe; for a ``scratch`` cell it may
+    name a transfer strategy whose training budget (passes over the training images) the cell is given instead."""
+
     strategy: str
     per_class: int
     seed: int
+    budget: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.strategy}-n{self.per_class}-s{self.seed}"
+        return f"{self.strategy}-n{self.per_class}-s{self.seed}" + (f"-budget-{self.budget}" if self.budget else "")
+
+    @property
+    def group(self) -> tuple[str, str, int]:
+        """The cells that differ only by seed."""
+        return self.strategy, self.budget, self.per_class
 
 
 @dataclass
 class CellResult:
     """One finished run of the grid; ``curve`` holds (epoch, seconds, val_accuracy) per epoch, the seconds counted
-    from the start of the run (setup — data, model, caches — included)."""
+    from the start of the run (setup — data, model, caches — included).
+
+    Attributes:
+        budget: see :class:`Cell`.
+        recipe: the ``train`` options the cell ran with (its strategy's recipe, the LR the search chose, the budget,
+            the options given to ``compare``).
+        epochs_run: epochs (an exact head fit counts as one) actually run; ``best_epoch``: the one whose weights
+            were kept.
+        stopped: ``plateau`` (early stopping ended the last phase), ``budget`` (it ran every epoch it had) or
+            ``exact fit``.
+        images_seen: training images through the network: the training set once per epoch on images, and once
+            for the frozen backbone's feature cache.
+        test_correct: per test sample, "1" right and "0" wrong (the same samples in every cell): what the
+            bootstrap intervals resample.
+        run: the run folder.
+    """
 
     strategy: str
     per_class: int
@@ -48,10 +84,18 @@ class CellResult:
     macro_f1: float
     seconds: float
     curve: list[dict[str, float]] = field(default_factory=list)
+    budget: str = ""
+    recipe: dict[str, Any] = field(default_factory=dict)
+    epochs_run: int = 0
+    best_epoch: int = 0
+    stopped: str = ""
+    images_seen: int = 0
+    test_correct: str = ""
+    run: str = ""
 
     @property
     def cell(self) -> Cell:
-        return Cell(self.strategy, self.per_class, self.seed)
+        return Cell(self.strategy, self.per_class, self.seed, self.budget)
 
     def time_to(self, accuracy: float) -> tuple[int, float] | None:
         """(epoch, seconds) when validation accuracy first reaches ``accuracy``; None if it never does."""
@@ -73,12 +117,15 @@ Trainer = Callable[[Cell, Path], CellResult]
 def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
              meta: dict[str, Any] | None = None) -> list[CellResult]:
     """Run every cell not yet in ``out/results.json`` (in order), recording each as it finishes (with ``meta``, e.g.
-    the data and model, so a half-run grid's file says what it is)."""
+    the data and model, so a half-run grid's file says what it is). The wall time of every call is added up in the
+    file's ``wall_seconds`` (an interrupted and resumed grid counts each part)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if meta is not None:
         check_same_grid(out, meta)
-    done = {r.cell: r for r in load_results(out)}
+    saved = _read(out)
+    done = {r.cell: r for r in (CellResult(**row) for row in saved.get("cells", []))}
+    wall = float(saved.get("wall_seconds", 0.0))
     todo = [c for c in cells if c not in done]
     if len(todo) < len(cells):
         logger.info("Resuming %s: %d of %d cells done earlier, not rerun", out, len(cells) - len(todo), len(cells))
@@ -92,7 +139,10 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
         done[cell] = trainer(cell, out / "runs" / cell.name)
         finished += 1
         if is_main_process():  # under torchrun every process runs the grid; one writes it
-            write_json_atomic(out / RESULTS, {**(meta or {}), "cells": [asdict(r) for r in done.values()]})
+            write_json_atomic(out / RESULTS, {**saved, **(meta or {}), "cells": [asdict(r) for r in done.values()],
+                                              "wall_seconds": round(wall + time.perf_counter() - started, 1)})
+    if finished:
+        logger.info("Grid done: %d cells run in %s", finished, _duration(time.perf_counter() - started))
     return [done[c] for c in cells]
 
 
@@ -103,8 +153,9 @@ def check_same_grid(out: Path, meta: dict[str, Any]) -> None:
     if not path.is_file():
         return
     saved = json.loads(path.read_text(encoding="utf-8"))
-    before = {"data": saved.get("data"), "model": saved.get("model"), **(saved.get("options") or {})}
-    now = {"data": meta.get("data"), "model": meta.get("model"), **(meta.get("options") or {})}
+    keys = ("data", "model", "recipes", "tune")
+    before = {**{k: saved.get(k) for k in keys}, **(saved.get("options") or {})}
+    now = {**{k: meta.get(k) for k in keys}, **(meta.get("options") or {})}
     differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if differ:
         changes = "; ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in differ)
@@ -117,16 +168,20 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
 
 
-def load_results(out: Path) -> list[CellResult]:
+def _read(out: Path) -> dict[str, Any]:
     path = Path(out) / RESULTS
-    if not path.is_file():
-        return []
-    return [CellResult(**row) for row in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def grid(strategies: Sequence[str], sizes: Sequence[int], seeds: int,
-         scratch_sizes: Sequence[int] = ()) -> list[Cell]:
-    """The cells: every strategy at every size and seed, plus extra sizes for ``scratch`` only."""
+def load_results(out: Path) -> list[CellResult]:
+    return [CellResult(**row) for row in _read(out).get("cells", [])]
+
+
+def grid(strategies: Sequence[str], sizes: Sequence[int], seeds: int, scratch_sizes: Sequence[int] = (),
+         equal_budget: bool = False) -> list[Cell]:
+    """The cells: every strategy at every size and seed, plus extra sizes for ``scratch`` only; with
+    ``equal_budget``, ``scratch`` once more at every one of its sizes for each transfer strategy, with that
+    strategy's budget."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise bad_value("strategies", ",".join(unknown), f"a comma-separated subset of {', '.join(STRATEGIES)}")
@@ -136,9 +191,13 @@ def grid(strategies: Sequence[str], sizes: Sequence[int], seeds: int,
         raise bad_value("seeds", seeds, "a positive integer")
     cells = [Cell(s, n, seed) for s in strategies for n in sorted(set(sizes)) for seed in range(seeds)]
     extra = sorted(set(scratch_sizes) - set(sizes))
-    if extra and "scratch" not in strategies:
+    if extra and SCRATCH not in strategies:
         raise TransferKitError("--scratch-per-class needs 'scratch' among --strategies.")
-    cells += [Cell("scratch", n, seed) for n in extra for seed in range(seeds)]
+    cells += [Cell(SCRATCH, n, seed) for n in extra for seed in range(seeds)]
+    if equal_budget and SCRATCH in strategies:
+        scratch_sizes_all = sorted(set(sizes) | set(extra))
+        cells += [Cell(SCRATCH, n, seed, budget) for budget in strategies if budget != SCRATCH
+                  for n in scratch_sizes_all for seed in range(seeds)]
     return cells
 
 
@@ -149,9 +208,9 @@ def _grouped(results: Iterable[CellResult], key: Callable[[CellResult], Any]) ->
     return groups
 
 
-def mean_accuracy(results: Sequence[CellResult], strategy: str) -> dict[int, float]:
-    """Mean test accuracy over seeds, per training-set size."""
-    by_size = _grouped((r for r in results if r.strategy == strategy), lambda r: r.per_class)
+def mean_accuracy(results: Sequence[CellResult], strategy: str, budget: str = "") -> dict[int, float]:
+    """Mean test accuracy over seeds, per training-set size (``budget``: see :class:`Cell`)."""
+    by_size = _grouped((r for r in results if r.strategy == strategy and r.budget == budget), lambda r: r.per_class)
     return {n: sum(r.test_accuracy for r in runs) / len(runs) for n, runs in sorted(by_size.items())}
 
 
@@ -165,8 +224,8 @@ class Standing(NamedTuple):
 
 
 def ranking(results: Sequence[CellResult], per_class: int) -> list[Standing]:
-    """The strategies run at ``per_class``, best test accuracy first."""
-    by_strategy = _grouped((r for r in results if r.per_class == per_class), lambda r: r.strategy)
+    """The strategies run at ``per_class`` at their own recipes, best test accuracy first."""
+    by_strategy = _grouped((r for r in results if r.per_class == per_class and not r.budget), lambda r: r.strategy)
     rows = []
     for strategy, runs in by_strategy.items():
         accs = [r.test_accuracy for r in runs]
@@ -190,24 +249,105 @@ def examples_needed(curve: dict[int, float], accuracy: float) -> float | None:
     return None
 
 
-def derived_factors(results: Sequence[CellResult]) -> list[dict[str, Any]]:
-    """Per transfer strategy and size: the data-efficiency factor and the speed-up over ``scratch``."""
-    scratch_curve = mean_accuracy(results, "scratch")
-    if not scratch_curve:
+def factor(scratch_curve: dict[int, float], accuracy: float, n: int) -> float:
+    """Data-efficiency factor: scratch's examples needed for ``accuracy`` over ``n`` (``inf`` if never reached)."""
+    needed = examples_needed(scratch_curve, accuracy)
+    return needed / n if needed is not None else math.inf
+
+
+VIEWS = {"converged": "scratch trained to convergence (its own recipe)",
+         "equal_budget": "scratch given the strategy's budget (the same passes over the training images)"}
+
+
+def derived_factors(results: Sequence[CellResult], plan: Resampling | None = None) -> list[dict[str, Any]]:
+    """Per transfer strategy and size: both data-efficiency factors (``converged`` and ``equal_budget``, each with
+    the scratch size needed, the factor and its text) and the speed-up over ``scratch``; with a resampling
+    ``plan`` (and per-sample test results in every cell) each factor and accuracy gets a bootstrap interval."""
+    converged = mean_accuracy(results, SCRATCH)
+    if not converged:
         return []
-    scratch_runs = [r for r in results if r.strategy == "scratch"]
+    scratch_runs = [r for r in results if r.strategy == SCRATCH and not r.budget]
+    matrices = correctness(results) if plan is not None else {}
     rows = []
-    for strategy in sorted({r.strategy for r in results} - {"scratch"}):
+    for strategy in sorted({r.strategy for r in results} - {SCRATCH}):
         for n, accuracy in mean_accuracy(results, strategy).items():
-            needed = examples_needed(scratch_curve, accuracy)
-            row: dict[str, Any] = {"strategy": strategy, "per_class": n, "test_accuracy": accuracy,
-                                   "scratch_per_class_needed": needed,
-                                   "data_efficiency": needed / n if needed is not None else None,
-                                   "data_efficiency_text": (f"{needed / n:.1f}x" if needed is not None else
-                                                            f"> {max(scratch_curve) / n:.1f}x (scratch never gets "
-                                                            f"there by {max(scratch_curve)}/class)")}
+            row: dict[str, Any] = {"strategy": strategy, "per_class": n, "test_accuracy": accuracy}
+            if (strategy, "", n) in matrices:
+                row["test_accuracy_interval"] = interval(replicate_accuracies(matrices[(strategy, "", n)], plan))
+            for view, budget in (("converged", ""), ("equal_budget", strategy)):
+                curve = mean_accuracy(results, SCRATCH, budget)
+                if not curve:
+                    row[view] = None
+                    continue
+                row[view] = _factor_entry(curve, accuracy, n)
+                bounds = _factor_interval(matrices, strategy, budget, n, sorted(curve), plan)
+                if bounds is not None:
+                    row[view]["interval"] = list(bounds)
+                    row[view]["text"] += f" [{_factor_text(bounds[0])}, {_factor_text(bounds[1])}]"
             row.update(_speedup(results, strategy, n, scratch_runs))
             rows.append(row)
+    return rows
+
+
+def _factor_interval(matrices: dict[tuple[str, str, int], np.ndarray], strategy: str, budget: str, n: int,
+                     sizes: list[int], plan: Resampling | None) -> tuple[float, float] | None:
+    """The bootstrap interval of one factor: the strategy's accuracy at ``n`` against the scratch curve (cells with
+    ``budget``), both resampled together."""
+    keys = [(SCRATCH, budget, m) for m in sizes] + [(strategy, "", n)]
+    if plan is None or not all(k in matrices for k in keys):
+        return None
+
+    def statistic(acc: dict) -> float:
+        return factor({m: acc[(SCRATCH, budget, m)] for m in sizes}, acc[(strategy, "", n)], n)
+
+    return interval(replicate_statistic({k: matrices[k] for k in keys}, statistic, plan))
+
+
+def _factor_entry(curve: dict[int, float], accuracy: float, n: int) -> dict[str, Any]:
+    needed = examples_needed(curve, accuracy)
+    largest = max(curve)
+    if needed is None:
+        text = f"> {largest / n:.1f}x (scratch never gets there by its largest size, {largest})"
+    else:
+        text = f"{needed / n:.1f}x"
+    return {"scratch_per_class_needed": needed, "factor": needed / n if needed is not None else None,
+            "scratch_largest": largest, "text": text}
+
+
+def _factor_text(value: float) -> str:
+    return "never" if math.isinf(value) else f"{value:.1f}x"
+
+
+def correctness(results: Sequence[CellResult]) -> dict[tuple[str, str, int], np.ndarray]:
+    """Per group (strategy, budget, size) the 0/1 matrix (seeds, test samples), seeds in order; groups whose cells
+    lack per-sample results (an older results.json) are left out."""
+    groups = _grouped(results, lambda r: r.cell.group)
+    matrices = {}
+    for key, runs in groups.items():
+        if all(r.test_correct for r in runs) and len({len(r.test_correct) for r in runs}) == 1:
+            matrices[key] = np.stack([unbits(r.test_correct) for r in sorted(runs, key=lambda r: r.seed)])
+    return matrices
+
+
+def accuracy_intervals(results: Sequence[CellResult], plan: Resampling) -> dict[tuple[str, str, int], list[float]]:
+    """The bootstrap interval of every group's mean test accuracy."""
+    return {key: list(interval(replicate_accuracies(m, plan))) for key, m in correctness(results).items()}
+
+
+def comparisons(results: Sequence[CellResult], plan: Resampling) -> list[dict[str, Any]]:
+    """At every size, each pair of strategies at their own recipes: the difference of mean test accuracy with its
+    interval, and whether the two are distinguishable (the interval excludes 0)."""
+    matrices = {k: v for k, v in correctness(results).items() if not k[1]}
+    rows = []
+    for n in sorted({k[2] for k in matrices}):
+        at_n = sorted((k for k in matrices if k[2] == n), key=lambda k: -matrices[k].mean())
+        replicates = {k: replicate_accuracies(matrices[k], plan) for k in at_n}
+        for i, a in enumerate(at_n):
+            for b in at_n[i + 1:]:
+                diff = interval(replicates[a] - replicates[b])
+                rows.append({"per_class": n, "better": a[0], "worse": b[0],
+                             "difference": float(matrices[a].mean() - matrices[b].mean()),
+                             "interval": list(diff), "distinguishable": distinguishable(diff)})
     return rows
 
 
@@ -215,7 +355,7 @@ def _speedup(results: Sequence[CellResult], strategy: str, n: int, scratch_runs:
     """Scratch's time to its best validation accuracy vs this strategy's time to the same accuracy (same size,
     averaged over seeds)."""
     pairs = []
-    for run in (r for r in results if r.strategy == strategy and r.per_class == n):
+    for run in (r for r in results if r.strategy == strategy and r.per_class == n and not r.budget):
         scratch = next((s for s in scratch_runs if s.per_class == n and s.seed == run.seed), None)
         if scratch is None or not scratch.curve:
             continue
@@ -230,6 +370,6 @@ def _speedup(results: Sequence[CellResult], strategy: str, n: int, scratch_runs:
         return {"speedup": None, "speedup_text": "never reaches scratch's best"}
     scratch_s = sum(s for s, _ in reached) / len(reached)
     strategy_s = sum(t for _, t in reached) / len(reached)
-    factor = scratch_s / max(strategy_s, 1e-9)
+    speedup = scratch_s / max(strategy_s, 1e-9)
     note = "" if len(reached) == len(pairs) else f" ({len(pairs) - len(reached)} seed(s) never reach it)"
-    return {"speedup": factor, "speedup_text": f"{factor:.1f}x{note}"}
+    return {"speedup": speedup, "speedup_text": f"{speedup:.1f}x{note}"}

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .grid import CellResult
+from .grid import VIEWS, CellResult
 
 
 class Names(NamedTuple):
     """What the cells' figures are called: the main test score, the second one, the validation figure of the
-    learning curves, and what a size counts."""
+    learning curves and the LR search, and what a size counts."""
 
     score: str = "accuracy"
     second: str = "macro-F1"
@@ -33,43 +33,152 @@ def _size_column(names: Names) -> str:
 
 
 def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str,
-                     names: Names = CLASSIFICATION) -> str:
-    """The grid and the derived factors as Markdown tables."""
-    column = _size_column(names)
-    lines = [f"# {title}", "", f"| strategy | {column} | seeds | test {names.score} (mean ± spread) | "
-             f"{names.second} | wall s | epochs to 95% of best | s to 95% of best |",
-             "|---|---|---|---|---|---|---|---|"]
-    groups: dict[tuple[str, int], list[CellResult]] = {}
+                     names: Names = CLASSIFICATION, *,
+                     intervals: dict[tuple[str, str, int], list[float]] | None = None,
+                     comparisons: Sequence[dict[str, Any]] = (), lr_search: dict[str, Any] | None = None,
+                     wall_seconds: float | None = None, compute_seconds: float | None = None) -> str:
+    """The grid, the recipes, both data-efficiency factors, which strategies are distinguishable and the LR search,
+    as Markdown."""
+    intervals = intervals or {}
+    lines = [f"# {title}", ""]
+    if wall_seconds is not None or compute_seconds is not None:
+        parts = ([f"wall time of the grid {_hours(wall_seconds)}"] if wall_seconds is not None else []) + \
+                ([f"compute (every run, LR search included) {_hours(compute_seconds)}"]
+                 if compute_seconds is not None else [])
+        sentence = "; ".join(parts)
+        lines += [sentence[0].upper() + sentence[1:] + ".", ""]
+    groups: dict[tuple[str, str, int], list[CellResult]] = {}
     for r in results:
-        groups.setdefault((r.strategy, r.per_class), []).append(r)
-    for (strategy, n), runs in sorted(groups.items()):
+        groups.setdefault((r.strategy, r.budget, r.per_class), []).append(r)
+    lines += _recipes(results)
+    interval_note = "mean [95% bootstrap interval]" if intervals else "mean ± half the spread over seeds"
+    column = _size_column(names)
+    lines += ["## Results", "", f"| strategy | budget | {column} | seeds | test {names.score} ({interval_note}) | "
+              f"{names.second} | wall s | epochs run (best) | stopped | images seen | LR | epochs to 95% of best | "
+              "s to 95% of best |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (strategy, budget, n), runs in sorted(groups.items()):
         accs = [r.test_accuracy for r in runs]
         reached = [c for c in (r.convergence() for r in runs) if c]
         conv, conv_s = [c[0] for c in reached], [c[1] for c in reached]
-        lines.append(f"| {strategy} | {n} | {len(runs)} | {sum(accs) / len(accs):.3f} ± "
-                     f"{(max(accs) - min(accs)) / 2:.3f} | {sum(r.macro_f1 for r in runs) / len(runs):.3f} | "
+        mean = sum(accs) / len(accs)
+        shown = (f"{mean:.3f} [{intervals[(strategy, budget, n)][0]:.3f}, {intervals[(strategy, budget, n)][1]:.3f}]"
+                 if (strategy, budget, n) in intervals else f"{mean:.3f} ± {(max(accs) - min(accs)) / 2:.3f}")
+        stops = sorted({r.stopped for r in runs if r.stopped})
+        lrs = sorted({str(r.recipe.get("lr", r.recipe.get("head_lr", ""))) for r in runs} - {"", "None"})
+        lines.append(f"| {strategy} | {_budget(budget)} | {n} | {len(runs)} | {shown} | "
+                     f"{sum(r.macro_f1 for r in runs) / len(runs):.3f} | "
                      f"{sum(r.seconds for r in runs) / len(runs):.0f} | "
+                     f"{_span([r.epochs_run for r in runs])} ({_span([r.best_epoch for r in runs])}) | "
+                     f"{', '.join(stops) or '-'} | {sum(r.images_seen for r in runs) / len(runs):,.0f} | "
+                     f"{', '.join(lrs) or 'default'} | "
                      f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} | "
                      f"{(sum(conv_s) / len(conv_s)) if conv_s else float('nan'):.1f} |")
     if factors:
-        lines += ["", f"| strategy | {column} | test {names.score} | scratch needs ({column}) | data efficiency | "
-                      "speed-up |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Data efficiency", "",
+                  f"How many {names.size} `scratch` needs for the strategy's test {names.score} (interpolated "
+                  "on the log scale between measured sizes), divided by the strategy's; intervals: 95% paired "
+                  "bootstrap over seeds and test samples (\"never\": scratch does not get there by its largest size "
+                  "in over 2.5% of the replicates).", "",
+                  f"- **converged**: {VIEWS['converged']};",
+                  f"- **equal budget**: {VIEWS['equal_budget']}.", "",
+                  f"| strategy | {column} | test {names.score} | converged: scratch needs | converged factor | "
+                  "equal budget: scratch needs | equal-budget factor | speed-up |", "|---|---|---|---|---|---|---|---|"]
         for f in factors:
-            needed = f"{f['scratch_per_class_needed']:.0f}" if f["scratch_per_class_needed"] else "> max"
-            lines.append(f"| {f['strategy']} | {f['per_class']} | {f['test_accuracy']:.3f} | {needed} | "
-                         f"{f['data_efficiency_text']} | {f['speedup_text']} |")
+            accuracy = f"{f['test_accuracy']:.3f}"
+            if f.get("test_accuracy_interval"):
+                low, high = f["test_accuracy_interval"]
+                accuracy += f" [{low:.3f}, {high:.3f}]"
+            cells = []
+            for view in ("converged", "equal_budget"):
+                entry = f.get(view)
+                if not entry:
+                    cells += ["-", "not measured"]
+                    continue
+                needed = entry["scratch_per_class_needed"]
+                cells += [f"{needed:.0f}" if needed else f"> {entry['scratch_largest']}", entry["text"]]
+            lines.append(f"| {f['strategy']} | {f['per_class']} | {accuracy} | {' | '.join(cells)} | "
+                         f"{f['speedup_text']} |")
+    if comparisons:
+        lines += ["", "## Which strategies are distinguishable", "",
+                  f"Difference of mean test {names.score} at each size, own recipes, with its 95% paired bootstrap "
+                  "interval; "
+                  "an interval containing 0 means the two are not distinguishable with these seeds and test samples.",
+                  "", f"| {column} | strategies | difference | distinguishable |", "|---|---|---|---|"]
+        for c in comparisons:
+            low, high = c["interval"]
+            lines.append(f"| {c['per_class']} | {c['better']} vs {c['worse']} | {c['difference']:+.3f} "
+                         f"[{low:+.3f}, {high:+.3f}] | {'yes' if c['distinguishable'] else '**no**'} |")
+    if lr_search:
+        lines += ["", "## LR search", "",
+                  f"Each value trained on seed 0 and judged by its best validation {names.validation} (never the test "
+                  "split); the "
+                  "winner is used for every seed. The last column is measured after the choice, for this report only.",
+                  "", f"| strategy | budget | {column} | option | validation {names.validation} per value | "
+                  f"chosen (recipe's) | seed-0 test {names.score}: chosen / recipe's |",
+                  "|---|---|---|---|---|---|---|"]
+        for key, search in sorted(lr_search.items(), key=lambda kv: _search_order(kv[0])):
+            strategy, budget, n = key.split("|")
+            values = ", ".join(f"{c['value']:g}: {c['val_accuracy']:.3f}"
+                               for c in sorted(search["candidates"].values(), key=lambda c: c["value"]))
+            chosen = f"{search['chosen']:g} ({search['default']:g})" if "chosen" in search else "-"
+            tests = (f"{search['chosen_test_accuracy']:.3f} / {search['default_test_accuracy']:.3f}"
+                     if "default_test_accuracy" in search else "-")
+            lines.append(f"| {strategy} | {_budget(budget)} | {n} | {search['option']} | {values} | {chosen} | "
+                         f"{tests} |")
     return "\n".join(lines) + "\n"
 
 
-def _image_uri(image: Any) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+def _recipes(results: Sequence[CellResult]) -> list[str]:
+    from .compare import recipe_table
+
+    rows = recipe_table(results)
+    if not any(row["options"] for row in rows):
+        return []
+    lines = ["## Recipes", "", "The `train` options each strategy ran with (a list where they differ by size or the LR "
+             "search chose differently), and how its runs ended.", "",
+             "| strategy | budget | options | epochs run | runs ended by |", "|---|---|---|---|---|"]
+    for row in rows:
+        options = "; ".join(f"{k.replace('_', '-')} {'/'.join(_value(v) for v in vs)}"
+                            for k, vs in row["options"].items())
+        ended = ", ".join(f"{k or '?'} {v}" for k, v in sorted(row["stopped"].items()))
+        lines.append(f"| {row['strategy']} | {_budget(row['budget'])} | {options or 'train defaults'} | "
+                     f"{_span(row['epochs_run'])} | {ended} |")
+    return lines + [""]
+
+
+def _value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _budget(budget: str) -> str:
+    return f"{budget}'s" if budget else "own"
+
+
+def _span(values: Sequence[int]) -> str:
+    return f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}"
+
+
+def _search_order(key: str) -> tuple[str, str, int]:
+    strategy, budget, n = key.split("|")
+    return strategy, budget, int(n)
+
+
+def _hours(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = int(round(seconds / 60))
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{seconds / 60:.1f} min"
 
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _image_uri(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -81,13 +190,15 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
     import matplotlib.pyplot as plt
 
     figures = []
-    strategies = sorted({r.strategy for r in results})
+    lines = sorted({(r.strategy, r.budget) for r in results})
     fig, ax = plt.subplots(figsize=(6, 4))
-    for strategy in strategies:
-        sizes = sorted({r.per_class for r in results if r.strategy == strategy})
-        accs = [[r.test_accuracy for r in results if r.strategy == strategy and r.per_class == n] for n in sizes]
+    for strategy, budget in lines:
+        runs = [r for r in results if r.strategy == strategy and r.budget == budget]
+        sizes = sorted({r.per_class for r in runs})
+        accs = [[r.test_accuracy for r in runs if r.per_class == n] for n in sizes]
         means = [sum(a) / len(a) for a in accs]
-        ax.plot(sizes, means, marker="o", label=strategy)
+        ax.plot(sizes, means, marker="o", linestyle="--" if budget else "-",
+                label=f"{strategy} ({budget}'s budget)" if budget else strategy)
         ax.fill_between(sizes, [min(a) for a in accs], [max(a) for a in accs], alpha=0.2)
     ax.set_xscale("log")
     ax.set_xlabel(names.size)
@@ -101,7 +212,7 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
     for x_key, label in (("epoch", "epoch"), ("seconds", "seconds")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in results:
-            if r.per_class == size and r.seed == 0 and r.curve:
+            if r.per_class == size and r.seed == 0 and r.curve and not r.budget:
                 ax.plot([p[x_key] for p in r.curve], [p["val_accuracy"] for p in r.curve], marker=".",
                         label=r.strategy)
         ax.set_xlabel(label)
@@ -114,13 +225,15 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
 
 
 def write_report(path: Path, results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str,
-                 names: Names = CLASSIFICATION, pictures: Sequence[tuple[str, Any]] = ()) -> Path:
-    """The report; ``pictures`` are extra (caption, PIL image) figures, e.g. a dense task's predictions."""
+                 summary: str | None = None, names: Names = CLASSIFICATION,
+                 pictures: Sequence[tuple[str, Any]] = ()) -> Path:
+    """The report: plots, ``pictures`` (extra (caption, PIL image) figures, e.g. a dense task's predictions) and the
+    summary's tables."""
     body = [f"<h1>{html.escape(title)}</h1>"]
     for caption, uri in [*plots(results, names), *((c, _image_uri(p)) for c, p in pictures)]:
         body.append(f"<figure><img src='{uri}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}"
                     "</figcaption></figure>")
-    body.append("<pre>" + html.escape(summary_markdown(results, factors, "Tables", names)) + "</pre>")
+    body.append("<pre>" + html.escape(summary or summary_markdown(results, factors, "Tables", names)) + "</pre>")
     Path(path).write_text("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) +
                           "</title><style>body{font-family:sans-serif;max-width:960px;margin:2em auto}"
                           "img{max-width:100%}</style></head><body>" + "\n".join(body) + "</body></html>",

@@ -60,6 +60,7 @@ class FitConfig:
     label_smoothing: float = 0.0
     class_weights: list[float] | None = None
     patience: int | None = 3
+    patience_fraction: float = 0.0
     bn: str = "train"
     l2_sp: float = 0.0
     groups: int | None = None
@@ -145,7 +146,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     penalty = (lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    state, stopper, best = TrainState(), EarlyStopping(config.patience), None
+    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction), None
     if resume:
         best = _restore(run, model, optimizer, state, stopper, accelerator)
     state.processes = world.size
@@ -158,6 +159,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
+        stopper.start_phase(phase.epochs, config.warmup)
         net = _phase_network(model, phase, accelerator, config)
         val_data = val_loader if phase.runs_on == "images" else features.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
@@ -267,7 +269,7 @@ def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase
     if not (done or stopper.should_stop):
         return False
     if not done:
-        logger.info("Early stopping: no better validation %s for %d epochs", monitor, stopper.patience)
+        logger.info("Early stopping: no better validation %s for %d epochs", monitor, stopper.current_patience)
     state.phase_index, state.phase_epoch = state.phase_index + 1, 0
     stopper.new_phase()
     return True

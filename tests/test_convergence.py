@@ -1,0 +1,109 @@
+"""The convergence rule of a long schedule (patience relative to the schedule, no stopping during warm-up) on
+scripted validation curves, the scratch recipe and the LR grid."""
+
+from __future__ import annotations
+
+import pytest
+
+import transferkit
+from transferkit.strategies import RECIPES, lr_grid
+from transferkit.training import EarlyStopping
+from transferkit.training import loop as loop_module
+
+
+def stop_epoch(curve, stopper, epochs, warmup=0.1):
+    """The epoch at which ``stopper`` ends a phase of ``epochs`` epochs scripted by ``curve`` (None: never)."""
+    stopper.start_phase(epochs, warmup)
+    for epoch, accuracy in enumerate(curve, start=1):
+        stopper.update(accuracy, 1.0 - accuracy, epoch)
+        if stopper.should_stop:
+            return epoch
+    return None
+
+
+def test_relative_patience_stops_on_a_plateau_a_fifth_of_the_schedule_long():
+    # rises for 20 epochs, then flat: a 50-epoch schedule with relative 0.2 waits 10 flat epochs
+    curve = [round(0.1 + 0.03 * i, 2) for i in range(20)] + [0.67] * 30
+    assert stop_epoch(curve, EarlyStopping(patience=3, relative=0.2), epochs=50) == 30
+    # the fixed rule would have stopped 3 epochs after the plateau began
+    assert stop_epoch(curve, EarlyStopping(patience=3), epochs=50) == 23
+    # the relative patience never falls below --patience: 0.2 of 10 epochs is 2, patience 3 wins
+    stopper = EarlyStopping(patience=3, relative=0.2)
+    stopper.start_phase(10, 0.1)
+    assert stopper.current_patience == 3
+
+
+def test_a_dip_shorter_than_the_patience_does_not_stop_a_long_run():
+    curve = [0.5, 0.6, 0.7] + [0.65] * 9 + [0.75, 0.8] + [0.8] * 20  # 9 bad epochs, then better again
+    stopper = EarlyStopping(patience=3, relative=0.2)
+    assert stop_epoch(curve, stopper, epochs=50) == 14 + 10 and stopper.best_epoch == 14
+
+
+def test_a_saturated_accuracy_with_a_falling_loss_is_a_plateau():
+    stopper = EarlyStopping(patience=3, relative=0.2)
+    stopper.start_phase(50, 0.0)
+    for epoch in range(1, 30):
+        stopper.update(1.0 if epoch >= 5 else 0.5, 1.0 / epoch, epoch)  # accuracy 1.0 from epoch 5, loss falling
+        if stopper.should_stop:
+            break
+    assert epoch == 15  # 10 epochs without a higher accuracy
+    assert stopper.best_epoch == 15  # the weights kept: the same accuracy at the lowest loss
+    fixed = EarlyStopping(patience=3)  # the default rule counts a lower loss at the same accuracy as progress
+    for epoch in range(1, 30):
+        fixed.update(1.0, 1.0 / epoch, epoch)
+    assert not fixed.should_stop
+
+
+def test_no_stopping_during_warm_up():
+    # flat (even falling) while the LR warms up over the first 10 of 100 epochs, then climbing
+    curve = [0.3] + [0.2] * 9 + [0.3 + 0.01 * i for i in range(40)]
+    assert stop_epoch(curve, EarlyStopping(patience=3, relative=0.05), epochs=100) is None  # patience 5 < 9 flat
+    # without the warm-up exemption the same patience would end the run in the warm-up
+    assert stop_epoch(curve, EarlyStopping(patience=3, relative=0.05), epochs=100, warmup=0.0) == 6
+    # and a plateau after the warm-up still stops it
+    assert stop_epoch([0.3] * 10 + [0.4] * 10, EarlyStopping(patience=3, relative=0.05), epochs=100) == 16
+
+
+def test_relative_patience_is_opt_in_and_zero_turns_stopping_off():
+    stopper = EarlyStopping(patience=2)
+    stopper.start_phase(100, 0.1)  # the loop calls it for every phase; without relative it changes nothing
+    assert stopper.current_patience == 2 and stop_epoch([0.5, 0.4, 0.4], stopper, 100) == 3
+    assert stop_epoch([0.5] + [0.4] * 60, EarlyStopping(patience=0, relative=0.2), epochs=50) is None
+
+
+def test_relative_patience_survives_a_resume():
+    stopper = EarlyStopping(patience=3, relative=0.2)
+    assert stop_epoch([0.5, 0.6] + [0.6] * 8, stopper, epochs=50) is None  # epochs 3-5 are the warm-up
+    resumed = EarlyStopping(patience=3, relative=0.2)
+    resumed.load_state_dict(stopper.state_dict())
+    resumed.start_phase(50, 0.1)  # called again when the loop re-enters the phase
+    assert resumed.bad_epochs == 5 and resumed.current_patience == 10
+    assert stop_epoch([0.6] * 5, resumed, epochs=50) == 5
+
+
+def test_the_loop_applies_the_relative_rule_per_phase(class_folder, tiny_options, tmp_path, monkeypatch):
+    """Through ``train``: a 6-epoch phase with --patience-fraction 0.3 waits 2 flat epochs (--patience 1 alone
+    would stop at the first worse epoch), and the warm-up epochs (the first 2) do not count."""
+    sequence = iter([0.5, 0.4, 0.6, 0.6, 0.6, 0.6])
+    monkeypatch.setattr(loop_module, "evaluate_loss", lambda *a, **k: {"loss": 1.0, "accuracy": next(sequence)})
+    result = transferkit.train(class_folder, strategy="scratch", patience=1, patience_fraction=0.3, warmup=0.2,
+                               out=str(tmp_path / "run"), progress=False, **{**tiny_options, "epochs": 6})
+    # epoch 2 (worse, inside the warm-up) does not count; best at 3, then 2 flat epochs: stops at 5 of 6
+    assert result.best_epoch == 3 and len(result.history) == 5
+
+
+def test_scratch_recipe_gets_more_epochs_on_small_data():
+    recipe = RECIPES["scratch"]
+    assert recipe.resolve(False, 10_000, 32)["epochs"] == 40  # 312 steps per epoch: the budget as it stands
+    assert recipe.resolve(False, 300, 32)["epochs"] == 134  # 9 steps per epoch: 1,200 steps
+    assert recipe.resolve(False, 100, 32)["epochs"] == 200  # 3 steps per epoch: capped
+    assert recipe.resolve(False, 100, 32)["patience_fraction"] == 0.2
+    assert RECIPES["two-stage"].resolve(False, 100, 32) == {}  # transfer strategies keep train's defaults
+    assert recipe.resolve(True, 10_000, 32)["lr"] < recipe.resolve(False, 10_000, 32)["lr"]
+
+
+@pytest.mark.parametrize("center, grid", [(3e-3, [1e-3, 3e-3, 1e-2]), (1e-4, [3e-5, 1e-4, 3e-4]),
+                                          (3e-5, [1e-5, 3e-5, 1e-4]), (5e-4, [1e-4, 3e-4, 1e-3])])
+def test_lr_grid_is_the_1_3_10_grid_around_the_recipe(center, grid):
+    assert lr_grid(center) == pytest.approx(grid)
+    assert lr_grid(1e-3, 5) == pytest.approx([1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
