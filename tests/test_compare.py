@@ -325,3 +325,51 @@ def test_a_grid_started_with_other_settings_is_not_resumed(tmp_path):
     run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "none"})
     with pytest.raises(TransferKitError, match=r"tune: 'none' before, 'lr' now"):  # the LR search changes cells too
         run_grid(cells, tmp_path / "tuned", trainer, {**meta, "recipes": "own", "tune": "lr"})
+
+
+def _figures(line: str) -> dict:
+    return {k: v for k, v in json.loads(line).items() if k not in ("seconds", "train_samples_per_s")}
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpoch:
+    """A callback that ends the process's work (an exception) at the end of ``epoch`` of the first run it sees."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.fired = epoch, False
+
+    def on_epoch_start(self, state) -> None:
+        pass
+
+    def on_epoch_end(self, record, state) -> None:
+        if record["epoch"] == self.epoch and not self.fired:
+            self.fired = True
+            raise _Killed
+
+
+def test_a_grid_killed_mid_cell_continues_that_cell_from_its_checkpoint(image_tree, tiny_options, tmp_path):
+    """A long cell (scratch to convergence) killed at epoch 2 of 3 continues from its checkpoint when the grid is
+    run again, and ends exactly where an uninterrupted grid does."""
+    from transferkit.experiments import compare
+
+    options = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs")}
+    grid_args = dict(model=tiny_options["model"], strategies=["scratch"], per_class=[4], seeds=1, tune="none",
+                     epochs=3, patience=0, **options)
+    with pytest.raises(_Killed):
+        compare(str(image_tree), out=tmp_path / "cut", callbacks=[_KillAtEpoch(2)], **grid_args)
+    run = tmp_path / "cut" / "runs" / "scratch-n4-s0"
+    assert (run / "checkpoint").is_dir() and not (run / "transferkit.json").exists()
+    first_two = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(first_two) == 2
+    resumed = compare(str(image_tree), out=tmp_path / "cut", **grid_args)["results"][0]
+    whole = compare(str(image_tree), out=tmp_path / "whole", **grid_args)["results"][0]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert lines[0] == first_two[0]  # epoch 1 kept from the checkpoint; epoch 2 ran again from it, identically:
+    assert _figures(lines[1]) == _figures(first_two[1])
+    assert resumed.test_correct == whole.test_correct and resumed.test_accuracy == whole.test_accuracy
+    assert [p["val_accuracy"] for p in resumed.curve] == [p["val_accuracy"] for p in whole.curve]
+    assert json.loads((run / "transferkit.json").read_text())["metrics"]["test"] is None

@@ -249,9 +249,13 @@ class CellRunner:
         """One ``train`` run into ``run_dir`` — never evaluating the test split (this class does that, afterwards)."""
         from ..api import train
 
-        train(self.data, model=self.model, strategy=cell.strategy, per_class=cell.per_class, seed=cell.seed,
-              out=str(run_dir), overwrite=True, cache_dir=str(self.cache_dir), progress=self.progress,
-              **{**options, "evaluate_test": False})
+        settings = {"data": self.data, "model": self.model, "strategy": cell.strategy, "per_class": cell.per_class,
+                    "seed": cell.seed, "cache_dir": str(self.cache_dir), **options, "evaluate_test": False}
+        if _interrupted_with(run_dir, settings):  # a grid killed mid-cell continues that cell where it stood
+            logger.info("%s: continuing the interrupted run from its last checkpoint", cell.name)
+            train(resume=str(run_dir), progress=self.progress, callbacks=options.get("callbacks") or ())
+        else:
+            train(out=str(run_dir), overwrite=True, progress=self.progress, **settings)
         shutil.rmtree(run_dir / CHECKPOINT, ignore_errors=True)  # only a resume needs it; the weights are kept
 
     def search(self, cell: Cell, options: Mapping[str, Any], option: str) -> dict[str, Any]:
@@ -356,6 +360,19 @@ class CellRunner:
         truth = np.asarray(test.labels)
         scores = compute_metrics(truth, np.eye(len(trained.classes))[predicted], trained.classes)
         return scores, bits(predicted == truth)
+
+
+def _interrupted_with(run_dir: Path, settings: Mapping[str, Any]) -> bool:
+    """Whether ``run_dir`` holds an unfinished run with a checkpoint, started with these settings (every one the
+    saved configuration records agrees): then the cell continues it instead of starting over."""
+    folder = RunFolder(run_dir)
+    if not run_dir.is_dir() or folder.is_finished or not folder.has_checkpoint:
+        return False
+    try:
+        saved = folder.read_config()
+    except (TransferKitError, OSError, ValueError):
+        return False
+    return all(_plain({k: saved[k]}) == _plain({k: v}) for k, v in settings.items() if k in saved)
 
 
 def search_key(cell: Cell) -> str:
