@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import COLOURS
 from transferkit.errors import TransferKitError
 from transferkit.experiments.grid import (
     Cell,
@@ -187,7 +188,12 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
         assert cell["seconds"] == pytest.approx(metrics["seconds"] + metrics["cache_seconds_saved"], abs=0.02)
     html = (out / "report.html").read_text()
     summary = (out / "summary.md").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Data efficiency" in html
+    # retention: the linear probe's backbone is the pre-trained one, exactly (agreement 1); scratch has none to keep
+    assert {c["retention"] for c in saved["cells"] if c["strategy"] == "linear-probe"} == {1.0}
+    assert all(c["retention"] is None and c["target_accuracy"] is None for c in saved["cells"]
+               if c["strategy"] == "scratch")
+    assert html.count("data:image/png;base64,") == 4 and "Data efficiency" in html
+    assert "vs retention" in html and "## Accuracy and what was kept" in summary
     assert "| linear-probe | own | 2 | 1 |" in summary and "## Recipes" in summary
     assert "| scratch | linear-probe's | 2 | 1 |" in summary
     assert not math.isnan(report["results"][0].test_accuracy)
@@ -373,3 +379,48 @@ def test_a_grid_killed_mid_cell_continues_that_cell_from_its_checkpoint(image_tr
     assert resumed.test_correct == whole.test_correct and resumed.test_accuracy == whole.test_accuracy
     assert [p["val_accuracy"] for p in resumed.curve] == [p["val_accuracy"] for p in whole.curve]
     assert json.loads((run / "transferkit.json").read_text())["metrics"]["test"] is None
+
+
+def test_adapt_is_a_grid_axis_of_pretrained_strategies():
+    cells = grid(["scratch", "linear-probe", "two-stage"], [10], seeds=1, adapt=["none", "dann", "cdan"],
+                 equal_budget=True)
+    names = [c.name for c in cells]
+    assert names[:7] == ["scratch-n10-s0", "linear-probe-n10-s0", "linear-probe+dann-n10-s0",
+                         "linear-probe+cdan-n10-s0", "two-stage-n10-s0", "two-stage+dann-n10-s0",
+                         "two-stage+cdan-n10-s0"]
+    assert [c.name for c in cells if c.budget] == ["scratch-n10-s0-budget-linear-probe",
+                                                   "scratch-n10-s0-budget-two-stage"]  # source-only budgets
+    adapted = cells[5]
+    assert (adapted.base, adapted.adapt, cells[4].adapt) == ("two-stage", "dann", "none")
+    with pytest.raises(TransferKitError, match="'adapt' parameter"):
+        grid(["two-stage"], [10], 1, adapt=["warp"])
+
+
+def test_compare_adapt_scores_the_target_and_what_was_kept(image_tree, tiny_options, tmp_path, monkeypatch):
+    """--adapt none,dann with --target-data: a source-only and a DANN line for two-stage; each cell scored on the
+    target's labelled test split (here the source's own test images, so both accuracies must agree) and its
+    retention measured."""
+    import transferkit.data.target as target
+    from transferkit.data.sources import eval_split
+    from transferkit.experiments import compare
+
+    real = target.load_target
+    monkeypatch.setattr(target, "load_target", lambda spec, **kw: target.TargetData(
+        real(spec, **kw).items, "target", eval_split(str(image_tree), sorted(COLOURS)).samples))
+    options = {k: v for k, v in tiny_options.items() if k != "model"}
+    with pytest.raises(TransferKitError, match="needs unlabelled target images"):
+        compare(str(image_tree), model=tiny_options["model"], strategies=["two-stage"], adapt=["dann"],
+                out=tmp_path / "none", **options)
+    report = compare(str(image_tree), model=tiny_options["model"], strategies=["two-stage"], per_class=[4],
+                     adapt=["none", "dann"], tune="none", out=tmp_path / "shift",
+                     target_data=str(image_tree / "test"), **options)
+    cells = {r.strategy: r for r in report["results"]}
+    assert set(cells) == {"two-stage", "two-stage+dann"}
+    for cell in cells.values():
+        assert cell.target_accuracy == pytest.approx(cell.test_accuracy)  # the same images, scored twice
+        assert cell.retention is not None and 0 <= cell.retention <= 1
+    config = json.loads((Path(cells["two-stage+dann"].run) / "transferkit.json").read_text())["config"]
+    assert config["adapt"] == "dann" and config["strategy"] == "two-stage"
+    assert json.loads((Path(cells["two-stage"].run) / "transferkit.json").read_text())["config"]["adapt"] == "none"
+    summary = (tmp_path / "shift" / "summary.md").read_text()
+    assert "| two-stage+dann | own | 4 |" in summary and "target accuracy" in summary

@@ -409,7 +409,9 @@ def compare(**values: Any) -> None:
     report = run_compare(data, strategies=[s.strip() for s in grid["strategies"].split(",") if s.strip()],
                          per_class=_int_list("per_class", grid["per_class"]), seeds=grid["seeds"],
                          scratch_per_class=_int_list("scratch_per_class", grid["scratch_per_class"]),
-                         out=grid["out"], recipes=grid["recipes"], tune=grid["tune"], **train_options)
+                         out=grid["out"], recipes=grid["recipes"], tune=grid["tune"],
+                         adapt=[m.strip() for m in grid["adapt"].split(",") if m.strip()],
+                         retention=grid["retention"], **train_options)
     leave()
     if not is_main_process():
         return

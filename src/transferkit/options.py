@@ -530,12 +530,19 @@ class CompareOptions:
     tune: str = option("lr", "lr: a small LR search per strategy and size (3 values on a log grid around the "
                              "recipe's, trained on seed 0, chosen on validation accuracy — never on test); none: the "
                              "recipe's LR.", choices=("lr", "none"))
+    adapt: str = option("none", "Comma-separated domain-adaptation methods, a grid axis (needs --target-data): "
+                                "each method other than none adds every pre-trained strategy trained with it "
+                                "(two-stage+dann); every cell is also scored on the target's labelled test split "
+                                "when it has one (builtin:fashion-mnist-m).")
+    retention: bool = option(True, "Measure what each pre-trained cell kept of its pre-trained model (top-1 "
+                                   "agreement on natural reference images, as `transferkit forgetting`): a column "
+                                   "and a plot of accuracy vs retention.", flags=("--retention/--no-retention",))
     out: str = option("reports/compare", "Report folder (results.json, summary.md, report.html, runs/, cache/); an "
                                          "interrupted grid resumes there.")
 
 
 # ``train`` options that compare sets per cell or owns.
-COMPARE_OWNS = ("strategy", "per_class", "seed", "out", "overwrite", "cache_dir", "evaluate_test")
+COMPARE_OWNS = ("strategy", "per_class", "seed", "out", "overwrite", "cache_dir", "evaluate_test", "adapt")
 ADVISE_USES = ("data", "task", "model", "weights", "per_class", "text_column", "label_column", "seed", "image_size",
                "ignore_index")
 

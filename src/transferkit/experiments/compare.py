@@ -56,7 +56,8 @@ LR_SEARCH = "lr_search.json"
 def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequence[str] = ("scratch", "linear-probe",
             "two-stage"), per_class: Sequence[int] = (10, 30, 100), seeds: int = 1,
             scratch_per_class: Sequence[int] = (), out: str | Path = "reports/compare", recipes: str = "own",
-            tune: str = "lr", progress: bool = False, **train_options: Any) -> dict[str, Any]:
+            tune: str = "lr", adapt: Sequence[str] = ("none",), retention: bool = True, progress: bool = False,
+            **train_options: Any) -> dict[str, Any]:
     """Run the grid and write ``results.json``, ``summary.md`` and ``report.html`` to ``out``. Every run is tested
     on the data's own held-out test split (the same images for every cell); feature and decoded-input caches are
     shared between runs. Under ``torchrun`` every process runs the grid (each cell is a distributed run) and rank 0
@@ -70,12 +71,22 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
         seeds: seeds per (strategy, size); 3 or more give intervals worth reading.
         recipes: ``own`` (each strategy's recipe) or ``shared`` (``train``'s defaults for all).
         tune: ``lr`` (the LR search) or ``none``.
+        adapt: domain-adaptation methods as a grid axis (with ``target_data``): each method other than ``none``
+            adds every pre-trained strategy trained with it (``two-stage+dann``); every cell is also scored on the
+            target's labelled test split when it has one (a built-in shifted pair).
+        retention: measure each pre-trained cell's retention of the pre-trained function (the ``forgetting``
+            top-1 agreement on natural reference images; text: embedding cosine).
         **train_options: ``train`` options for every cell; they override the recipes.
     """
     check_choice("recipes", recipes, RECIPE_MODES)
     check_choice("tune", tune, TUNE)
     out = Path(out)
-    cells = grid(strategies, per_class, seeds, scratch_per_class, equal_budget=True)
+    if "adapt" in train_options:  # compare's --adapt is a list: the grid axis
+        raise TransferKitError("compare takes adapt as a list (adapt=['none', 'dann']), not a train option.")
+    if any(m != "none" for m in adapt) and not train_options.get("target_data"):
+        raise TransferKitError(f"--adapt {','.join(adapt)} needs unlabelled target images. Fix: pass --target-data "
+                               "FOLDER (or builtin:fashion-mnist-m), or drop --adapt.")
+    cells = grid(strategies, per_class, seeds, scratch_per_class, equal_budget=True, adapt=adapt)
     task = get_task(train_options.get("task") or infer_task(data)[0])
     train_options = {**train_options, "task": task.name}
     test, classes = _test_split(data, model, train_options, dense=task.dense)
@@ -84,12 +95,12 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
             logger.warning("--%s applies to every strategy and overrides its recipe (scratch too).",
                            name.replace("_", "-"))
     runner = CellRunner(data, model, out, train_options, recipes=recipes, tune=tune, test=test, classes=classes,
-                        progress=progress)
+                        progress=progress, retention=retention)
     options = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
                for k, v in sorted(train_options.items()) if k != "callbacks"}
     # test_accuracy / macro_f1 of each cell hold the task's two headline figures, named in "metrics".
     meta = {"data": str(data), "model": model, "task": task.name, "metrics": list(task.headline), "options": options,
-            "recipes": recipes, "tune": tune, "test_samples": len(test)}
+            "recipes": recipes, "tune": tune, "test_samples": len(test), "adapt": list(adapt), "retention": retention}
     results = run_grid(cells, out, runner.run, meta)
     runner.measure_search(results)
     return write_outputs(out, results, runner, meta, seeds)
@@ -167,12 +178,16 @@ class CellRunner:
     the test evaluation. The LR search's runs are recorded in ``out/lr_search.json`` as they finish (resumable)."""
 
     def __init__(self, data: str, model: str, out: Path, given: Mapping[str, Any], *, recipes: str, tune: str,
-                 test: Samples, classes: list[str], progress: bool = False, cache_dir: Path | None = None) -> None:
+                 test: Samples, classes: list[str], progress: bool = False, cache_dir: Path | None = None,
+                 retention: bool = True) -> None:
         self.data, self.model, self.out, self.given = str(data), model, Path(out), dict(given)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.out / "cache"
         self.recipes, self.tune, self.test, self.classes, self.progress = recipes, tune, test, classes, progress
         self.text = is_text_model(model)
         self.task = get_task(self.given.get("task"))
+        self.retention = retention and not self.task.dense
+        self._target_test: Any = None  # the target's labelled test split (loaded on first use; False: none)
+        self._probe: Any = None  # the retention probe (the pre-trained model's outputs on the reference set)
         path = self.out / LR_SEARCH
         self.lr_search: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         self._budgets: dict[tuple[str, int], int] = {}
@@ -187,14 +202,17 @@ class CellRunner:
         """The cell's ``train`` options before the LR search: its recipe, the options given to compare, and for a
         budget cell the epochs of the transfer strategy's budget."""
         batch = int(self.given.get("batch_size", 32))
-        recipe = self.recipe(cell.strategy)
+        recipe = self.recipe(cell.base)
         if cell.budget:  # the scratch recipe, but the transfer strategy's number of passes over the data
             options = {**recipe.resolve(self.text, 0, batch), **self.given}
             options["epochs"] = self.budget_passes(cell.budget, cell.per_class)
             return options
         # The training set's size: --per-class counts examples per class (a dense task: images).
         examples = cell.per_class if self.task.dense else cell.per_class * len(self.classes)
-        return {**recipe.resolve(self.text, examples, batch), **self.given}
+        options = {**recipe.resolve(self.text, examples, batch), **self.given}
+        if cell.adapt != "none":
+            options["adapt"] = cell.adapt
+        return options
 
     def budget_passes(self, strategy: str, per_class: int) -> int:
         """A strategy's training budget in passes over the training images: one per epoch on images, and one for
@@ -210,12 +228,12 @@ class CellRunner:
         from ..api import plan
 
         keep = {k: v for k, v in options.items() if k not in ("out", "overwrite", "evaluate_test")}
-        return plan(None, num_classes=len(self.classes), **{**keep, "model": self.model, "strategy": cell.strategy})
+        return plan(None, num_classes=len(self.classes), **{**keep, "model": self.model, "strategy": cell.base})
 
     def searched_option(self, cell: Cell, options: Mapping[str, Any]) -> str | None:
         """The LR option the search varies for this cell, or None: no search asked, the option given explicitly, or
         nothing to search (every phase is the exact head fit)."""
-        option = self.recipe(cell.strategy).lr_option
+        option = self.recipe(cell.base).lr_option
         if self.tune != "lr" or option is None or option in self.given or "lrs" in self.given:
             return None
         if all(p.runs_on == "exact-fit" for p in self.plan(cell, options).phases):
@@ -249,7 +267,7 @@ class CellRunner:
         """One ``train`` run into ``run_dir`` — never evaluating the test split (this class does that, afterwards)."""
         from ..api import train
 
-        settings = {"data": self.data, "model": self.model, "strategy": cell.strategy, "per_class": cell.per_class,
+        settings = {"data": self.data, "model": self.model, "strategy": cell.base, "per_class": cell.per_class,
                     "seed": cell.seed, "cache_dir": str(self.cache_dir), **options, "evaluate_test": False}
         if _interrupted_with(run_dir, settings):  # a grid killed mid-cell continues that cell where it stood
             logger.info("%s: continuing the interrupted run from its last checkpoint", cell.name)
@@ -275,7 +293,7 @@ class CellRunner:
 
     def search_entry(self, cell: Cell, options: Mapping[str, Any], option: str) -> dict[str, Any]:
         """The record of the cell's group's search (created empty: the values to try, none tried yet)."""
-        center = self.center(cell.strategy, option, options)
+        center = self.center(cell.base, option, options)
         return self.lr_search.setdefault(search_key(cell), {"option": option, "default": center,
                                                             "values": lr_grid(center), "seed": 0, "candidates": {}})
 
@@ -339,14 +357,50 @@ class CellRunner:
         curve = [{"epoch": h["epoch"], "seconds": round(start + h["seconds"], 3),
                   "val_accuracy": h[f"val_{self.task.monitor}"]} for h in history]
         main, second = self.task.headline
-        scores, correct = self.score(load(run_dir))
+        trained = load(run_dir)
+        scores, correct = self.score(trained)
         passes = sum(h.get("inputs") == "images" for h in history) + int(any(h.get("inputs") != "images"
                                                                              for h in history))
         return CellResult(cell.strategy, cell.per_class, cell.seed, scores[main], scores[second],
                           round(metrics["seconds"] + metrics["cache_seconds_saved"], 3), curve, budget=cell.budget,
                           recipe=_plain(options), epochs_run=len(history), best_epoch=metrics["best_epoch"],
                           stopped=_stopped(info["phases"], history), images_seen=passes * info["data"]["train"],
-                          test_correct=correct, run=str(run_dir))
+                          test_correct=correct, run=str(run_dir), target_accuracy=self.target_accuracy(trained),
+                          retention=self.kept(trained) if cell.base != SCRATCH else None)
+
+    def target_accuracy(self, trained: Any) -> float | None:
+        """Test accuracy on the target domain's labelled test split (``test_per_class`` of each class, as the
+        source's), or ``None`` without one."""
+        if not self.given.get("target_data") or self.task.dense:
+            return None
+        if self._target_test is None:
+            from ..data.target import load_target
+
+            test = load_target(self.given["target_data"]).test
+            if test is not None and self.given.get("test_per_class") is not None:
+                test, _ = take_per_class(test, self.given["test_per_class"], seed=0)
+            self._target_test = test if test is not None and len(test) else False
+        if self._target_test is False:
+            return None
+        test = onto_classes(self._target_test, trained.classes, "the target's test split")
+        predicted = trained.predict_proba(test.items, batch_size=128).argmax(axis=1)
+        return float((predicted == np.asarray(test.labels)).mean())
+
+    def kept(self, trained: Any) -> float | None:
+        """The run's retention of its pre-trained start (top-1 agreement; text: embedding cosine), or ``None``."""
+        if not self.retention:
+            return None
+        from ..adaptation.forgetting import retention_probe
+
+        try:
+            if self._probe is None:
+                self._probe = retention_probe(trained)
+            measured = self._probe.measure(trained.model.cpu())
+        except TransferKitError as exc:  # e.g. weights without their original classifier: say so, once
+            logger.warning("Retention not measured: %s", exc)
+            self.retention = False
+            return None
+        return measured.top1_agreement if measured.top1_agreement is not None else measured.embedding_cosine
 
     def score(self, trained: Any) -> tuple[dict[str, Any], str]:
         """A finished run's test figures and, for classification, its per-sample results (what the intervals

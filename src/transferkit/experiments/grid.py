@@ -35,6 +35,18 @@ logger = logging.getLogger(__name__)
 
 RESULTS = "results.json"
 SCRATCH = "scratch"
+ADAPTED = "+"
+"""``two-stage+dann``: a strategy trained with a domain-adaptation method (``compare --adapt``), a grid line of its
+own."""
+NOT_ADAPTED = ("scratch", "lora")
+"""Strategies that run source-only whatever ``--adapt`` lists (adaptation starts from a pre-trained model, and LoRA
+has no domain head)."""
+
+
+def split_variant(label: str) -> tuple[str, str]:
+    """``two-stage+dann`` -> (``two-stage``, ``dann``); ``two-stage`` -> (``two-stage``, ``none``)."""
+    base, _, method = label.partition(ADAPTED)
+    return base, method or "none"
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,16 @@ class Cell:
     @property
     def name(self) -> str:
         return f"{self.strategy}-n{self.per_class}-s{self.seed}" + (f"-budget-{self.budget}" if self.budget else "")
+
+    @property
+    def base(self) -> str:
+        """The strategy ``train`` runs (the label without its adaptation method)."""
+        return split_variant(self.strategy)[0]
+
+    @property
+    def adapt(self) -> str:
+        """The domain-adaptation method (``none``: source only)."""
+        return split_variant(self.strategy)[1]
 
     @property
     def group(self) -> tuple[str, str, int]:
@@ -75,6 +97,11 @@ class CellResult:
         test_correct: per test sample, "1" right and "0" wrong (the same samples in every cell): what the
             bootstrap intervals resample.
         run: the run folder.
+        target_accuracy: with ``--target-data`` whose test split is labelled (a built-in shifted pair), the test
+            accuracy on the target domain (``None`` otherwise).
+        retention: how much of the pre-trained function the run kept — top-1 agreement of its backbone under the
+            original classifier with the pre-trained model on natural reference images (text: sentence-embedding
+            cosine); ``None`` for scratch, dense tasks or ``--no-retention``.
     """
 
     strategy: str
@@ -92,6 +119,8 @@ class CellResult:
     images_seen: int = 0
     test_correct: str = ""
     run: str = ""
+    target_accuracy: float | None = None
+    retention: float | None = None
 
     @property
     def cell(self) -> Cell:
@@ -178,18 +207,26 @@ def load_results(out: Path) -> list[CellResult]:
 
 
 def grid(strategies: Sequence[str], sizes: Sequence[int], seeds: int, scratch_sizes: Sequence[int] = (),
-         equal_budget: bool = False) -> list[Cell]:
+         equal_budget: bool = False, adapt: Sequence[str] = ("none",)) -> list[Cell]:
     """The cells: every strategy at every size and seed, plus extra sizes for ``scratch`` only; with
     ``equal_budget``, ``scratch`` once more at every one of its sizes for each transfer strategy, with that
-    strategy's budget."""
+    strategy's budget. Each method of ``adapt`` other than ``none`` adds every pre-trained strategy once more,
+    trained with that method (``two-stage+dann``)."""
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise bad_value("strategies", ",".join(unknown), f"a comma-separated subset of {', '.join(STRATEGIES)}")
+    from ..options import ADAPT_METHODS
+
+    wrong = [m for m in adapt if m not in ADAPT_METHODS]
+    if wrong or not adapt:
+        raise bad_value("adapt", ",".join(adapt), f"a comma-separated subset of {', '.join(ADAPT_METHODS)}")
     if not sizes or any(n < 1 for n in sizes):
         raise bad_value("per_class", list(sizes), "comma-separated positive integers, e.g. 10,30,100")
     if seeds < 1:
         raise bad_value("seeds", seeds, "a positive integer")
-    cells = [Cell(s, n, seed) for s in strategies for n in sorted(set(sizes)) for seed in range(seeds)]
+    labels = [s if m == "none" else f"{s}{ADAPTED}{m}" for s in strategies for m in dict.fromkeys(adapt)
+              if m == "none" or s not in NOT_ADAPTED]
+    cells = [Cell(s, n, seed) for s in labels for n in sorted(set(sizes)) for seed in range(seeds)]
     extra = sorted(set(scratch_sizes) - set(sizes))
     if extra and SCRATCH not in strategies:
         raise TransferKitError("--scratch-per-class needs 'scratch' among --strategies.")

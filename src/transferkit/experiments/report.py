@@ -73,6 +73,7 @@ def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, 
                      f"{', '.join(lrs) or 'default'} | "
                      f"{(sum(conv) / len(conv)) if conv else float('nan'):.1f} | "
                      f"{(sum(conv_s) / len(conv_s)) if conv_s else float('nan'):.1f} |")
+    lines += _shift_and_retention(groups, names)
     if factors:
         lines += ["", "## Data efficiency", "",
                   f"How many {names.size} `scratch` needs for the strategy's test {names.score} (interpolated "
@@ -126,6 +127,31 @@ def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, 
             lines.append(f"| {strategy} | {_budget(budget)} | {n} | {search['option']} | {values} | {chosen} | "
                          f"{tests} |")
     return "\n".join(lines) + "\n"
+
+
+def _mean_spread(values: Sequence[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    return f"{sum(known) / len(known):.3f} ± {(max(known) - min(known)) / 2:.3f}"
+
+
+def _shift_and_retention(groups: dict[tuple[str, str, int], list[CellResult]], names: Names) -> list[str]:
+    """Accuracy on the new task (and on the target domain) beside what was kept of the pre-trained model."""
+    runs = [r for rs in groups.values() for r in rs]
+    if not any(r.target_accuracy is not None or r.retention is not None for r in runs):
+        return []
+    lines = ["", "## Accuracy and what was kept", "",
+             "Target: test accuracy on the target domain's labelled test split (`--target-data`; adaptation never read "
+             "its labels). Retention: top-1 agreement of the run's backbone under the original classifier with the "
+             "pre-trained model on natural reference images (1 = nothing forgotten; text: sentence-embedding cosine; "
+             "see `transferkit forgetting`). Mean ± half the spread over seeds.", "",
+             f"| strategy | budget | {_size_column(names)} | test {names.score} | target accuracy | retention |",
+             "|---|---|---|---|---|---|"]
+    for (strategy, budget, n), rs in sorted(groups.items()):
+        lines.append(f"| {strategy} | {_budget(budget)} | {n} | {_mean_spread([r.test_accuracy for r in rs])} | "
+                     f"{_mean_spread([r.target_accuracy for r in rs])} | {_mean_spread([r.retention for r in rs])} |")
+    return lines
 
 
 def _recipes(results: Sequence[CellResult]) -> list[str]:
@@ -207,6 +233,7 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
     ax.grid(alpha=0.3)
     figures.append((f"Test {names.score} vs {names.size} (mean, min-max over seeds)", _png(fig)))
     plt.close(fig)
+    figures += _retention_plot(results, names)
     size = max({r.per_class for r in results} & {r.per_class for r in results if r.strategy != "scratch"} or
                {r.per_class for r in results})
     for x_key, label in (("epoch", "epoch"), ("seconds", "seconds")):
@@ -222,6 +249,37 @@ def plots(results: Sequence[CellResult], names: Names = CLASSIFICATION) -> list[
         figures.append((f"Validation {names.validation} vs {label} ({size} {_size_column(names)}, seed 0)", _png(fig)))
         plt.close(fig)
     return figures
+
+
+def _retention_plot(results: Sequence[CellResult], names: Names) -> list[tuple[str, str]]:
+    """Accuracy (on the target domain when measured, else the test split) against retention, one line per strategy
+    through its sizes (means over seeds): the trade-off between the new task and what was forgotten."""
+    import matplotlib.pyplot as plt
+
+    kept = [r for r in results if r.retention is not None and not r.budget]
+    if not kept:
+        return []
+    target = all(r.target_accuracy is not None for r in kept)
+    measure = "target accuracy" if target else f"test {names.score}"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy in sorted({r.strategy for r in kept}):
+        sizes = sorted({r.per_class for r in kept if r.strategy == strategy})
+        points = []
+        for n in sizes:
+            rs = [r for r in kept if r.strategy == strategy and r.per_class == n]
+            y = [r.target_accuracy if target else r.test_accuracy for r in rs]
+            points.append((sum(r.retention for r in rs) / len(rs), sum(y) / len(y)))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=strategy)
+        for (x, y), n in zip(points, sizes, strict=True):
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("retention (top-1 agreement with the pre-trained model)")
+    ax.set_ylabel(measure)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    figure = (f"{measure[0].upper() + measure[1:]} vs retention (labels: {_size_column(names)}; means over seeds)",
+              _png(fig))
+    plt.close(fig)
+    return [figure]
 
 
 def write_report(path: Path, results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str,
