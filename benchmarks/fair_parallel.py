@@ -64,7 +64,8 @@ def _init_worker(config: dict[str, Any]) -> None:
     package.propagate = False  # the parent's log keeps one line per finished cell
     test, classes = _test_split(config["data"], config["model"], config["given"])
     _RUNNER = CellRunner(config["data"], config["model"], out, config["given"], recipes=config["recipes"],
-                         tune=config["tune"], test=test, classes=classes, cache_dir=out / "cache" / str(os.getpid()))
+                         tune=config["tune"], test=test, classes=classes, cache_dir=out / "cache" / str(os.getpid()),
+                         retention=config["retention"])
 
 
 def _work(kind: str, cell: Cell, options: dict[str, Any], extra: Any = None) -> Any:
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                         "cells after all others (a grid cut short keeps every strategy at its own recipe); "
                         "long-first: the shortest total time")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a train option for every cell")
+    p.add_argument("--retention", action="store_true", help="also measure each pre-trained cell's retention (as "
+                   "compare does by default; off here, so grids started before it existed stay consistent)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     given = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     test, classes = _test_split(args.data, args.model, given)
     runner = CellRunner(args.data, args.model, out, given, recipes=args.recipes, tune=args.tune, test=test,
-                        classes=classes)
+                        classes=classes, retention=args.retention)
     options_text = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
                     for k, v in sorted(given.items())}
     meta = {"data": args.data, "model": args.model, "options": options_text, "recipes": args.recipes,
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                                           "wall_seconds": round(wall + time.perf_counter() - started, 1)})
 
     config = {"out": str(out), "data": args.data, "model": args.model, "given": given, "recipes": args.recipes,
-              "tune": args.tune}
+              "tune": args.tune, "retention": args.retention}
     parked: dict[str, list[tuple[Cell, dict[str, Any], str]]] = {}
     ready: list[tuple[str, Cell, dict[str, Any], Any]] = []
     for cell in cells:

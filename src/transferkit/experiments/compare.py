@@ -97,7 +97,7 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     runner = CellRunner(data, model, out, train_options, recipes=recipes, tune=tune, test=test, classes=classes,
                         progress=progress, retention=retention)
     options = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
-               for k, v in sorted(train_options.items()) if k != "callbacks"}
+               for k, v in sorted(train_options.items()) if k not in ("callbacks", "task")}  # task: meta's own
     # test_accuracy / macro_f1 of each cell hold the task's two headline figures, named in "metrics".
     meta = {"data": str(data), "model": model, "task": task.name, "metrics": list(task.headline), "options": options,
             "recipes": recipes, "tune": tune, "test_samples": len(test), "adapt": list(adapt), "retention": retention}

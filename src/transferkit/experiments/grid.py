@@ -183,8 +183,10 @@ def check_same_grid(out: Path, meta: dict[str, Any]) -> None:
         return
     saved = json.loads(path.read_text(encoding="utf-8"))
     keys = ("data", "model", "recipes", "tune")
-    before = {**{k: saved.get(k) for k in keys}, **(saved.get("options") or {})}
-    now = {**{k: meta.get(k) for k in keys}, **(meta.get("options") or {})}
+    before = {**{k: saved.get(k) for k in keys}, **(saved.get("options") or {}),
+              "task": saved.get("task") or "classification"}  # grids of older versions were classification
+    now = {**{k: meta.get(k) for k in keys}, **(meta.get("options") or {}),
+           "task": meta.get("task") or "classification"}
     differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if differ:
         changes = "; ".join(f"{k}: {before.get(k)!r} before, {now.get(k)!r} now" for k in differ)
