@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,15 +233,22 @@ def test_compare_and_advise_work_for_text(capsys, tiny_bert, tmp_path):
     write_csv(data / "test.csv", n=6)
     options = {k: v for k, v in tiny(tiny_bert).items() if k != "model"}
     compare(str(data), model=str(tiny_bert), strategies=["scratch", "linear-probe"], per_class=[4, 8], seeds=1,
-            out=tmp_path / "report", **options)
+            out=tmp_path / "report", tune="none", **options)
     saved = json.loads((tmp_path / "report" / "results.json").read_text())
-    assert len(saved["cells"]) == 4
+    assert len(saved["cells"]) == 6  # each strategy at 2 sizes, and scratch at linear-probe's budget
     for cell in saved["cells"]:  # each cell's score is its own run's score on the 12 test reviews
-        run = tmp_path / "report" / "runs" / f"{cell['strategy']}-n{cell['per_class']}-s{cell['seed']}"
+        run = Path(cell["run"])
         metrics = json.loads((run / "transferkit.json").read_text())["metrics"]
-        assert metrics["test"]["n"] == 12 and cell["test_accuracy"] == metrics["test"]["accuracy"]
+        scored = transferkit.load(run).evaluate(str(data))
+        assert scored["split"] == "test" and scored["n"] == 12 and len(cell["test_correct"]) == 12
+        assert cell["test_accuracy"] == pytest.approx(scored["accuracy"])
         assert len(cell["curve"]) == metrics["epochs_run"] and cell["curve"][-1]["epoch"] == metrics["epochs_run"]
-    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 3
+        # retention (sentence-embedding cosine): a frozen backbone keeps it exactly; scratch has none
+        if cell["strategy"] == "linear-probe":
+            assert cell["retention"] == pytest.approx(1.0)
+        else:
+            assert cell["retention"] is None
+    assert (tmp_path / "report" / "report.html").read_text().count("data:image/png;base64,") == 4
 
     code, out, err = run_cli(capsys, "advise", "--data", str(data), "--model", str(tiny_bert), "--json")
     assert code == 0, err
