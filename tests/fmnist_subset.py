@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferkit.data import builtin as builtin_module
+from transferkit.data import fashion_mnist as builtin_module
 
 
 def write_fmnist_subset(folder: Path, train: int = 300, test: int = 100) -> Path:

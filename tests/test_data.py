@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import make_class_folders, make_image
 from transferkit.data import build_transforms, load_eval_data, load_training_data, open_image
 from transferkit.data import builtin as builtin_module
+from transferkit.data import fashion_mnist as fashion_mnist_module
 from transferkit.errors import TransferKitError
 from transferkit.models import Preprocessing
 
@@ -75,7 +76,7 @@ def test_fashion_mnist_download_fallback_uses_the_url(tmp_path, monkeypatch):
             payload = bytes([0, 0, 8, 1]) + n.to_bytes(4, "big") + bytes(i % 10 for i in range(n))
         with gzip.open(server / name, "wb") as handle:
             handle.write(payload)
-    monkeypatch.setattr(builtin_module, "FASHION_MNIST_DIRS", (tmp_path / "not-installed",))
+    monkeypatch.setattr(fashion_mnist_module, "FASHION_MNIST_DIRS", (tmp_path / "not-installed",))
     monkeypatch.delenv("TRANSFERKIT_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("TRANSFERKIT_FASHION_MNIST_URL", server.as_uri() + "/")

@@ -41,7 +41,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..errors import TransferKitError, bad_value
-from .builtin import FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, fashion_mnist_dir, read_idx
+from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, fashion_mnist_dir, read_idx
 from .generated import cache_key, generated_dir, publish_dir, temporary_name
 from .photos import load_photo, photo_names
 

@@ -27,14 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import TransferKitError
-from .builtin import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_FILES,
-    BuiltinDataset,
-    _arrays_to_samples,
-    fashion_mnist_dir,
-    read_idx,
-)
+from .arrays import BuiltinDataset, arrays_to_samples
+from .fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_FILES, fashion_mnist_dir, read_idx
 from .generated import cached_arrays
 from .photos import load_photo, photo_names
 
@@ -107,8 +101,8 @@ def fashion_mnist_m() -> BuiltinDataset:
     params = {"seed": SEED, "scales": list(PATCH_SCALES),
               "photos": {side: list(photo_names(side, colour_only=True)) for side in ("train", "test")}}
     arrays = cached_arrays("fashion-mnist-m", FORMAT_VERSION, params, _build_fashion_mnist_m)
-    pool = _arrays_to_samples(arrays["pool_images"], arrays["pool_labels"], FASHION_MNIST_CLASSES, "pool")
-    test = _arrays_to_samples(arrays["test_images"], arrays["test_labels"], FASHION_MNIST_CLASSES, "test")
+    pool = arrays_to_samples(arrays["pool_images"], arrays["pool_labels"], FASHION_MNIST_CLASSES, "pool")
+    test = arrays_to_samples(arrays["test_images"], arrays["test_labels"], FASHION_MNIST_CLASSES, "test")
     return BuiltinDataset(
         "fashion-mnist-m", pool, test,
         f"Fashion-MNIST-M (Fashion-MNIST blended with colour photo patches, 28x28 RGB, 10 classes; "
@@ -222,8 +216,8 @@ def font_digits() -> BuiltinDataset:
               "render": [RENDER_PX, GRID, BLOCK, list(HEIGHT_RANGE), list(WIDTH_STRETCH), MAX_ROTATION, MAX_STROKE]}
     arrays = cached_arrays("font-digits", FORMAT_VERSION, params, _build_font_digits)
     classes = [str(i) for i in range(10)]
-    pool = _arrays_to_samples(arrays["pool_images"], arrays["pool_labels"], classes, "pool")
-    test = _arrays_to_samples(arrays["test_images"], arrays["test_labels"], classes, "test")
+    pool = arrays_to_samples(arrays["pool_images"], arrays["pool_labels"], classes, "pool")
+    test = arrays_to_samples(arrays["test_images"], arrays["test_labels"], classes, "test")
     return BuiltinDataset(
         "font-digits", pool, test,
         f"font digits (8x8 grey, 17 levels like builtin:digits, 10 classes; {len(pool)} pool from "

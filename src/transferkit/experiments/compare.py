@@ -42,7 +42,18 @@ from ..runfolder import METRICS, RunFolder
 from ..strategies import DEFAULT_HEAD_LR, DEFAULT_LR, DEFAULT_SCRATCH_LR, RECIPES, Recipe, default_lr, lr_grid
 from ..tasks import get_task, infer_task
 from ..training.checkpoint import CHECKPOINT, write_json_atomic
-from .grid import RESULTS, SCRATCH, Cell, CellResult, accuracy_intervals, comparisons, derived_factors, grid, run_grid
+from .grid import (
+    RESULTS,
+    SCRATCH,
+    Cell,
+    CellResult,
+    accuracy_intervals,
+    comparisons,
+    derived_factors,
+    grid,
+    recipe_table,
+    run_grid,
+)
 from .intervals import bits, resampling
 from .report import Names, summary_markdown, write_report
 
@@ -151,26 +162,6 @@ def _examples(task: Any, results: Sequence[CellResult], test: Any) -> list[tuple
             if r.per_class == size and r.seed == 0 and not r.budget and r.run}
     picture = task.example_figure(runs, test)
     return [(f"Test images, the truth and each strategy's prediction ({size} {task.per_class}, seed 0)", picture)]
-
-
-def recipe_table(results: Sequence[CellResult]) -> list[dict[str, Any]]:
-    """What each (strategy, budget) ran with, over sizes: the recipe's options (a range where they vary) and how
-    the runs ended."""
-    groups: dict[tuple[str, str], list[CellResult]] = {}
-    for r in results:
-        groups.setdefault((r.strategy, r.budget), []).append(r)
-    rows = []
-    for (strategy, budget), runs in sorted(groups.items()):
-        keys = sorted({k for r in runs for k in r.recipe})
-        values = {k: sorted({json.dumps(r.recipe.get(k)) for r in runs}) for k in keys}
-        stopped: dict[str, int] = {}
-        for r in runs:
-            stopped[r.stopped] = stopped.get(r.stopped, 0) + 1
-        rows.append({"strategy": strategy, "budget": budget,
-                     "options": {k: [json.loads(v) for v in vs] for k, vs in values.items()},
-                     "stopped": stopped, "epochs_run": [min(r.epochs_run for r in runs),
-                                                        max(r.epochs_run for r in runs)]})
-    return rows
 
 
 class CellRunner:

@@ -175,6 +175,26 @@ def run_grid(cells: Sequence[Cell], out: Path, trainer: Trainer,
     return [done[c] for c in cells]
 
 
+def recipe_table(results: Sequence[CellResult]) -> list[dict[str, Any]]:
+    """What each (strategy, budget) ran with, over sizes: the recipe's options (a range where they vary) and how
+    the runs ended."""
+    groups: dict[tuple[str, str], list[CellResult]] = {}
+    for r in results:
+        groups.setdefault((r.strategy, r.budget), []).append(r)
+    rows = []
+    for (strategy, budget), runs in sorted(groups.items()):
+        keys = sorted({k for r in runs for k in r.recipe})
+        values = {k: sorted({json.dumps(r.recipe.get(k)) for r in runs}) for k in keys}
+        stopped: dict[str, int] = {}
+        for r in runs:
+            stopped[r.stopped] = stopped.get(r.stopped, 0) + 1
+        rows.append({"strategy": strategy, "budget": budget,
+                     "options": {k: [json.loads(v) for v in vs] for k, vs in values.items()},
+                     "stopped": stopped, "epochs_run": [min(r.epochs_run for r in runs),
+                                                        max(r.epochs_run for r in runs)]})
+    return rows
+
+
 def check_same_grid(out: Path, meta: dict[str, Any]) -> None:
     """Refuse to resume a grid in ``out`` that was started with other settings: its finished cells would be mixed
     with cells trained differently."""

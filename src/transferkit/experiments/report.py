@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .grid import VIEWS, CellResult
+from .grid import VIEWS, CellResult, recipe_table
 
 
 class Names(NamedTuple):
@@ -155,8 +155,6 @@ def _shift_and_retention(groups: dict[tuple[str, str, int], list[CellResult]], n
 
 
 def _recipes(results: Sequence[CellResult]) -> list[str]:
-    from .compare import recipe_table
-
     rows = recipe_table(results)
     if not any(row["options"] for row in rows):
         return []
