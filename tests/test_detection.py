@@ -115,7 +115,7 @@ def tiny(weights: Path, **changes) -> dict:
 
 def tiny_flags(weights: Path) -> list[str]:
     return ["--model", "timm:test_efficientnet", "--weights", weights, "--batch-size", "8", "--workers", "0",
-            "--decoder-channels", "32", "-q"]
+            "--decoder-channels", "32", "--image-size", "32", "-q"]
 
 
 # --- data ------------------------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_command_line_train_evaluate_predict_and_load(capsys, coco, tiny_weights
     assert code == 0, err
     assert "test mAP" in out and "mAP@0.5" in out
     info = json.loads((run / "transferkit.json").read_text())
-    assert info["task"] == "detection" and info["classes"] == CLASSES and info["head"]["min_size"] == SIZE
+    assert info["task"] == "detection" and info["classes"] == CLASSES and info["head"]["min_size"] == 32
     assert "val_map" in info["metrics"] and {"map", "map50", "map75", "per_class"} <= set(info["metrics"]["test"])
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 2 and {"val_map", "val_map50", "val_loss"} <= set(history[0])
@@ -299,6 +299,8 @@ def test_command_line_train_evaluate_predict_and_load(capsys, coco, tiny_weights
     assert report["map"] == pytest.approx(info["metrics"]["test"]["map"])
     assert (run / "evaluation" / "per_class_ap.csv").read_text().startswith("class,ap,boxes,predicted")
     assert (run / "evaluation" / "examples.png").read_bytes()[:4] == b"\x89PNG"
+    code, out, _ = run_cli(capsys, "evaluate", run)  # the run's own test split, as a report
+    assert code == 0 and "mAP@0.5" in out and "class-agnostic" in out and out.count("\nred ") == 1
     boxes = tmp_path / "boxes"
     images = coco / "images" / "test"
     code, out, err = run_cli(capsys, "predict", run, images / "000.png", images, "--out", boxes,
@@ -380,3 +382,49 @@ def test_bad_detection_input_gives_one_line_exit_2_and_writes_nothing(capsys, tm
     assert "Clipped 1 box(es)" in caplog.text and "[-5, 50, 20, 80] -> [0, 50, 20, 64]" in caplog.text
     every = {tuple(b) for part in (data.train, data.val) for boxes in part.boxes for b in boxes.tolist()}
     assert (0.0, 50.0, 20.0, 64.0) in every
+
+
+# --- the built-in, resume, advise ----------------------------------------------------------------------------
+
+
+def test_builtin_fashion_scenes_gives_boxes_on_its_masks(monkeypatch, tmp_path):
+    from transferkit.data import boxes
+    from transferkit.data.masks import read_mask
+
+    monkeypatch.setenv("TRANSFERKIT_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr(boxes, "BUILTIN_SCENES", {"train_scenes": 12, "test_scenes": 4, "size": 32, "seed": 0})
+    config = TrainConfig(data="builtin:fashion-scenes", task="detection", per_class=8, seed=0).validate()
+    data = get_task("detection").load_data(config)
+    assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 4)  # 8 images; val 8 x 0.2 / 0.8
+    assert len(data.classes) == 10 and data.classes[0] == "T-shirt/top"  # no background class
+    checked = 0
+    for part in (data.train, data.test):
+        for item, found, labels in zip(part.items, part.boxes, part.labels, strict=True):
+            mask = read_mask(item.parent.parent.parent / "masks" / item.parent.name / item.name)
+            for (x0, y0, x1, y1), label in zip(found.astype(int), labels, strict=True):
+                inside = mask[y0:y1, x0:x1] == label + 1  # mask value = class + 1: the item fills its box's edges
+                assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
+                checked += 1
+    assert checked >= 12
+    assert infer_task("builtin:fashion-scenes")[0] == "segmentation"  # masks too: detection when asked
+
+
+def test_resume_of_a_detection_run_equals_an_uninterrupted_one(tmp_path, tiny_weights):
+    from test_training import InterruptAt
+
+    data = write_coco(tmp_path / "few", {"train": (8, 0), "val": (2, 1)})
+    options = tiny(tiny_weights, strategy="two-stage", epochs=1, head_epochs=1, patience=0, augment="light",
+                   batch_size=4, image_size=32)
+    full = transferkit.train(str(data), out=str(tmp_path / "full"), progress=False, **options)
+    with pytest.raises(KeyboardInterrupt):
+        transferkit.train(str(data), out=str(tmp_path / "cut"), progress=False, callbacks=[InterruptAt(1)], **options)
+    resumed = transferkit.train(resume=tmp_path / "cut", progress=False)
+    a, b = full.model.model.state_dict(), resumed.model.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_map"] for h in full.history] == [h["val_map"] for h in resumed.history]
+    assert [h["val_loss"] for h in full.history] == [h["val_loss"] for h in resumed.history]
+
+
+def test_advise_refuses_detection_with_the_fix(coco):
+    with pytest.raises(transferkit.TransferKitError, match="advise has no measurements or rules for detection"):
+        transferkit.advise(str(coco))
