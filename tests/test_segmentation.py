@@ -84,7 +84,8 @@ def test_task_is_inferred_from_masks_and_the_plan_says_which(scenes, class_folde
     assert str(classification).startswith("Task: classification (--data has no masks)")
     explicit = transferkit.plan(scenes, task="segmentation", model="timm:test_efficientnet", image_size=32)
     assert explicit.task == "segmentation"
-    with pytest.raises(TransferKitError, match="'task' parameter must be 'classification' or 'segmentation'"):
+    with pytest.raises(TransferKitError,
+                       match="'task' parameter must be one of classification, segmentation, detection"):
         TrainConfig.from_options({"data": str(scenes), "task": "detection2"})
 
 

@@ -388,9 +388,13 @@ class _MetricsWriter(Callback):
         self.run.append_metrics(record)
         extra = "".join(f" {self.monitor} {v:.4f}" for k, v in record.items()
                         if k.startswith("val_") and k not in ("val_loss", "val_accuracy"))
-        logger.info("epoch %d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.0f samples/s | %.0f s%s",
-                    record["epoch"], record["phase"], record["train_loss"], record["train_accuracy"],
-                    record["val_loss"], record["val_accuracy"], extra, record["train_samples_per_s"],
+        if "val_accuracy" not in record:  # a task without an accuracy (detection): its validation figures by name
+            extra = "".join(f" {k.removeprefix('val_')} {v:.4f}" for k, v in record.items()
+                            if k.startswith("val_") and k != "val_loss" and isinstance(v, float))
+        accuracy = {k: f" acc {record[k]:.4f}" if k in record else "" for k in ("train_accuracy", "val_accuracy")}
+        logger.info("epoch %d [%s] train loss %.4f%s | val loss %.4f%s%s | %.0f samples/s | %.0f s%s",
+                    record["epoch"], record["phase"], record["train_loss"], accuracy["train_accuracy"],
+                    record["val_loss"], accuracy["val_accuracy"], extra, record["train_samples_per_s"],
                     record["seconds"], " *" if record["best_epoch"] == record["epoch"] else "")
 
 

@@ -307,7 +307,7 @@ def interpolate(**values: Any) -> None:
 @command("predict", schema.PredictOptions)
 def predict(**values: Any) -> None:
     """Top-k labels with probabilities for images and folders (or texts); segmentation: class-index masks and colour
-    overlays."""
+    overlays; detection: boxes as JSON and drawn on the images."""
     from .predict import load
 
     schema.check_values(values, schema.PredictOptions)
@@ -324,7 +324,12 @@ def predict(**values: Any) -> None:
     if not items:
         raise TransferKitError("Nothing to predict on. Fix: pass images or folders (for a language model: texts, or "
                                "--file FILE).")
-    predictions = model.predict(items, top_k=values.get("top_k") or 3, batch_size=values.get("batch_size") or 64)
+    dense_options = {k: values[k] for k in ("score_threshold", "nms_threshold") if values.get(k) is not None}
+    if dense_options and model.task.name != "detection":
+        raise TransferKitError(f"--{next(iter(dense_options)).replace('_', '-')} is for detection runs; {run} is a "
+                               f"{model.task.name} run. Fix: drop it.")
+    predictions = model.predict(items, top_k=values.get("top_k") or 3, batch_size=values.get("batch_size") or 64,
+                                **dense_options)
     if model.task.dense:
         from .predict import expand_inputs
 
@@ -334,8 +339,7 @@ def predict(**values: Any) -> None:
             print(json.dumps({"run": run, "out": str(folder), "predictions": written}))
             return
         for row in written:
-            shares = sorted(row["fractions"].items(), key=lambda kv: -kv[1])[:4]
-            print(f"{row['source']}\t{row['mask']}\t" + "  ".join(f"{name} {share:.3f}" for name, share in shares))
+            print(model.task.prediction_line(row))
         return
     if _flag(values, "as_json"):
         print(json.dumps({"run": run, "predictions": [p.to_dict() for p in predictions]}))

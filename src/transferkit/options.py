@@ -26,6 +26,7 @@ from .models.preprocessing import check_image_size
 from .models.text import check_max_length, check_pooling, is_text_model
 from .strategies import check_bn, check_lr, check_lr_decay, check_max_unfrozen, check_strategy, check_warmup
 from .tasks import check_task, infer_task
+from .tasks.detection import check_score_threshold
 from .tasks.segmentation import DECODERS, check_decoder_channels, check_dice_weight, check_ignore_index
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -131,10 +132,11 @@ class DataOptions:
     PANEL: ClassVar[str] = "Data"
 
     data: str = option(help=HELP_DATA)
-    task: str | None = option(None, "What to predict: classification (a label per image or text) or segmentation (a "
-                                    "class per pixel, from masks).",
-                              default_text="inferred from --data: segmentation when it has masks, else "
-                                           "classification", check=check_task)
+    task: str | None = option(None, "What to predict: classification (a label per image or text), segmentation (a "
+                                    "class per pixel, from masks) or detection (labelled boxes: COCO JSON, YOLO "
+                                    "labels, CSV path,xmin,ymin,xmax,ymax,label).",
+                              default_text="inferred from --data: segmentation when it has masks, detection when it "
+                                           "has boxes, else classification", check=check_task)
     text_column: str = option("text", "Text: the column holding the text (CSV/TSV/JSONL).")
     label_column: str = option("label", "Text: the column holding the label (CSV/TSV/JSONL).")
     val_fraction: float = option(0.2, "Share of each class held out for validation when the data has no val "
@@ -183,7 +185,8 @@ class SegmentationOptions:
     decoder: str = option("unet", "Segmentation: the new decoder on the encoder's feature pyramid: unet or fpn.",
                           choices=DECODERS)
     decoder_channels: int = option(128, "Segmentation: width of the decoder's widest stage (U-Net halves it at each "
-                                        "stage; FPN: its pyramid width).", check=check_decoder_channels)
+                                        "stage; FPN: its pyramid width); detection: the width of its FPN and "
+                                        "RetinaNet head.", check=check_decoder_channels)
     ignore_index: int = option(255, "Segmentation: the mask value of pixels that count in neither the loss nor the "
                                     "metrics.", check=check_ignore_index)
     dice_weight: float = option(0.0, "Segmentation: weight of a Dice loss added to the pixel cross-entropy (0: "
@@ -567,9 +570,9 @@ class EvaluateOptions:
                                     "CSV manifest, a text file, or builtin:NAME (its test split).",
                               default_text="the run's own test split")
     as_json: bool = option(False, "Print one JSON document instead of a report.", flags=("--json",))
-    png: str | None = option(None, "Where to write the confusion-matrix PNG (segmentation: the folder for the "
-                                   "per-class IoU table and example overlays).",
-                             default_text="RUN/confusion_matrix.png; segmentation: RUN/evaluation")
+    png: str | None = option(None, "Where to write the confusion-matrix PNG (segmentation, detection: the folder "
+                                   "for the per-class table and drawn examples).",
+                             default_text="RUN/confusion_matrix.png; segmentation, detection: RUN/evaluation")
     batch_size: int = option(64, "Examples per batch.", check=positive)
     skip_bad_images: bool = option(False, "Skip unreadable images.")
     retention: bool = option(True, "--json: also measure what the run kept of its pre-trained model (top-1 "
@@ -621,7 +624,13 @@ class PredictOptions:
                                     "column).")
     top_k: int = option(3, "How many labels to show per input.", check=positive)
     out: str | None = option(None, "Segmentation: folder for the class-index masks (NAME.png) and colour overlays "
-                                   "(NAME_overlay.png).", default_text="RUN/predictions")
+                                   "(NAME_overlay.png); detection: for the boxes (NAME.json) and the images with "
+                                   "them drawn (NAME_boxes.png).", default_text="RUN/predictions")
+    score_threshold: float | None = option(None, "Detection: keep boxes scoring at least this.", default_text="0.3",
+                                           check=check_score_threshold)
+    nms_threshold: float | None = option(None, "Detection: non-maximum suppression drops a box overlapping a "
+                                               "higher-scoring one of its class by more than this IoU.",
+                                         default_text="0.5", check=check_score_threshold)
     as_json: bool = json_flag()
     batch_size: int = option(64, "Examples per batch.", check=positive)
 

@@ -68,13 +68,18 @@ class TrainedModel:
         items = self._inputs(inputs)
         return self._probabilities([it for _, it in items], batch_size)
 
-    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64) -> list[Any]:
+    def predict(self, inputs: Iterable[Any], top_k: int = 3, batch_size: int = 64, **options: Any) -> list[Any]:
         """Top-k predictions for image paths (files or folders, searched recursively), PIL images or arrays —
         or, for a language model, for strings. Segmentation: a :class:`~transferkit.tasks.segmentation.
-        MaskPrediction` per image (``.mask``, a class-index array at the image's size; ``.fractions``)."""
+        MaskPrediction` per image (``.mask``, a class-index array at the image's size; ``.fractions``). Detection: a
+        :class:`~transferkit.tasks.detection.BoxPrediction` per image (``.boxes``, ``.labels``, ``.scores``).
+        ``options`` are a dense task's own (detection: ``score_threshold``, ``nms_threshold``)."""
         items = self._inputs(inputs)
         if self.task.dense:
-            return self.task.predict(self.model, items, self.classes, batch_size=min(batch_size, 16))
+            return self.task.predict(self.model, items, self.classes, batch_size=min(batch_size, 16), **options)
+        if options:
+            raise TransferKitError(f"{', '.join(options)}: not an option of a {self.task.name} model's predict. Fix: "
+                                   "drop it.")
         probabilities = self._probabilities([it for _, it in items], batch_size)
         k = max(1, min(top_k, len(self.classes)))
         results = []

@@ -21,6 +21,10 @@ def input_statistics(batches: Iterable, max_batches: int = 2) -> dict[str, torch
         if i >= max_batches:
             break
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images = getattr(images, "images", images)  # a detection batch: a list of images of different sizes
+        if isinstance(images, (tuple, list)):
+            seen += [image.detach().float().cpu().reshape(image.shape[0], -1) for image in images]
+            continue
         seen.append(images.detach().float().cpu().transpose(0, 1).reshape(images.shape[1], -1))
     values = torch.cat(seen, dim=1)
     return {"min": values.min(dim=1).values, "max": values.max(dim=1).values, "mean": values.mean(dim=1),

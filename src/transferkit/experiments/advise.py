@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import TransferKitError
 from .domain import DomainShift, feature_statistics_shift, tokens_per_word
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,12 @@ def advise(data: str, model: str = "efficientnet_lite0", task: str | None = None
     when not given; segmentation has its own measurements and rules, :func:`recommend_segmentation`)."""
     from ..tasks import infer_task
 
-    if (task or infer_task(data)[0]) == "segmentation":
+    chosen = task or infer_task(data)[0]
+    if chosen == "detection":
+        raise TransferKitError("advise has no measurements or rules for detection yet. Fix: measure the strategies "
+                               f"on your data with `transferkit compare --task detection --data {data} --strategies "
+                               "scratch,linear-probe,two-stage`.")
+    if chosen == "segmentation":
         return recommend_segmentation(measure_segmentation(data, model, **kwargs))
     return recommend(measure(data, model, **kwargs))
 

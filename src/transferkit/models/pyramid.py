@@ -1,4 +1,4 @@
-"""A backbone's multi-scale feature pyramid: what dense tasks (segmentation; detection next) put their new heads on.
+"""A backbone's multi-scale feature pyramid: what dense tasks (segmentation, detection) put their new heads on.
 
 Any supported vision backbone — a timm model, a torchvision model, a built-in with packaged weights — keeps its
 pre-trained weights and parameter names; :class:`FeaturePyramid` only decides which of its feature maps to return:

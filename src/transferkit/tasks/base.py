@@ -9,17 +9,18 @@ the new head on a frozen backbone, ``two-stage`` trains it first and then everyt
 
 Classification is the original code path (image folders, CSV manifests, texts; the feature and decoded-input caches;
 ``TrainedModel``'s top-k predictions); its :class:`Task` object supplies the objective and the names the shared code
-prints. A **dense** task (segmentation; detection next) brings its own pieces through the hooks below, and the
+prints. A **dense** task (segmentation, detection) brings its own pieces through the hooks below, and the
 shared code calls them at fixed points: ``prepare.load_data`` / ``load_run_model`` / ``loaders``, ``fit``'s
 objective, the test evaluation in ``api.train``, ``load`` / ``TrainedModel.predict`` / ``.evaluate``, and the CLI's
 ``evaluate`` and ``predict`` output. Adding a task is a module here (and its data reader under ``data/``) plus a line
 in :data:`transferkit.tasks.TASKS`.
 
-How object detection plugs in: a ``DetectionTask`` with ``dense = True`` whose model is a torchvision detector on
-:class:`~transferkit.models.pyramid.FeaturePyramid` (the same encoder segmentation uses) with the detector as the
-``head`` group; ``collate`` keeps the per-image box targets as lists; its objective overrides :meth:`Objective.step`
-(torchvision detectors compute their losses inside, from ``net(images, targets)``) and ``figures``/``summarise``
-(mAP through torchmetrics), with ``monitor = "map"``.
+How object detection plugs in (:mod:`transferkit.tasks.detection`): a ``DetectionTask`` with ``dense = True`` whose
+model is a torchvision detector (RetinaNet) on :class:`~transferkit.models.pyramid.FeaturePyramid` (the same encoder
+segmentation uses) with the detector as the ``head`` group; ``collate`` keeps the per-image box targets as lists;
+its objective overrides :meth:`Objective.step` (torchvision detectors compute their losses inside, from the images
+and targets of a ``DetectionBatch``) and ``figures``/``summarise`` (mAP through torchmetrics), with
+``monitor = "map"``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ class Task:
         raise NotImplementedError
 
     def predict(self, model: TransferModel, items: list[tuple[str, Any]], classes: list[str],
-                batch_size: int = 16) -> list[Any]:
-        """Predictions for ``(name, image)`` pairs."""
+                batch_size: int = 16, **options: Any) -> list[Any]:
+        """Predictions for ``(name, image)`` pairs (``options``: the task's own, e.g. detection's score threshold)."""
+        raise NotImplementedError
+
+    def prediction_line(self, row: dict[str, Any]) -> str:
+        """One line of ``transferkit predict``'s output for a row ``write_predictions`` wrote."""
         raise NotImplementedError

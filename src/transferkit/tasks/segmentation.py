@@ -515,6 +515,10 @@ class SegmentationTask(Task):
                 results.append(MaskPrediction(name, mask, list(classes)))
         return results
 
+    def prediction_line(self, row: dict[str, Any]) -> str:
+        shares = sorted(row["fractions"].items(), key=lambda kv: -kv[1])[:4]
+        return f"{row['source']}\t{row['mask']}\t" + "  ".join(f"{name} {share:.3f}" for name, share in shares)
+
     def write_predictions(self, predictions: Sequence[MaskPrediction], items: Sequence[tuple[str, Any]],
                           out: Path) -> list[dict[str, Any]]:
         """``out/<name>.png`` (class-index mask, one byte per pixel) and ``out/<name>_overlay.png`` per image."""
