@@ -417,7 +417,10 @@ def _interrupted_with(run_dir: Path, settings: Mapping[str, Any]) -> bool:
         saved = folder.read_config()
     except (TransferKitError, OSError, ValueError):
         return False
-    return all(_plain({k: saved[k]}) == _plain({k: v}) for k, v in settings.items() if k in saved)
+    # the cache folder does not change what is trained (its entries are keyed by their contents): a worker of
+    # benchmarks/fair_parallel.py continuing another worker's cell uses its own
+    return all(_plain({k: saved[k]}) == _plain({k: v}) for k, v in settings.items()
+               if k in saved and k not in ("cache_dir", "workers", "progress"))
 
 
 def search_key(cell: Cell) -> str:
