@@ -234,11 +234,17 @@ class StrategyOptions:
                               "The best epoch's weights are kept.",
                            check=lambda n, v: check_int(n, v, 0, "a non-negative integer (0 turns early stopping "
                                                                  "off)", 3))
-    patience_fraction: float = option(0.0, "Early stopping relative to the schedule: a phase of E epochs stops after "
-                                           "max(--patience, this share of E) epochs without better val accuracy, "
-                                           "and epochs in its warm-up never count (0: off, --patience alone), "
-                                           "e.g. 0.2.",
+    patience_fraction: float = option(0.2, "Early stopping relative to the schedule: a phase of E epochs stops after "
+                                           "max(--patience, this share of E) epochs without a higher val accuracy "
+                                           "(0: --patience alone, a lower loss at the same accuracy counting as "
+                                           "progress).",
                                       check=lambda n, v: check_range(n, v, 0, 1, example=0.2))
+    patience_after_lr: float = option(0.5, "Early stopping does not fight the schedule: an epoch counts against the "
+                                           "patience only once the phase's LR has decayed to this share of its peak "
+                                           "(the warm-up and the first part of the cosine never count; 1: only the "
+                                           "warm-up).",
+                                      check=lambda n, v: check_range(n, v, 0, 1, low_open=True, high_open=False,
+                                                                     example=0.5))
     seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
                           "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 

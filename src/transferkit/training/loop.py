@@ -61,6 +61,7 @@ class FitConfig:
     class_weights: list[float] | None = None
     patience: int | None = 3
     patience_fraction: float = 0.0
+    patience_after_lr: float | None = None
     bn: str = "train"
     l2_sp: float = 0.0
     groups: int | None = None
@@ -146,7 +147,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     penalty = (lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction), None
+    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction,
+                                                         after_lr=config.patience_after_lr), None
     if resume:
         best = _restore(run, model, optimizer, state, stopper, accelerator)
     state.processes = world.size
