@@ -121,6 +121,9 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
             prepare.head_features(model, split, run_config, run_plan, start_phase, cache_dir, progress, cache_use,
                                   world),
             prepare.loaders(split, model, run_config, run_plan, start_phase, cache_dir, progress, cache_use, world)))
+        activations = world.first_on_each_file_system(lambda: prepare.prefix_activations(
+            model, split, run_config, run_plan, start_phase, train_loader, val_loader, cache_dir, progress, cache_use,
+            world))
         if not model.is_text and world.is_main:
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
@@ -137,7 +140,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
                      resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), keeper, *callbacks],
                      features=features, world=world, objective=task.objective(run_config, split),
-                     adaptation=adaptation)
+                     adaptation=adaptation, activations=activations)
         if adaptation is not None:
             del model.domain_adversary  # not part of the trained model
     except BaseException:

@@ -31,6 +31,7 @@ from .tasks.segmentation import DECODERS, check_decoder_channels, check_dice_wei
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 ADAPT_METHODS = ("none", "dann", "cdan")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
+PREFIX_CACHES = ("auto", "views", "off")
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,12 @@ class CacheOptions:
                                                                     "of augmented views", 5))
     head_fit: str = option("auto", "Head-only phases on cached features: auto (exact L-BFGS logistic fit when the "
                                    "head is linear and features are un-augmented), lbfgs, sgd.", choices=HEAD_FITS)
+    prefix_cache: str = option("auto", "Frozen-prefix cache for phases whose first layer groups stay frozen "
+                                        "(progressive, --max-unfrozen): run the frozen layers once and train the rest "
+                                        "on their cached outputs. auto: when the inputs are not augmented (--augment "
+                                        "none), which trains exactly as the uncached path; views: also with "
+                                        "augmentation, on --cache-views K cached augmented views (epoch e reads view "
+                                        "e mod K); off: run them every step.", choices=PREFIX_CACHES)
     decoded_cache: str = option("auto", "auto: decode and resize each image once, augment the stored uint8 tensors "
                                         "every epoch; off: decode every epoch.", choices=("auto", "off"))
 

@@ -93,14 +93,20 @@ class Phase:
         epochs: epochs in this phase.
         lrs: peak learning rate per trainable layer group; groups not listed are frozen.
         runs_on: where the phase's forward passes start — ``images`` (the whole model runs), ``features``
-            (the head trains on cached backbone features) or ``exact-fit`` (the linear head is fitted exactly on
-            cached features: one step, which ends the phase). Decided by :func:`transferkit.plan.make_plan`.
+            (the head trains on cached backbone features), ``exact-fit`` (the linear head is fitted exactly on
+            cached features: one step, which ends the phase) or ``activations`` (the backbone's frozen prefix ran
+            once; the rest of the model trains on its cached outputs). Decided by :func:`transferkit.plan.make_plan`.
+        prefix: ``activations``: how many modules of the backbone's chain (:mod:`transferkit.models.prefix`) make
+            up the cached frozen prefix.
+        views: ``activations``: augmented views cached per image (0: un-augmented outputs).
     """
 
     name: str
     epochs: int
     lrs: dict[str, float] = field(default_factory=dict)
     runs_on: str = "images"
+    prefix: int = 0
+    views: int = 0
 
     @property
     def trainable(self) -> tuple[str, ...]:

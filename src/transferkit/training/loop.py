@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..adaptation.dann import DomainAdaptation
 from ..distributed import World
 from ..errors import TransferKitError
-from ..features import HeadFeatures
+from ..features import HeadFeatures, PrefixActivations
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
 from ..seeding import derive_seed
@@ -47,7 +47,8 @@ from .regularizers import l2_sp_penalty, snapshot_backbone
 
 logger = logging.getLogger(__name__)
 
-INPUTS = {"images": "images", "features": "cached features", "exact-fit": "exact fit on cached features"}
+INPUTS = {"images": "images", "features": "cached features", "exact-fit": "exact fit on cached features",
+          "activations": "cached activations of the frozen prefix"}
 
 
 @dataclass
@@ -115,7 +116,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
         world: World | None = None, objective: Objective | None = None,
-        adaptation: DomainAdaptation | None = None) -> FitResult:
+        adaptation: DomainAdaptation | None = None,
+        activations: dict[int, PrefixActivations] | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
@@ -129,6 +131,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         adaptation: unsupervised domain adaptation (:mod:`transferkit.adaptation.dann`) for the phases on images;
             its discriminator must already be a submodule of ``model`` (``model.domain_adversary``), so checkpoints
             carry it, and it trains at the head's LR.
+        activations: the frozen-prefix caches of the phases on ``activations``, by their ``Phase.prefix``.
     """
     world = world or World()
     objective = objective or ClassificationObjective()
@@ -152,7 +155,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     if resume:
         best = _restore(run, model, optimizer, state, stopper, accelerator)
     state.processes = world.size
-    _check_inputs(phases[state.phase_index:], features)
+    _check_inputs(phases[state.phase_index:], features, activations)
     loss_fn = objective.criterion(config).to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
     train_loader = _on_device(train_loader, accelerator)
@@ -163,7 +166,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         apply_phase(model, groups, phase)
         stopper.start_phase(phase.epochs, config.warmup)
         net = _phase_network(model, phase, accelerator, config)
-        val_data = val_loader if phase.runs_on == "images" else features.val_loader()
+        cached = features if phase.runs_on != "activations" else activations[phase.prefix].cached
+        val_data = val_loader if phase.runs_on == "images" else cached.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
             for callback in callbacks:
                 callback.on_epoch_start(state)
@@ -172,7 +176,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 train_metrics, val_metrics = exact_head_fit(model, features, config, world)
             else:
                 train_data = train_loader if phase.runs_on == "images" else _on_device(
-                    features.train_loader(state.epoch), accelerator)
+                    cached.train_loader(state.epoch), accelerator)
                 adapting = adaptation if phase.runs_on == "images" else None
                 if adapting is not None:
                     adapting.start_epoch(sum(r["inputs"] == INPUTS["images"] for r in state.history),
@@ -210,10 +214,14 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
 # --- phase helpers ---------------------------------------------------------------------------------
 
 
-def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None) -> None:
-    cached = [p.name for p in phases if p.runs_on != "images"]
+def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None,
+                  activations: dict[int, PrefixActivations] | None = None) -> None:
+    cached = [p.name for p in phases if p.runs_on in ("features", "exact-fit")]
     if cached and features is None:
         raise ValueError(f"Phases {', '.join(cached)} run on cached features, but no features were given.")
+    missing = [p.name for p in phases if p.runs_on == "activations" and p.prefix not in (activations or {})]
+    if missing:
+        raise ValueError(f"Phases {', '.join(missing)} run on cached prefix activations, but none were given.")
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
@@ -259,6 +267,12 @@ def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator,
     again for each phase: DDP registers only the parameters that train at wrap time."""
     if phase.runs_on == "exact-fit":
         return model.head
+    if phase.runs_on == "activations":  # the model's own modules after the cached prefix, then its head
+        from ..models.prefix import Suffix, chain_links
+
+        base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        net = accelerator.prepare_model(Suffix(chain_links(base.backbone), phase.prefix, base.head))
+        return torch.compile(net) if config.compile else net
     net = accelerator.prepare_model(model.head if phase.runs_on == "features"
                                     else accelerator.unwrap_model(model, keep_fp32_wrapper=False))
     return torch.compile(net) if config.compile else net
