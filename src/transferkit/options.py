@@ -122,7 +122,14 @@ HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folder
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
-                 "adapters and the head).")
+                 "adapters and the head), auto (measure the data as `advise` does, on the features the head stage "
+                 "caches anyway, then run the advised strategy and options; the reasons go in the plan and "
+                 "transferkit.json; options you set yourself are kept).")
+
+
+def check_strategy_option(name: str, value: Any) -> str:
+    """A strategy, or ``auto`` (resolved by ``train`` before the plan: :func:`transferkit.api.train`)."""
+    return value if value == "auto" else check_strategy(name, value)
 
 
 @dataclass
@@ -197,7 +204,7 @@ class StrategyOptions:
 
     PANEL: ClassVar[str] = "Strategy and optimisation"
 
-    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy)
+    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy_option)
     epochs: int | None = option(None, "Epochs of the main phase (two-stage/progressive: once all their groups "
                                       "train).", default_text="10 for images, 4 for text", check=positive_or_none)
     head_epochs: int = option(3, "two-stage/progressive: epochs of the head-only stage (2-5 is typical).",

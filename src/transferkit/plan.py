@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .errors import TransferKitError
 from .models.groups import LayerGroup
 from .models.model import TransferModel
 from .options import parse_lrs
@@ -128,6 +129,10 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
     """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs (a task
     without cached features, such as segmentation, runs every phase on images), for ``processes`` processes sharing
     each (global) batch of ``config.batch_size``."""
+    if config.strategy == "auto":
+        raise TransferKitError("--strategy auto is decided when train measures the data, so it has no plan yet. Fix: "
+                               "run `transferkit advise` to see what it would choose (and its plan with that "
+                               "--strategy), or pass a strategy.")
     task = get_task(config.task)
     groups = model.layer_groups(config.groups)
     lr = config.lr if config.lr is not None else default_lr(config.strategy, model.is_text)
