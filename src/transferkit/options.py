@@ -298,6 +298,14 @@ class RuntimeOptions:
     compile: bool = option(False, "torch.compile the model (slow to start; pays off on long GPU runs).",
                            flags=("--compile",))
     cpu: bool = option(False, "Train on the CPU even if a GPU is present.")
+    budget: float | None = option(None, "Wall-time budget in seconds, from the start of the run (data, caches and "
+                                        "training; the test evaluation after it is not counted): after each epoch "
+                                        "the phase is shortened to the epochs that still fit (its LR schedule ends "
+                                        "with them), and the run stops with the best epoch's weights when no epoch "
+                                        "fits. transferkit.json records it.", default_text="none",
+                                  check=lambda n, v: v is None or check_range(n, v, 0, 1e9, low_open=True,
+                                                                              allowed="a positive number of seconds",
+                                                                              example=60))
 
 
 @dataclass

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -71,6 +71,7 @@ class FitConfig:
     compile: bool = False
     cpu: bool = False
     progress: bool = True
+    deadline: float | None = None  # ``time.perf_counter()`` by which training must be over (``--budget``)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class FitResult:
     best_val_score: float
     seconds: float
     monitor: str = "accuracy"
+    budget: dict[str, Any] | None = None  # with a deadline: the epochs planned and run, and whether it stopped the run
 
     @property
     def best_val_accuracy(self) -> float:
@@ -160,6 +162,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     optimizer = accelerator.prepare(optimizer)
     train_loader = _on_device(train_loader, accelerator)
     clock = time.perf_counter() - state.seconds
+    phases, planned, budget_stopped = list(phases), sum(p.epochs for p in phases), False
 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
@@ -169,6 +172,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         cached = features if phase.runs_on != "activations" else activations[phase.prefix].cached
         val_data = val_loader if phase.runs_on == "images" else cached.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
+            epoch_started = time.perf_counter()
             for callback in callbacks:
                 callback.on_epoch_start(state)
             set_seed(derive_seed(config.seed, "epoch", state.epoch))
@@ -202,13 +206,55 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                                            "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
                                     optimizer=optimizer.state_dict())
+            if config.deadline is not None:
+                phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
+                    fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
+                                  config.deadline - time.perf_counter()) if world.is_main else None)
+                if budget_stop:
+                    logger.info("Budget spent after epoch %d: stopping with the best epoch's weights (epoch %d)",
+                                state.epoch, stopper.best_epoch)
+                    state.stop_requested = budget_stopped = True
+                elif not phase_over and phases[state.phase_index].epochs != phase.epochs:
+                    phase = phases[state.phase_index]  # fewer epochs: its cosine ends sooner
+                    stopper.start_phase(phase.epochs, config.warmup)
             if phase_over:
                 break
 
     if best is not None:
         model.load_state_dict(best)
+    budget = None
+    if config.deadline is not None:
+        budget = {"epochs_planned": planned, "epochs_run": state.epoch,
+                  "phases": {p.name: p.epochs for p in phases},
+                  "stopped_by_budget": budget_stopped}
     return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock,
-                     objective.monitor)
+                     objective.monitor, budget)
+
+
+def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
+                  seconds_left: float) -> tuple[list[Phase], bool]:
+    """``--budget``: after an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so
+    the epochs that still fit end its schedule (its cosine completes, leaving one epoch for each later phase), or say
+    the run must stop now (no epoch fits: the best epoch's weights are kept). A phase that has just ended is not
+    shortened (the next one is measured by its own first epoch), but a spent budget stops the run there too.
+    Returns (phases, stop)."""
+    if seconds_left <= 0:
+        return phases, True
+    if phase_over:
+        return phases, False
+    fits = int(seconds_left // max(epoch_seconds, 1e-9))
+    if fits == 0:
+        return phases, True
+    current = phases[state.phase_index]
+    later = sum(p.runs_on != "exact-fit" for p in phases[state.phase_index + 1:])
+    remaining = current.epochs - state.phase_epoch
+    keep = min(remaining, max(1, fits - later))
+    if keep < remaining:
+        logger.info("Budget: %.0f s left, an epoch of %s takes %.1f s: %d more epoch(s) of it instead of %d (its LR "
+                    "schedule ends with them)", seconds_left, current.name, epoch_seconds, keep, remaining)
+        phases = [*phases[:state.phase_index], replace(current, epochs=state.phase_epoch + keep),
+                  *phases[state.phase_index + 1:]]
+    return phases, False
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
