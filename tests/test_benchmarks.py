@@ -27,6 +27,13 @@ def _feature_cache(rows):
     assert all(row["val_acc_cached"] == pytest.approx(row["val_acc_uncached"], abs=1e-6) for row in rows)
 
 
+def _frozen_prefix(rows):
+    _ratio("speedup", "uncached_s", "cached_s")(rows)
+    # the same training either way (no augmentation): the same model, so the same validation accuracy
+    assert all(row["val_acc_cached"] == pytest.approx(row["val_acc_uncached"], abs=1e-6) for row in rows)
+    assert all(row["cached_phases"] >= 1 and row["max_weight_diff"] < 1e-4 for row in rows)
+
+
 def _gpu_bench(rows):
     modes = [(row["model"], row["mode"]) for row in rows]
     assert ("test_resnet", "transferkit fit (defaults)") in modes and ("bert-base seq128", "plain bf16") in modes
@@ -35,6 +42,7 @@ def _gpu_bench(rows):
 
 @pytest.mark.parametrize("name, check", [
     ("feature_cache", _feature_cache),
+    ("frozen_prefix", _frozen_prefix),
     ("train_step", _ratio("transferkit_vs_plain", "transferkit_img_s", "plain_img_s")),
     ("decoded_cache", _ratio("speedup", "decoded_cache_img_s", "decode_every_epoch_img_s")),
     ("gpu_bench", _gpu_bench),

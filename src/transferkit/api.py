@@ -97,12 +97,13 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
     run_config, run = _resolve(data, resume, config, options)
     world = distributed.join(cpu=run_config.cpu)
     progress = progress and world.is_main
+    given = set(options) | (set(load_recipe(config)) if config else set())  # what --strategy auto must keep
     with world.together():  # a failure in any process stops every process, with its one-line message
-        return _train(run_config, run, world, resume is not None, callbacks, progress)
+        return _train(run_config, run, world, resume is not None, callbacks, progress, given)
 
 
 def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, resumed: bool,
-           callbacks: Sequence[Callback], progress: bool) -> TrainResult:
+           callbacks: Sequence[Callback], progress: bool, given: set[str] | None = None) -> TrainResult:
     started = time.perf_counter()
     task = get_task(run_config.task)
     if not resumed:
@@ -114,13 +115,21 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         run.rewrite_metrics(state["history"])
     else:
         run.create(run_config, run_config.overwrite)
+    auto = None
     try:
         cache_use = CacheUse()
         cache_dir = Path(run_config.cache_dir) if run_config.cache_dir else run.path / "feature-cache"
+        if run_config.strategy == "auto":
+            run_config, model, run_plan, auto = world.first_on_each_file_system(lambda: _choose_strategy(
+                run_config, split, model, given or set(), cache_dir, progress, cache_use, world))
+            run.create(run_config, False)  # config.yaml: the resolved options (what --resume reads)
         features, (train_loader, val_loader) = world.first_on_each_file_system(lambda: (
             prepare.head_features(model, split, run_config, run_plan, start_phase, cache_dir, progress, cache_use,
                                   world),
             prepare.loaders(split, model, run_config, run_plan, start_phase, cache_dir, progress, cache_use, world)))
+        activations = world.first_on_each_file_system(lambda: prepare.prefix_activations(
+            model, split, run_config, run_plan, start_phase, train_loader, val_loader, cache_dir, progress, cache_use,
+            world))
         if not model.is_text and world.is_main:
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
@@ -133,11 +142,12 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
             val_loader = prepare.eval_loader(target.val, model, run_config, world)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         keeper = _ProbeHeadKeeper(run, model, run_plan.phases)
-        result = fit(model, train_loader, val_loader, run_plan.phases,
-                     prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
+        fit_settings = prepare.fit_config(model, split, run_config, run_plan, progress)
+        fit_settings.deadline = started + run_config.budget if run_config.budget else None
+        result = fit(model, train_loader, val_loader, run_plan.phases, fit_settings, run=run,
                      resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), keeper, *callbacks],
                      features=features, world=world, objective=task.objective(run_config, split),
-                     adaptation=adaptation)
+                     adaptation=adaptation, activations=activations)
         if adaptation is not None:
             del model.domain_adversary  # not part of the trained model
     except BaseException:
@@ -146,6 +156,10 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         raise
 
     extra = {"wise_ft": _wise_ft(model, split, run_config, run, keeper.head, progress)} if run_config.wise_ft else {}
+    if auto is not None:
+        extra["auto"] = auto
+    if result.budget is not None:
+        extra["budget"] = {"seconds": run_config.budget, **result.budget}
     run.save_model(model)
     trained = TrainedModel(model, split.classes)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
@@ -187,11 +201,50 @@ def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
     split = prepare.load_data(config)
     model = prepare.load_run_model(config, len(split.classes))
     target = _Target.load(config, split, world)
-    run_plan = make_plan(model, config, processes=world.size)
+    run_plan = make_plan(model, config, processes=world.size) if config.strategy != "auto" else None
     logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
                 split.unit, len(split.classes))
-    logger.info("%s", run_plan)
+    if run_plan is not None:  # --strategy auto: planned once the data is measured (_choose_strategy)
+        logger.info("%s", run_plan)
     return split, model, run_plan, state, target
+
+
+def _choose_strategy(config: TrainConfig, split: SplitData, model: Any, given: set[str], cache_dir: Path,
+                     progress: bool, use: CacheUse, world: distributed.World) -> tuple[TrainConfig, Any, Plan, dict]:
+    """``--strategy auto``: measure the data as ``advise`` does — on the full splits, through the feature cache, with
+    the keys the head stage uses, so that stage reuses them — and apply the advice: its strategy, and its options
+    except those the user set (``given``). Returns the resolved configuration, the model (reloaded when the advice
+    changes its input size), the plan (its notes start with the reasons) and what ``transferkit.json`` records.
+
+    The rules are ``advise``'s own (:func:`transferkit.experiments.advise.recommend`), imported from the layer above so
+    that ``advise`` and ``auto`` can never disagree."""
+    import dataclasses
+
+    from .experiments.advise import auto_options, measure_loaded, recommend
+
+    if get_task(config.task).dense:
+        raise TransferKitError(f"--strategy auto is for classification for now; --task {config.task} is not "
+                               "supported. Fix: run `transferkit advise` and pass the strategy it prints.")
+    measurements = measure_loaded(model, split, split.train, split.val, cache_dir, seed=config.seed,
+                                  progress=progress, device=world.device, use=use)
+    advice = recommend(measurements)
+    applied, kept = auto_options(advice, given, config)
+    resolved = dataclasses.replace(config, strategy=advice.strategy, **applied)
+    resolved.validate()
+    if resolved.image_size != config.image_size:
+        model = prepare.load_run_model(resolved, len(split.classes))
+    run_plan = make_plan(model, resolved, processes=world.size)
+    lines = [f"Strategy auto chose {advice.strategy}"
+             + (f" with {', '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in applied.items())}"
+                if applied else "")
+             + (f" (kept as you set: {', '.join(f'--{k.replace(chr(95), chr(45))}' for k in kept)})" if kept else "")
+             + ", because:", *(f"  - {reason}" for reason in advice.reasons),
+             *(f"  ! {warning}" for warning in advice.warnings)]
+    run_plan = dataclasses.replace(run_plan, notes=(*lines, *run_plan.notes))
+    logger.info("%s", run_plan)
+    record = {"strategy": advice.strategy, "options": applied, "kept": kept, "reasons": advice.reasons,
+              "warnings": advice.warnings, "measurements": advice.measurements}
+    return resolved, model, run_plan, record
 
 
 @dataclass

@@ -228,3 +228,68 @@ class HeadFeatures:
     def arrays(self) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
         """((x_train, y_train), (x_val, y_val)) of the first view, float32 (for the exact head fit)."""
         return FeatureDataset(self.train).arrays(), FeatureDataset(self.val).arrays()
+
+
+# --- the frozen-prefix cache: the outputs of a phase's frozen first layers -----------------------------------------
+
+
+@dataclass(frozen=True)
+class PrefixActivations:
+    """The cached outputs of a backbone's frozen prefix (its chain's first ``cut`` modules, see
+    :mod:`transferkit.models.prefix`) for the train and validation images, served like head features: epoch ``e``
+    reads view ``e mod views`` in the image loader's order."""
+
+    cached: HeadFeatures
+    cut: int
+
+
+@torch.no_grad()
+def extract_activations(prefix: torch.nn.Module, dataset: Dataset, *, views: int = 0, seed: int = 0,
+                        batch_size: int = 64, device: torch.device | None = None, progress: bool = True,
+                        label: str = "") -> np.ndarray:
+    """``prefix`` (eval mode) over every item of ``dataset`` — the very dataset the images' loader reads, so both
+    paths see the same input tensors; returns (max(1, views), N, ...) float32. With ``views`` each view draws every
+    item under its own seed (the dataset's ``(index, seed)`` keys: :func:`~transferkit.data.sampling.with_item_seed`);
+    without, items are read unseeded (un-augmented)."""
+    device = device or torch.device("cpu")
+    prefix.eval()
+    out = None
+    n = len(dataset)
+    for view in range(max(1, views)):
+        keys = [(i, derive_seed(seed, "prefix-view", view, i)) for i in range(n)] if views else list(range(n))
+        loader = DataLoader(dataset, sampler=keys, batch_size=batch_size)
+        start = 0
+        desc = f"caching {label} activations" + (f" (view {view + 1}/{views})" if views > 1 else "")
+        for images, _ in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            result = prefix(send_to_device(images, device)).float().cpu().numpy()
+            if out is None:
+                out = np.empty((max(1, views), n, *result.shape[1:]), dtype=np.float32)
+            out[view, start:start + len(result)] = result
+            start += len(result)
+    return out
+
+
+def cached_activations(model: TransferModel, prefix: torch.nn.Module, cut: int, dataset: Dataset, samples: Samples,
+                       cache_dir: Path, *, views: int = 0, seed: int = 0, batch_size: int = 64,
+                       device: torch.device | None = None, progress: bool = True, label: str = "",
+                       use: CacheUse | None = None) -> CachedFeatures:
+    """Load the prefix's outputs on ``dataset`` from ``cache_dir`` or compute and store them, keyed like the feature
+    cache (weights, preprocessing, the dataset's transform, data, views, seed, libraries) and on the cut."""
+    transform = getattr(dataset, "transform", None)
+    key = key_of({"format": FORMAT, "kind": "prefix-activations", "model": [model.spec.kind, model.spec.name],
+                  "weights": weights_fingerprint(model.backbone), "preprocessing": model.preprocessing.to_dict(),
+                  "dataset": type(dataset).__name__, "transform": repr(transform),
+                  "data": dataset_fingerprint(samples), "cut": cut, "views": views,
+                  "seed": seed if views else None, "libraries": library_versions()})
+    with torch.no_grad():
+        probe = next(iter(DataLoader(dataset, batch_size=1)))[0]
+        shape = tuple(prefix.eval()(send_to_device(probe, device or torch.device("cpu"))).shape[1:])
+    activations, reused = load_or_compute(
+        cache_dir, key, (max(1, views), len(samples), *shape),
+        lambda: extract_activations(prefix, dataset, views=views, seed=seed, batch_size=batch_size, device=device,
+                                    progress=progress, label=label),
+        {"kind": "prefix-activations", "format": FORMAT, "model": model.spec.spec, "label": label, "cut": cut}, use)
+    logger.info("Frozen-prefix cache %s (%s, %s float32): %s", "hit" if reused else "written", label,
+                " x ".join(str(d) for d in activations.shape), Path(cache_dir) / key)
+    return CachedFeatures(activations, np.asarray(samples.labels, dtype=np.int64), key, Path(cache_dir) / key,
+                          reused=reused)

@@ -32,6 +32,7 @@ from .tasks.segmentation import DECODERS, check_decoder_channels, check_dice_wei
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 ADAPT_METHODS = ("none", "dann", "cdan")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
+PREFIX_CACHES = ("auto", "views", "off")
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,14 @@ HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folder
 HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
-                 "adapters and the head).")
+                 "adapters and the head), auto (measure the data as `advise` does, on the features the head stage "
+                 "caches anyway, then run the advised strategy and options; the reasons go in the plan and "
+                 "transferkit.json; options you set yourself are kept).")
+
+
+def check_strategy_option(name: str, value: Any) -> str:
+    """A strategy, or ``auto`` (resolved by ``train`` before the plan: :func:`transferkit.api.train`)."""
+    return value if value == "auto" else check_strategy(name, value)
 
 
 @dataclass
@@ -199,7 +207,7 @@ class StrategyOptions:
 
     PANEL: ClassVar[str] = "Strategy and optimisation"
 
-    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy)
+    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy_option)
     epochs: int | None = option(None, "Epochs of the main phase (two-stage/progressive: once all their groups "
                                       "train).", default_text="10 for images, 4 for text", check=positive_or_none)
     head_epochs: int = option(3, "two-stage/progressive: epochs of the head-only stage (2-5 is typical).",
@@ -237,11 +245,17 @@ class StrategyOptions:
                               "The best epoch's weights are kept.",
                            check=lambda n, v: check_int(n, v, 0, "a non-negative integer (0 turns early stopping "
                                                                  "off)", 3))
-    patience_fraction: float = option(0.0, "Early stopping relative to the schedule: a phase of E epochs stops after "
-                                           "max(--patience, this share of E) epochs without better val accuracy, "
-                                           "and epochs in its warm-up never count (0: off, --patience alone), "
-                                           "e.g. 0.2.",
+    patience_fraction: float = option(0.2, "Early stopping relative to the schedule: a phase of E epochs stops after "
+                                           "max(--patience, this share of E) epochs without a higher val accuracy "
+                                           "(0: --patience alone, a lower loss at the same accuracy counting as "
+                                           "progress).",
                                       check=lambda n, v: check_range(n, v, 0, 1, example=0.2))
+    patience_after_lr: float = option(0.5, "Early stopping does not fight the schedule: an epoch counts against the "
+                                           "patience only once the phase's LR has decayed to this share of its peak "
+                                           "(the warm-up and the first part of the cosine never count; 1: only the "
+                                           "warm-up).",
+                                      check=lambda n, v: check_range(n, v, 0, 1, low_open=True, high_open=False,
+                                                                     example=0.5))
     seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
                           "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 
@@ -262,6 +276,12 @@ class CacheOptions:
                                                                     "of augmented views", 5))
     head_fit: str = option("auto", "Head-only phases on cached features: auto (exact L-BFGS logistic fit when the "
                                    "head is linear and features are un-augmented), lbfgs, sgd.", choices=HEAD_FITS)
+    prefix_cache: str = option("auto", "Frozen-prefix cache for phases whose first layer groups stay frozen "
+                                        "(progressive, --max-unfrozen): run the frozen layers once and train the rest "
+                                        "on their cached outputs. auto: when the inputs are not augmented (--augment "
+                                        "none), which trains exactly as the uncached path; views: also with "
+                                        "augmentation, on --cache-views K cached augmented views (epoch e reads view "
+                                        "e mod K); off: run them every step.", choices=PREFIX_CACHES)
     decoded_cache: str = option("auto", "auto: decode and resize each image once, augment the stored uint8 tensors "
                                         "every epoch; off: decode every epoch.", choices=("auto", "off"))
 
@@ -281,6 +301,14 @@ class RuntimeOptions:
     compile: bool = option(False, "torch.compile the model (slow to start; pays off on long GPU runs).",
                            flags=("--compile",))
     cpu: bool = option(False, "Train on the CPU even if a GPU is present.")
+    budget: float | None = option(None, "Wall-time budget in seconds, from the start of the run (data, caches and "
+                                        "training; the test evaluation after it is not counted): after each epoch "
+                                        "the phase is shortened to the epochs that still fit (its LR schedule ends "
+                                        "with them), and the run stops with the best epoch's weights when no epoch "
+                                        "fits. transferkit.json records it.", default_text="none",
+                                  check=lambda n, v: v is None or check_range(n, v, 0, 1e9, low_open=True,
+                                                                              allowed="a positive number of seconds",
+                                                                              example=60))
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .errors import TransferKitError
 from .models.groups import LayerGroup
 from .models.model import TransferModel
 from .options import parse_lrs
@@ -77,11 +78,16 @@ class Plan:
 
     def needs_features(self, start: int = 0) -> bool:
         """Whether a phase from ``start`` on runs on cached backbone features (exact fit included)."""
-        return any(p.runs_on != "images" for p in self.phases[start:])
+        return any(p.runs_on in ("features", "exact-fit") for p in self.phases[start:])
 
     def needs_images(self, start: int = 0) -> bool:
-        """Whether a phase from ``start`` on reads images (so the decoded-input cache pays)."""
-        return any(p.runs_on == "images" for p in self.phases[start:])
+        """Whether a phase from ``start`` on reads images (so the decoded-input cache pays); a phase on cached
+        activations reads them once, from the same datasets as the images' path (so both see the same inputs)."""
+        return any(p.runs_on in ("images", "activations") for p in self.phases[start:])
+
+    def needs_activations(self, start: int = 0) -> bool:
+        """Whether a phase from ``start`` on trains on its frozen prefix's cached outputs."""
+        return any(p.runs_on == "activations" for p in self.phases[start:])
 
     def to_dict(self) -> dict[str, Any]:
         return {"task": self.task, "model": self.model, "head": self.head, "preprocessing": self.preprocessing,
@@ -108,7 +114,9 @@ class Plan:
             span = f"epoch {epoch}" if phase.epochs == 1 else f"epochs {epoch}-{epoch + phase.epochs - 1}"
             frozen = len(names) - len(phase.lrs)
             where = {"images": "", "features": " — on cached features",
-                     "exact-fit": " — one exact fit on cached features"}[phase.runs_on]
+                     "exact-fit": " — one exact fit on cached features",
+                     "activations": f" — on the cached outputs of the frozen {names[0]}..{names[frozen - 1]}"
+                                    f"{f' ({phase.views} augmented views)' if phase.views else ''}"}[phase.runs_on]
             lines.append(f"  {span:<13} {phase.name:<{name_width}} trains {len(phase.lrs)} of {len(names)} groups"
                          f"{f' ({frozen} frozen)' if frozen else ''}: {_lr_runs(names, phase.lrs)}{where}")
             epoch += phase.epochs
@@ -121,6 +129,10 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
     """The plan of a run: the strategy's phases for the model's layer groups, with where each phase runs (a task
     without cached features, such as segmentation, runs every phase on images), for ``processes`` processes sharing
     each (global) batch of ``config.batch_size``."""
+    if config.strategy == "auto":
+        raise TransferKitError("--strategy auto is decided when train measures the data, so it has no plan yet. Fix: "
+                               "run `transferkit advise` to see what it would choose (and its plan with that "
+                               "--strategy), or pass a strategy.")
     task = get_task(config.task)
     groups = model.layer_groups(config.groups)
     lr = config.lr if config.lr is not None else default_lr(config.strategy, model.is_text)
@@ -136,6 +148,11 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
     phases, notes = place_phases(phases, groups[-1].name, feature_cache=feature_cache,
                                  head_fit=config.head_fit, cache_views=config.cache_views,
                                  linear_head=model.linear_head() is not None)
+    if config.prefix_cache != "off" and not on_images and adapt == "none" and not getattr(config, "target_val", None) \
+            and task.caches_features and not model.is_text:
+        phases, prefix_notes = place_prefixes(model, phases, groups, prefix_cache=config.prefix_cache,
+                                              augment=config.augment, cache_views=config.cache_views)
+        notes += prefix_notes
     if adapt != "none":
         aligned = "the head's hidden layer (a bottleneck)" if config.hidden else "the backbone's pooled features"
         notes += (f"Domain adaptation ({adapt}): every phase on images sees a source and a target batch in one forward "
@@ -175,6 +192,68 @@ def place_phases(phases: list[Phase], head: str, *, feature_cache: str, head_fit
            f"{'view' if cache_views == 1 else 'views'}")
     which = "The head-only phase" if leading == 1 else f"Head-only phases 1-{leading}"
     return placed, (f"{which}: on cached backbone features (the frozen backbone runs once); the head is {how}.",)
+
+
+def place_prefixes(model: TransferModel, phases: list[Phase], groups: list[LayerGroup], *, prefix_cache: str,
+                   augment: str, cache_views: int) -> tuple[list[Phase], tuple[str, ...]]:
+    """Which phases on images train on the cached outputs of their frozen prefix (the frozen-prefix cache), and the
+    plan's note about it.
+
+    A phase qualifies when some backbone groups train and the groups before them stay frozen, the backbone is a
+    chain of modules (:func:`~transferkit.models.prefix.backbone_chain`), no earlier phase trains a group of the
+    prefix (so the outputs cached before training stay valid), and nothing in the prefix is random or learns in
+    training mode (:func:`~transferkit.models.prefix.prefix_blockers`). Without augmentation the cached path trains
+    exactly as the uncached one; with augmentation it does only with ``--prefix-cache views`` (``--cache-views`` K
+    augmented views, epoch ``e`` reading view ``e mod K``), otherwise those phases stay on images.
+    """
+    from .models.prefix import backbone_chain, prefix_blockers, prefix_cut
+
+    names = [g.name for g in groups]
+    wanted = [i for i, p in enumerate(phases) if p.runs_on == "images" and names[0] not in p.lrs
+              and set(p.lrs) - {names[-1]}]
+    if not wanted:
+        return list(phases), ()
+    listed = ", ".join(phases[i].name for i in wanted)
+    views = 0
+    if augment != "none":
+        if prefix_cache != "views" or not cache_views:
+            return list(phases), (f"Frozen-prefix cache: off for phase(s) {listed} — their inputs are augmented "
+                                  f"(--augment {augment}); --augment none caches the frozen layers' outputs exactly, "
+                                  "--prefix-cache views --cache-views K caches K augmented views of them.",)
+        views = cache_views
+    size = model.preprocessing.input_size
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    chain = backbone_chain(model.backbone, example)
+    if chain is None:
+        return list(phases), (f"Frozen-prefix cache: off for phase(s) {listed} — this backbone does not run as a "
+                              "chain of layers that can be cut (e.g. a ViT's class token and position embeddings).",)
+    placed, used, skipped = list(phases), [], []
+    for i in wanted:
+        phase = phases[i]
+        trained_before = {n[len("backbone."):] for p in phases[:i] for g in groups if g.name in p.lrs
+                          for n in g.param_names if n.startswith("backbone.")}
+        trainable = {n[len("backbone."):] for g in groups if g.name in phase.lrs for n in g.param_names
+                     if n.startswith("backbone.")}
+        cut = prefix_cut(chain, trainable)
+        prefix_params = {f"{path}.{n}" for path, m in chain[:cut] for n, _ in m.named_parameters()}
+        blockers = prefix_blockers(chain, cut, example) if cut else []
+        if cut == 0 or prefix_params & trained_before or blockers:
+            why = ("no module before its first trainable one" if cut == 0 else
+                   "an earlier phase trains part of its prefix" if prefix_params & trained_before else
+                   "; ".join(blockers))
+            skipped.append(f"{phase.name} ({why})")
+            continue
+        placed[i] = replace(phase, runs_on="activations", prefix=cut, views=views)
+        used.append(f"{phase.name} (through {chain[cut - 1][0]})")
+    notes = []
+    if used:
+        notes.append(f"Frozen-prefix cache: phase(s) {', '.join(used)} train on the cached outputs of their frozen "
+                     "first layers, which run once before training instead of every step"
+                     + (f"; {views} augmented view(s) per image (epoch e reads view e mod {views})" if views else
+                        " (inputs not augmented: the same training as without the cache)") + ".")
+    if skipped:
+        notes.append(f"Frozen-prefix cache: off for {', '.join(skipped)}.")
+    return placed, tuple(notes)
 
 
 def _lr_runs(names: list[str], lrs: dict[str, float]) -> str:

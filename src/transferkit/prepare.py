@@ -34,7 +34,7 @@ from .data.text import (
 )
 from .distributed import World
 from .errors import TransferKitError
-from .features import HeadFeatures, cached_features
+from .features import HeadFeatures, PrefixActivations, cached_activations, cached_features
 from .models.model import TransferModel
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
@@ -203,7 +203,7 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
     what = (f"{views} augmented view(s) per image ('{config.augment}' augmentation)" if views else
             "un-augmented features (--augment does not apply to head-only phases; --cache-views K caches K "
             "augmented views)")
-    leading = sum(p.runs_on != "images" for p in plan.phases)
+    leading = sum(p.runs_on in ("features", "exact-fit") for p in plan.phases)
     logger.info("Feature cache: on — the frozen backbone ran once (%s, %s); the first %d phase(s) train the head on "
                 "%s. %s", "reused" if train.reused else "computed", cache_dir, leading, what,
                 "--feature-cache off turns it off.")
@@ -211,12 +211,45 @@ def head_features(model: TransferModel, data: SplitData, config: TrainConfig, pl
                         rank=world.rank, processes=world.size)
 
 
+def prefix_activations(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, start_phase: int,
+                       train_loader: DataLoader, val_loader: DataLoader, cache_dir: Path, progress: bool,
+                       use: CacheUse | None = None, world: World | None = None) -> dict[int, PrefixActivations]:
+    """The frozen-prefix caches the plan's phases from ``start_phase`` train on (``Phase.runs_on == "activations"``),
+    by cut: each frozen prefix runs once over the datasets of ``train_loader`` and ``val_loader`` (the images' own
+    loaders: the same input tensors as the uncached path), from the current weights — the plan made sure no earlier
+    phase trains them. Computed on this process's device; call it through ``World.first_on_each_file_system``."""
+    from .models.prefix import Prefix, chain_links
+
+    world = world or World(device=torch.device("cuda" if torch.cuda.is_available() and not config.cpu else "cpu"))
+    wanted = sorted({(p.prefix, p.views) for p in plan.phases[start_phase:] if p.runs_on == "activations"})
+    if not wanted:
+        return {}
+    device = world.device
+    model.to(device)
+    chain = chain_links(model.backbone)
+    val_set = val_loader.dataset.dataset if isinstance(val_loader.dataset, Subset) else val_loader.dataset
+    found = {}
+    for cut, views in wanted:
+        prefix = Prefix(chain, cut)
+        common = {"seed": config.seed, "batch_size": max(64, config.batch_size), "device": device,
+                  "progress": progress, "use": use}
+        train = cached_activations(model, prefix, cut, train_loader.dataset, data.train, cache_dir, views=views,
+                                   label="train", **common)
+        val = cached_activations(model, prefix, cut, val_set, data.val, cache_dir, label="val", **common)
+        found[cut] = PrefixActivations(HeadFeatures(train, val, config.batch_size,
+                                                    drop_last=len(data.train) > config.batch_size, rank=world.rank,
+                                                    processes=world.size), cut)
+    model.to("cpu")
+    return found
+
+
 def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, progress: bool) -> FitConfig:
     """The loop's settings: optimisation from the configuration, devices resolved for this machine."""
     return FitConfig(seed=config.seed, weight_decay=config.weight_decay, warmup=config.warmup,
                      label_smoothing=config.label_smoothing, class_weights=class_weights(data, config),
                      patience=config.patience or None,
-                     patience_fraction=config.patience_fraction, bn=plan.bn, l2_sp=config.l2_sp, groups=config.groups,
+                     patience_fraction=config.patience_fraction, patience_after_lr=config.patience_after_lr,
+                     bn=plan.bn, l2_sp=config.l2_sp, groups=config.groups,
                      mixed_precision=resolve_mixed_precision(config), channels_last=use_channels_last(model, config),
                      compile=config.compile, cpu=config.cpu, progress=progress)
 

@@ -164,6 +164,19 @@ def _training_advice(m: Measurements, strategy: str, options: dict[str, Any], re
                           f"{m.flip_accuracy:.2f})" if flip_drop is not None else ""))
 
 
+def auto_options(advice: Advice, given: set[str], config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The advice's options as ``train`` values (``--strategy auto``), split into those applied and those the user
+    set (``given``), which are kept as set."""
+    applied, kept = {}, {}
+    for name, value in advice.options.items():
+        value = float(value) if name in ("lr", "head_lr") else value
+        if name in given:
+            kept[name] = getattr(config, name)
+        else:
+            applied[name] = value
+    return applied, kept
+
+
 def _distance_text(m: Measurements) -> str:
     if m.domain_measure == "tokens per word":
         return f"{m.domain_distance:.2f} sub-word tokens per word"
@@ -178,34 +191,47 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
     :class:`~transferkit.options.TrainConfig` fields that shape the data (``text_column``, ``label_column``)."""
     import tempfile
 
-    from torchvision.transforms import v2
-
-    from ..data.images import build_transforms, open_image
     from ..data.splits import take_per_class
-    from ..features import cached_features
     from ..options import TrainConfig
     from ..prepare import load_data, load_run_model
-    from ..training.headfit import fit_linear_head
 
     config = TrainConfig(data=data, model=model, weights=weights, per_class=per_class, seed=seed, **data_options)
     config.validate()
     full = load_data(config)
-    counts = list(full.train.class_counts().values())
-    samples = len(full.train) + len(full.val)
     train, _ = take_per_class(full.train, max_per_class, seed)
     val, _ = take_per_class(full.val, max(10, max_per_class // 4), seed)
     net = load_run_model(config, len(full.classes))
+    with tempfile.TemporaryDirectory() as cache:
+        return measure_loaded(net, full, train, val, cache, seed=seed, progress=progress)
+
+
+def measure_loaded(net: Any, full: Any, train: Any, val: Any, cache: Any, *, seed: int = 0, progress: bool = False,
+                   device: Any = None, use: Any = None) -> Measurements:
+    """:func:`measure` on data and a model already loaded: ``full`` (a ``SplitData``) gives the counts, ``train`` and
+    ``val`` (its splits or samples of them) the probe. Features go through the feature cache in ``cache`` with the keys
+    a run's head stage uses (``train --strategy auto`` measures on the full splits, so its head stage reuses them)."""
+    from torchvision.transforms import v2
+
+    from ..data.images import build_transforms, open_image
+    from ..features import cached_features
+    from ..training.headfit import fit_linear_head
+
+    counts = list(full.train.class_counts().values())
+    samples = len(full.train) + len(full.val)
     text = net.is_text
     transform = None if text else build_transforms(net.preprocessing, "none")[1]
     mirrored = None if text else v2.Compose([v2.RandomHorizontalFlip(p=1.0), transform])
-    with tempfile.TemporaryDirectory() as cache:
 
-        def features(samples: Any, view: Any, label: str) -> torch.Tensor:
-            found = cached_features(net, samples, view, cache, progress=progress, label=label)
-            return torch.from_numpy(np.asarray(found.features[0], dtype=np.float32))
+    def features(samples: Any, view: Any, label: str) -> torch.Tensor:
+        found = cached_features(net, samples, view, cache, seed=seed, progress=progress, label=label, device=device,
+                                use=use)
+        return torch.from_numpy(np.asarray(found.features[0], dtype=np.float32))
 
-        x_train, x_val = features(train, transform, "train"), features(val, transform, "val")
-        x_flip = None if text else features(val, mirrored, "mirrored val")
+    if device is not None:
+        net.to(device)
+    x_train, x_val = features(train, transform, "train"), features(val, transform, "val")
+    x_flip = None if text else features(val, mirrored, "mirrored val")
+    net.to("cpu")
     y_train, y_val = torch.tensor(train.labels), torch.tensor(val.labels)
     head = torch.nn.Linear(x_train.shape[1], len(full.classes))
     probe = fit_linear_head(head, x_train, y_train, x_val, y_val)

@@ -2,7 +2,9 @@
 
 ``EarlyStopping`` is the one the loop always uses: it tracks the best validation accuracy (ties broken
 by the lower validation loss) and says when ``patience`` epochs passed without improvement — or, opted into with
-``relative``, when a share of the phase's own schedule passed without improvement, never during its warm-up.
+``relative``, when a share of the phase's own schedule passed without improvement, never during its warm-up — and,
+with ``after_lr``, never while the phase's learning rate is still near its peak (``train``'s default: the schedule is
+not fought, see :func:`held_epochs`).
 """
 
 from __future__ import annotations
@@ -40,15 +42,24 @@ class EarlyStopping:
     Under this rule only a higher validation accuracy resets the count (a validation loss still creeping down at a
     saturated accuracy is not progress); the best epoch of the run is still chosen with the loss as tie-break.
 
+    With ``after_lr`` set (``train``'s default 0.5, ``--patience-after-lr``) the epochs that do not count are those
+    that end while the phase's warm-up + cosine LR is still above ``after_lr`` times its peak (the warm-up included,
+    :func:`held_epochs`): right after unfreezing, the high-LR epochs of a fine-tuning phase often score below the
+    phase's first epoch (and the head-only probe) before the decaying LR lets them climb past it; judging those
+    epochs ended 20-epoch phases after 4 (issue 16).
+
     Attributes:
         patience: epochs without improvement before stopping; ``None`` or 0 never stops.
         min_delta: how much higher the accuracy must be to count as better.
         relative: patience as a share of the phase's epochs (0: the fixed ``patience`` alone).
+        after_lr: epochs count against the patience only once the LR has decayed to this share of its peak
+            (``None``: only the warm-up is exempt, and only with ``relative``; 1: the warm-up alone).
     """
 
     patience: int | None = 3
     min_delta: float = 0.0
     relative: float = 0.0
+    after_lr: float | None = None
     best: float | None = None
     best_loss: float | None = None
     best_epoch: int = 0
@@ -57,14 +68,22 @@ class EarlyStopping:
     phase_best_loss: float | None = None
     phase_epochs: int = 0  # epochs judged in the current phase
     phase_patience: int | None = None  # set by start_phase when ``relative`` is on
-    warmup_epochs: int = 0
+    warmup_epochs: int = 0  # the phase's first epochs that never count (the warm-up; with after_lr, the high LR)
 
     def start_phase(self, epochs: int, warmup: float = 0.0) -> None:
         """The current phase's length (``epochs``) and warm-up (a fraction of its steps): they set the relative
         patience and the epochs that do not count. Safe to call again on resume (counters are kept)."""
         if self.relative:
             self.phase_patience = max(self.patience or 0, math.ceil(self.relative * epochs)) if self.patience else 0
+        if self.after_lr is not None:
+            self.warmup_epochs = held_epochs(epochs, warmup, self.after_lr)
+        elif self.relative:
             self.warmup_epochs = math.ceil(warmup * epochs) if warmup else 0
+
+    @property
+    def _holds(self) -> bool:
+        """Whether the phase's first ``warmup_epochs`` are exempt."""
+        return bool(self.relative) or self.after_lr is not None
 
     def update(self, accuracy: float, loss: float, epoch: int) -> bool:
         """Record an epoch's validation result; returns True when it is the best of the run so far."""
@@ -75,7 +94,7 @@ class EarlyStopping:
             improved = self._better(accuracy, loss, self.phase_best, self.phase_best_loss)
         if improved:
             self.phase_best, self.phase_best_loss, self.bad_epochs = accuracy, loss, 0
-        elif not (self.relative and self.phase_epochs <= self.warmup_epochs):
+        elif not (self._holds and self.phase_epochs <= self.warmup_epochs):
             self.bad_epochs += 1
         better = self._better(accuracy, loss, self.best, self.best_loss)
         if better:
@@ -105,3 +124,18 @@ class EarlyStopping:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def held_epochs(epochs: int, warmup: float, after_lr: float) -> int:
+    """How many of a phase's first epochs end while its LR is still above ``after_lr`` times the peak, on the loop's
+    schedule (linear warm-up over ``warmup`` of the steps, then a cosine to zero): epoch ``e`` ends at the fraction
+    ``e / epochs`` of the steps, where the cosine's multiplier is ``(1 + cos(pi * p)) / 2`` at progress ``p`` past the
+    warm-up. The warm-up's epochs are always held (the old rule: ``ceil(warmup * epochs)``). With 10% warm-up and
+    ``after_lr`` 0.5 a 20-epoch phase is judged from epoch 11 on, a 10-epoch phase from epoch 6."""
+    if not 0 < after_lr <= 1:
+        raise ValueError(f"after_lr must be in (0, 1], got {after_lr}")
+    in_warmup = math.ceil(round(warmup * epochs, 9)) if warmup else 0
+    # the multiplier falls to after_lr at this fraction of the phase's steps
+    fraction = warmup + (1 - warmup) * math.acos(2 * after_lr - 1) / math.pi
+    above = math.ceil(round(fraction * epochs, 9)) - 1  # epochs ending strictly before that point
+    return min(epochs, max(in_warmup, above))

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from ..adaptation.dann import DomainAdaptation
 from ..distributed import World
 from ..errors import TransferKitError
-from ..features import HeadFeatures
+from ..features import HeadFeatures, PrefixActivations
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
 from ..seeding import derive_seed
@@ -47,7 +47,8 @@ from .regularizers import l2_sp_penalty, snapshot_backbone
 
 logger = logging.getLogger(__name__)
 
-INPUTS = {"images": "images", "features": "cached features", "exact-fit": "exact fit on cached features"}
+INPUTS = {"images": "images", "features": "cached features", "exact-fit": "exact fit on cached features",
+          "activations": "cached activations of the frozen prefix"}
 
 
 @dataclass
@@ -61,6 +62,7 @@ class FitConfig:
     class_weights: list[float] | None = None
     patience: int | None = 3
     patience_fraction: float = 0.0
+    patience_after_lr: float | None = None
     bn: str = "train"
     l2_sp: float = 0.0
     groups: int | None = None
@@ -69,6 +71,7 @@ class FitConfig:
     compile: bool = False
     cpu: bool = False
     progress: bool = True
+    deadline: float | None = None  # ``time.perf_counter()`` by which training must be over (``--budget``)
 
 
 @dataclass
@@ -94,6 +97,7 @@ class FitResult:
     best_val_score: float
     seconds: float
     monitor: str = "accuracy"
+    budget: dict[str, Any] | None = None  # with a deadline: the epochs planned and run, and whether it stopped the run
 
     @property
     def best_val_accuracy(self) -> float:
@@ -114,7 +118,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
         world: World | None = None, objective: Objective | None = None,
-        adaptation: DomainAdaptation | None = None) -> FitResult:
+        adaptation: DomainAdaptation | None = None,
+        activations: dict[int, PrefixActivations] | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
@@ -128,6 +133,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         adaptation: unsupervised domain adaptation (:mod:`transferkit.adaptation.dann`) for the phases on images;
             its discriminator must already be a submodule of ``model`` (``model.domain_adversary``), so checkpoints
             carry it, and it trains at the head's LR.
+        activations: the frozen-prefix caches of the phases on ``activations``, by their ``Phase.prefix``.
     """
     world = world or World()
     objective = objective or ClassificationObjective()
@@ -146,23 +152,27 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     penalty = (lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction), None
+    state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction,
+                                                         after_lr=config.patience_after_lr), None
     if resume:
         best = _restore(run, model, optimizer, state, stopper, accelerator)
     state.processes = world.size
-    _check_inputs(phases[state.phase_index:], features)
+    _check_inputs(phases[state.phase_index:], features, activations)
     loss_fn = objective.criterion(config).to(accelerator.device)
     optimizer = accelerator.prepare(optimizer)
     train_loader = _on_device(train_loader, accelerator)
     clock = time.perf_counter() - state.seconds
+    phases, planned, budget_stopped = list(phases), sum(p.epochs for p in phases), False
 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
         stopper.start_phase(phase.epochs, config.warmup)
         net = _phase_network(model, phase, accelerator, config)
-        val_data = val_loader if phase.runs_on == "images" else features.val_loader()
+        cached = features if phase.runs_on != "activations" else activations[phase.prefix].cached
+        val_data = val_loader if phase.runs_on == "images" else cached.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
+            epoch_started = time.perf_counter()
             for callback in callbacks:
                 callback.on_epoch_start(state)
             set_seed(derive_seed(config.seed, "epoch", state.epoch))
@@ -170,7 +180,7 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 train_metrics, val_metrics = exact_head_fit(model, features, config, world)
             else:
                 train_data = train_loader if phase.runs_on == "images" else _on_device(
-                    features.train_loader(state.epoch), accelerator)
+                    cached.train_loader(state.epoch), accelerator)
                 adapting = adaptation if phase.runs_on == "images" else None
                 if adapting is not None:
                     adapting.start_epoch(sum(r["inputs"] == INPUTS["images"] for r in state.history),
@@ -196,22 +206,68 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                                            "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
                                     optimizer=optimizer.state_dict())
+            if config.deadline is not None:
+                phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
+                    fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
+                                  config.deadline - time.perf_counter()) if world.is_main else None)
+                if budget_stop:
+                    logger.info("Budget spent after epoch %d: stopping with the best epoch's weights (epoch %d)",
+                                state.epoch, stopper.best_epoch)
+                    state.stop_requested = budget_stopped = True
+                elif not phase_over and phases[state.phase_index].epochs != phase.epochs:
+                    phase = phases[state.phase_index]  # fewer epochs: its cosine ends sooner
+                    stopper.start_phase(phase.epochs, config.warmup)
             if phase_over:
                 break
 
     if best is not None:
         model.load_state_dict(best)
+    budget = None
+    if config.deadline is not None:
+        budget = {"epochs_planned": planned, "epochs_run": state.epoch,
+                  "phases": {p.name: p.epochs for p in phases},
+                  "stopped_by_budget": budget_stopped}
     return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock,
-                     objective.monitor)
+                     objective.monitor, budget)
+
+
+def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
+                  seconds_left: float) -> tuple[list[Phase], bool]:
+    """``--budget``: after an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so
+    the epochs that still fit end its schedule (its cosine completes, leaving one epoch for each later phase), or say
+    the run must stop now (no epoch fits: the best epoch's weights are kept). A phase that has just ended is not
+    shortened (the next one is measured by its own first epoch), but a spent budget stops the run there too.
+    Returns (phases, stop)."""
+    if seconds_left <= 0:
+        return phases, True
+    if phase_over:
+        return phases, False
+    fits = int(seconds_left // max(epoch_seconds, 1e-9))
+    if fits == 0:
+        return phases, True
+    current = phases[state.phase_index]
+    later = sum(p.runs_on != "exact-fit" for p in phases[state.phase_index + 1:])
+    remaining = current.epochs - state.phase_epoch
+    keep = min(remaining, max(1, fits - later))
+    if keep < remaining:
+        logger.info("Budget: %.0f s left, an epoch of %s takes %.1f s: %d more epoch(s) of it instead of %d (its LR "
+                    "schedule ends with them)", seconds_left, current.name, epoch_seconds, keep, remaining)
+        phases = [*phases[:state.phase_index], replace(current, epochs=state.phase_epoch + keep),
+                  *phases[state.phase_index + 1:]]
+    return phases, False
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
 
 
-def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None) -> None:
-    cached = [p.name for p in phases if p.runs_on != "images"]
+def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None,
+                  activations: dict[int, PrefixActivations] | None = None) -> None:
+    cached = [p.name for p in phases if p.runs_on in ("features", "exact-fit")]
     if cached and features is None:
         raise ValueError(f"Phases {', '.join(cached)} run on cached features, but no features were given.")
+    missing = [p.name for p in phases if p.runs_on == "activations" and p.prefix not in (activations or {})]
+    if missing:
+        raise ValueError(f"Phases {', '.join(missing)} run on cached prefix activations, but none were given.")
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
@@ -257,6 +313,12 @@ def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator,
     again for each phase: DDP registers only the parameters that train at wrap time."""
     if phase.runs_on == "exact-fit":
         return model.head
+    if phase.runs_on == "activations":  # the model's own modules after the cached prefix, then its head
+        from ..models.prefix import Suffix, chain_links
+
+        base = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+        net = accelerator.prepare_model(Suffix(chain_links(base.backbone), phase.prefix, base.head))
+        return torch.compile(net) if config.compile else net
     net = accelerator.prepare_model(model.head if phase.runs_on == "features"
                                     else accelerator.unwrap_model(model, keep_fp32_wrapper=False))
     return torch.compile(net) if config.compile else net
