@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--max-unfrozen", type=int, nargs="+", default=[3])
     args = p.parse_args(argv)
     if args.smoke:
-        args.per_class, args.image_size, args.epochs = 4, 32, 2
+        args.per_class, args.image_size, args.epochs, args.max_unfrozen = 4, 32, 1, [2]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for limit in args.max_unfrozen:
