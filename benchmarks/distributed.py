@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import parser, report  # noqa: E402
+from weights_fingerprint import make_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if args.smoke:
                 data = tmp / "images"
                 _tiny_images(data)
-                weights = _tiny_weights(tmp)
+                weights = make_weights(tmp)
                 base = ["--data", str(data), "--model", "timm:test_efficientnet", "--weights", str(weights),
                         "--image-size", "32", "--strategy", "fine-tune", "--epochs", "1", "--batch-size", "8",
                         "--cpu", "--workers", "0"]
@@ -128,18 +129,6 @@ def _tiny_images(root: Path) -> None:
                 path = root / split / f"c{c}" / f"{i}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(path)
-
-
-def _tiny_weights(folder: Path) -> Path:
-    import timm
-    import torch
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("test_efficientnet", pretrained=False)
-    path = folder / "test_efficientnet.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def test_two_processes_write_one_run_folder_once(job):
     assert job["exits"][:8] == [0] * 8, job["err"][-3000:]
     run = job["runs"]["two-stage"]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint", "config.yaml", "feature-cache", "metrics.jsonl",
-                                                     "model.safetensors", "transferkit.json"]
+                                                     "model.safetensors", "probe_head.safetensors",
+                                                     "transferkit.json"]
     assert not list(run.rglob(".*"))  # no temporary files left
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]  # each epoch's line once

@@ -24,13 +24,12 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from . import distributed, prepare
-from .cache import CacheUse
+from .cache import CacheUse, weights_fingerprint
 from .data.checks import check_normalization
 from .data.samples import SplitData
-from .data.splits import take_per_class
+from .data.splits import onto_classes, take_per_class
 from .errors import TransferKitError
 from .evaluate import compute_metrics
-from .features import weights_fingerprint
 from .options import TrainConfig, check_names, load_recipe, merge_options, train_option_names
 from .plan import Plan, make_plan
 from .predict import TrainedModel
@@ -109,7 +108,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     if not resumed:
         run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
     run = RunFolder(run_config.out if not resumed else run.path, main_process=world.is_main)
-    split, model, run_plan, state = world.agreed(_validated, run_config, run, world, resumed)
+    split, model, run_plan, state, target = world.agreed(_validated, run_config, run, world, resumed)
     start_phase = state["phase_index"] if state else 0
     if resumed:
         run.rewrite_metrics(state["history"])
@@ -125,25 +124,40 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         if not model.is_text and world.is_main:
             for warning in check_normalization(val_loader, model.preprocessing):
                 logger.warning("Normalisation check: %s", warning)
+        adaptation = None
+        if target.method != "none":
+            adaptation = prepare.domain_adaptation(model, target.data, run_config, run_plan, len(train_loader),
+                                                   len(split.classes))
+            model.domain_adversary = adaptation.adversary  # a submodule while training: checkpoints carry it
+        if target.val is not None:
+            val_loader = prepare.eval_loader(target.val, model, run_config, world)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
+        keeper = _ProbeHeadKeeper(run, model, run_plan.phases)
         result = fit(model, train_loader, val_loader, run_plan.phases,
                      prepare.fit_config(model, split, run_config, run_plan, progress), run=run,
-                     resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), *callbacks],
-                     features=features, world=world, objective=task.objective(run_config, split))
+                     resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), keeper, *callbacks],
+                     features=features, world=world, objective=task.objective(run_config, split),
+                     adaptation=adaptation)
+        if adaptation is not None:
+            del model.domain_adversary  # not part of the trained model
     except BaseException:
         if not resumed:
             run.discard_if_unstarted()
         raise
 
+    extra = {"wise_ft": _wise_ft(model, split, run_config, run, keeper.head, progress)} if run_config.wise_ft else {}
     run.save_model(model)
     trained = TrainedModel(model, split.classes)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
+    if target.data is not None:
+        extra["adaptation"] = target.record(_score(trained, target.data.test, run_config, world)
+                                            if run_config.evaluate_test else None)
     seconds = setup_seconds + result.seconds
     info = run.finish(model=model, data=split, config=run_config, plan=run_plan, result=result, test=test,
                       timings={"seconds": seconds, "setup_seconds": setup_seconds, "fit_seconds": result.seconds,
                                "cache_seconds_built": cache_use.built_seconds,
                                "cache_seconds_saved": cache_use.saved_seconds},
-                      distributed=_processes_report(world, run_plan, model, cache_use))
+                      distributed=_processes_report(world, run_plan, model, cache_use), extra=extra)
     name = task.label(task.monitor)
     logger.info("Done: best epoch %d of %d, val %s %.4f%s, %.1f s — %s", result.best_epoch, len(result.history), name,
                 result.best_val_score, f", test {name} {test[task.headline[0]]:.4f}" if test else "", seconds,
@@ -154,9 +168,10 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
 
 
 def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
-               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None]:
+               resumed: bool) -> tuple[SplitData, Any, Plan, dict[str, Any] | None, _Target]:
     """Everything checked before the run folder is written, in every process: the folder, the batch split, the
-    data, the model and the plan; returns them with the checkpoint's state of a resumed run."""
+    data (the target domain's too), the model and the plan; returns them with the checkpoint's state of a resumed
+    run."""
     state = None
     if resumed:
         state = run.checkpoint_state()  # every process reads the checkpoint: the run folder must be visible to all
@@ -171,11 +186,53 @@ def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
     set_seed(config.seed)
     split = prepare.load_data(config)
     model = prepare.load_run_model(config, len(split.classes))
+    target = _Target.load(config, split, world)
     run_plan = make_plan(model, config, processes=world.size)
     logger.info("Data: %s — %d train, %d val %s, %d classes", split.description, len(split.train), len(split.val),
                 split.unit, len(split.classes))
     logger.info("%s", run_plan)
-    return split, model, run_plan, state
+    return split, model, run_plan, state, target
+
+
+@dataclass
+class _Target:
+    """The target domain of a run: unlabelled images to adapt to, an optional labelled ``--target-val``, and how
+    the model is selected."""
+
+    method: str = "none"
+    data: Any = None  # data.target.TargetData
+    val: Any = None  # ImageSamples of --target-val
+    spec: str | None = None
+    val_spec: str | None = None
+
+    @classmethod
+    def load(cls, config: TrainConfig, split: SplitData, world: distributed.World) -> _Target:
+        if not config.target_data:
+            return cls()
+        from .data.sources import eval_split
+        from .data.target import load_target
+
+        if config.adapt != "none" and world.size > 1:
+            raise TransferKitError(f"--adapt {config.adapt} runs in one process for now. Fix: run it without "
+                                   "torchrun / accelerate launch.")
+        data = load_target(config.target_data, skip_bad_images=config.skip_bad_images)
+        if data.test is not None:  # scored after training only; its class indices follow the run's classes
+            data.test = onto_classes(data.test, split.classes, f"the test split of {config.target_data}")
+        try:
+            val = eval_split(config.target_val, split.classes).samples if config.target_val else None
+        except TransferKitError as exc:
+            raise TransferKitError(f"--target-val: {exc}") from exc
+        logger.info("Target: %s%s", data.description, f"; selecting on --target-val {config.target_val} "
+                    f"({len(val)} labelled)" if val is not None else "; selecting on the source validation split")
+        return cls(config.adapt, data, val, config.target_data, config.target_val)
+
+    def record(self, target_test: dict[str, Any] | None) -> dict[str, Any]:
+        """What ``transferkit.json``'s ``adaptation`` says."""
+        return {"method": self.method, "target_data": self.data.description,
+                "selected_on": f"--target-val {self.val_spec}" if self.val_spec else "the source validation split",
+                "target_labels_read": (f"only --target-val's ({len(self.val)} images), for model selection"
+                                       if self.val is not None else "none"),
+                "target_test": target_test}
 
 
 def _processes_report(world: distributed.World, run_plan: Plan, model: Any, use: CacheUse) -> dict[str, Any]:
@@ -233,7 +290,8 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
                                    "transferkit.load, or start a new run with another --out.")
         if not run.has_checkpoint:
             raise TransferKitError(f"{run.path} has no checkpoint (it stopped before the first epoch ended). "
-                                   f"Fix: start again with --overwrite --out {run.path}.")
+                                   f"Fix: start it over with `transferkit train --config {run.path / 'config.yaml'} "
+                                   f"--out {run.path}` (or the command that started it, without --resume).")
         known = set(train_option_names())  # a run made by another version may hold names this one lacks
         dropped = sorted(set(saved) - known - {"out", "overwrite"})
         if dropped:
@@ -256,16 +314,20 @@ def _resolve(data: str | Path | None, resume: str | Path | None, config: str | P
 def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
                   world: distributed.World) -> dict[str, Any] | None:
     """Test metrics; each process predicts its share of the test set, and the shares are gathered in order."""
-    if data.test is None or len(data.test) == 0:
+    return _score(trained, data.test, config, world)
+
+
+def _score(trained: TrainedModel, test: Any, config: TrainConfig, world: distributed.World) -> dict[str, Any] | None:
+    """Metrics on labelled samples (``None`` for none); each process predicts its share, gathered in order."""
+    if test is None or len(test) == 0:
         return None
     task = get_task(config.task)
     if task.dense:  # --test-per-class was applied when the data was read; the task's sums are reduced
         trained.model.to(world.device)
-        metrics = task.evaluate(trained.model, data.test.subset(list(world.share(len(data.test)))), data.classes,
+        metrics = task.evaluate(trained.model, test.subset(list(world.share(len(test)))), trained.classes,
                                 max(16, config.batch_size), reduce=world.sum, ignore_index=config.ignore_index)
         trained.model.cpu()
         return metrics
-    test = data.test
     if config.test_per_class is not None:
         test, _ = take_per_class(test, config.test_per_class, seed=0)
     trained.model.to(world.device)
@@ -273,7 +335,46 @@ def _test_metrics(trained: TrainedModel, data: SplitData, config: TrainConfig,
     probabilities = trained._probabilities([test.items[i] for i in share], batch_size=max(64, config.batch_size))
     trained.model.cpu()
     probabilities = np.concatenate(world.gather(probabilities))
-    return compute_metrics(np.asarray(test.labels), probabilities, data.classes)
+    return compute_metrics(np.asarray(test.labels), probabilities, trained.classes)
+
+
+class _ProbeHeadKeeper(Callback):
+    """Keeps the head as it is when the head-only stage ends (the linear probe: WiSE-FT's start point) in memory
+    and in the run folder (``probe_head.safetensors``)."""
+
+    def __init__(self, run: RunFolder, model: Any, phases: Sequence[Any]) -> None:
+        self.run, self.model, self.phases = run, model, phases
+        self.head = run.probe_head()  # a resumed run saved it before it stopped
+
+    def on_epoch_start(self, state: Any) -> None:
+        index = state.phase_index
+        if self.head is not None or index == 0 or state.phase_epoch != 0:
+            return
+        if set(self.phases[index - 1].trainable) == {"head"} and set(self.phases[index].trainable) != {"head"}:
+            self.head = {k: v.detach().cpu().clone() for k, v in self.model.head.state_dict().items()}
+            self.run.save_probe_head(self.head)
+
+
+def _wise_ft(model: Any, split: SplitData, config: TrainConfig, run: RunFolder, probe_head: Any,
+             progress: bool) -> dict[str, Any]:
+    """``--wise-ft``: θ(α) between the pre-trained backbone + linear probe and the trained model, α chosen on the
+    validation split; leaves θ(α*) in ``model`` and writes interpolation.json / .png."""
+    from dataclasses import asdict
+
+    from .adaptation.interpolate import DEFAULT_ALPHAS, parse_alphas, save_plot, sweep_record, wise_ft
+    from .runfolder import INTERPOLATION
+
+    start = prepare.load_run_model(config, len(split.classes), pretrained=True)
+    info = {"modality": model.modality, "model": asdict(model.spec), "config": asdict(config)}
+    points, chosen, probe_source = wise_ft(model, start, probe_head, split, alphas=parse_alphas(DEFAULT_ALPHAS),
+                                           info=info, batch_size=max(64, config.batch_size), progress=progress)
+    record = sweep_record(points, chosen, chosen_on="the run's validation split", probe_head=probe_source,
+                          bn_recalibrated=False)
+    run.save_json(INTERPOLATION, record)
+    png = save_plot(points, run.path / "interpolation.png", chosen.alpha) if run.main_process else None
+    logger.info("WiSE-FT: alpha %.2f (val accuracy %.4f; the fine-tuned model, alpha 1: %.4f)", chosen.alpha,
+                chosen.val_accuracy, points[-1].val_accuracy)
+    return {**record, "plot": str(png) if png else None}
 
 
 class _MetricsWriter(Callback):

@@ -152,3 +152,13 @@ def _store(cache_dir: Path, key: str, arrays: dict[str, np.ndarray], meta: dict[
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weights_fingerprint(module: Any) -> str:
+    """SHA-256 over parameter and buffer names, shapes and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import options as schema
 from .distributed import is_main_process, leave
-from .errors import TransferKitError
+from .errors import TransferKitError, one_line
 from .tasks import get_task
 
 app = typer.Typer(
@@ -211,7 +211,9 @@ def evaluate(**values: Any) -> None:
                       "data: the run saw it (validation chose the best epoch), so the score is optimistic. Pass "
                       "--data with held-out examples.", highlight=False, soft_wrap=True)
     if as_json:
-        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path)}))
+        retention = _retention(model, values) if values.get("retention") is not False else None
+        print(json.dumps({**metrics, "run": str(run), "confusion_matrix_png": str(png_path),
+                          **({"retention": retention} if retention is not None else {})}))
         return
     out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
     print(format_report(metrics))
@@ -235,6 +237,71 @@ def _evaluate_dense(model: Any, run: str, data: str | None, values: dict[str, An
     out.print(f"[bold]{run}[/] on the {metrics['split']} split of {escape(metrics['data'])}")
     print(model.task.format_report(metrics))
     out.print(f"written: {', '.join(str(p) for p in written)}")
+
+
+def _retention(model: Any, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's retention of its pre-trained model for ``evaluate --json``; ``{"error": ...}`` when it cannot be
+    measured (a scratch run, weights that cannot be loaded offline)."""
+    from .adaptation.forgetting import measure_run
+
+    try:
+        return measure_run(model, values.get("reference")).to_dict()
+    except TransferKitError as exc:
+        return {"error": str(exc)}
+
+
+@command("forgetting", schema.ForgettingOptions)
+def forgetting(**values: Any) -> None:
+    """How far a fine-tuned run moved from its pre-trained model: top-1 agreement and KL under the original
+    classifier on natural images (sentence-embedding cosine for language models), linear CKA per layer group,
+    relative weight change per group."""
+    from .adaptation.forgetting import backward_transfer, format_retention, measure_run
+
+    settings = _settings(values, schema.ForgettingOptions)
+    _setup_logging(quiet=True)
+    result = measure_run(settings["run"], settings["reference"], batch_size=settings["batch_size"])
+    sequence = (backward_transfer(settings["run"], settings["previous"], batch_size=settings["batch_size"])
+                if settings["previous"] else None)
+    if settings["as_json"]:
+        print(json.dumps({"run": settings["run"], **result.to_dict(),
+                          **({"task_sequence": sequence} if sequence else {})}))
+        return
+    out.print(f"[bold]{escape(settings['run'])}[/] against its pre-trained model")
+    print(format_retention(result))
+    if sequence:
+        print(f"task A ({sequence['previous']}, {sequence['split']} split of {sequence['data']}): accuracy "
+              f"{sequence['accuracy_before']:.4f} before, {sequence['accuracy_after']:.4f} with this run's backbone "
+              f"under A's head: backward transfer {sequence['backward_transfer']:+.4f}")
+
+
+@command("interpolate", schema.InterpolateOptions)
+def interpolate(**values: Any) -> None:
+    """WiSE-FT: interpolate a run's weights towards its pre-trained backbone + linear-probe head, choose alpha on
+    validation data, and write the result as a new run folder (with the sweep and an accuracy-vs-retention plot)."""
+    from .adaptation.interpolate import interpolate as run_interpolate
+
+    settings = _settings(values, schema.InterpolateOptions)
+    as_json = settings.pop("as_json")
+    _setup_logging(quiet=as_json)
+    record = run_interpolate(settings.pop("run"), progress=not as_json, **settings)
+    if as_json:
+        print(json.dumps(record))
+        return
+    table = Table(title=f"WiSE-FT: {record['source_run']} -> {record['out']}")
+    for column in ("alpha", "val accuracy", "test accuracy (not used)", "retention", "KL"):
+        table.add_column(column)
+    for point in record["sweep"]:
+        retention = point["top1_agreement"] if point["top1_agreement"] is not None else point["embedding_cosine"]
+        mark = " *" if point["alpha"] == record["alpha"] else ""
+        table.add_row(f"{point['alpha']:g}{mark}", f"{point['val_accuracy']:.4f}",
+                      "-" if point["test_accuracy"] is None else f"{point['test_accuracy']:.4f}",
+                      "-" if retention is None else f"{retention:.3f}",
+                      "-" if point["kl"] is None else f"{point['kl']:.3f}")
+    out.print(table)
+    test = record.get("test")
+    out.print(f"chosen alpha {record['alpha']:g} on {record['chosen_on']}"
+              + (f"; test accuracy {test['accuracy']:.4f}" if test else "")
+              + (f"; plot: {record['plot']}" if record.get("plot") else ""))
 
 
 @command("predict", schema.PredictOptions)
@@ -460,7 +527,7 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return app(args=argv, prog_name="transferkit")
     except TransferKitError as exc:
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(one_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
 
 

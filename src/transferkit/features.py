@@ -29,7 +29,7 @@ from accelerate.utils import send_to_device
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute
+from .cache import CacheUse, dataset_fingerprint, key_of, load_or_compute, weights_fingerprint
 from .data.images import ImageDataset
 from .data.samples import Samples
 from .data.sampling import SeededShuffle
@@ -63,16 +63,6 @@ class CachedFeatures:
     @property
     def views(self) -> int:
         return self.features.shape[0]
-
-
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 over parameter and buffer names, shapes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

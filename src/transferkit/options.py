@@ -29,6 +29,7 @@ from .tasks import check_task, infer_task
 from .tasks.segmentation import DECODERS, check_decoder_channels, check_dice_weight, check_ignore_index
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+ADAPT_METHODS = ("none", "dann", "cdan")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
 
 
@@ -285,12 +286,36 @@ class OutputOptions:
     evaluate_test: bool = option(True, "Evaluate the test split at the end of the run.", cli=False)
 
 
+@dataclass
+class ShiftOptions:
+    """Domain shift and forgetting: the way back towards the pre-trained model."""
+
+    PANEL: ClassVar[str] = "Domain shift and forgetting"
+
+    target_data: str | None = option(None, "Unlabelled images of the target domain to adapt to: a folder (searched "
+                                           "recursively; sub-folder names are ignored) or builtin:fashion-mnist-m / "
+                                           "builtin:digits (their unlabelled pool). A built-in target's labelled test "
+                                           "split is scored at the end (target_test in transferkit.json).")
+    adapt: str = option("none", "Unsupervised domain adaptation to --target-data: none, dann (gradient reversal), "
+                                "cdan (CDAN+E: conditioned on the predictions, entropy-weighted).",
+                        choices=ADAPT_METHODS)
+    target_val: str | None = option(None, "A small labelled target validation set (a folder of class folders or a "
+                                          "CSV manifest) that early stopping and the best epoch are chosen on instead "
+                                          "of the source validation split.",
+                                    default_text="select on the source validation split")
+    wise_ft: bool = option(False, "WiSE-FT at the end of the run: interpolate the weights between the pre-trained "
+                                  "backbone + linear-probe head and the fine-tuned model over alpha = 0, 0.1, ..., 1 "
+                                  "and keep the alpha with the best validation accuracy (interpolation.json, "
+                                  "interpolation.png). See also `transferkit interpolate`.", flags=("--wise-ft",))
+
+
 TRAIN_SECTIONS: tuple[type, ...] = (DataOptions, ModelOptions, SegmentationOptions, StrategyOptions, CacheOptions,
-                                    RuntimeOptions, OutputOptions)
+                                    RuntimeOptions, ShiftOptions, OutputOptions)
 
 
 @dataclass
-class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, SegmentationOptions, ModelOptions,
+class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, StrategyOptions, SegmentationOptions,
+                  ModelOptions,
                   DataOptions):
     """Everything a run needs: every section above as one flat dataclass. Saved in the run folder as
     ``config.yaml`` (a recipe; what ``--resume`` reads). See ``transferkit train --help`` for each field."""
@@ -325,7 +350,40 @@ class TrainConfig(OutputOptions, RuntimeOptions, CacheOptions, StrategyOptions, 
         if self.strategy == "lora" and not is_text_model(self.model):
             raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
                                    "--strategy for vision models.")
+        self._check_adaptation()
+        if self.wise_ft and self.strategy in ("scratch", "linear-probe", "lora"):
+            raise TransferKitError(f"--wise-ft interpolates between the pre-trained backbone and a fine-tuned one; "
+                                   f"--strategy {self.strategy} does not fine-tune the backbone's weights. Fix: use "
+                                   "--strategy two-stage (or fine-tune, progressive), or drop --wise-ft.")
         return self
+
+    def _check_adaptation(self) -> None:
+        """The rules between --adapt, --target-data and --target-val."""
+        if self.adapt != "none" and not self.target_data:
+            raise TransferKitError(f"--adapt {self.adapt} needs unlabelled target images. Fix: pass --target-data "
+                                   "FOLDER (or builtin:fashion-mnist-m), or drop --adapt.")
+        if self.target_val and not self.target_data:
+            raise TransferKitError("--target-val selects the model for a target domain, but no --target-data was "
+                                   "given. Fix: pass --target-data with the unlabelled target images.")
+        if self.adapt != "none" and is_text_model(self.model):
+            raise TransferKitError(f"--adapt {self.adapt} works with image models; {self.model} is a language model. "
+                                   "Fix: drop --adapt (or adapt an image model).")
+        if self.adapt != "none" and self.strategy in ("scratch", "lora"):
+            raise TransferKitError(f"--adapt {self.adapt} adapts a pre-trained model; --strategy {self.strategy} is "
+                                   "not supported. Fix: use two-stage, fine-tune, progressive or linear-probe (with "
+                                   "--hidden N: a bottleneck that adapts).")
+        if self.adapt != "none" and self.strategy == "linear-probe" and not self.hidden:
+            raise TransferKitError(f"--adapt {self.adapt} with --strategy linear-probe: the backbone is frozen and the "
+                                   "head is one linear layer, so no features can adapt. Fix: add a bottleneck, e.g. "
+                                   "--hidden 256, or fine-tune (--strategy two-stage).")
+        if (self.adapt != "none" or self.wise_ft) and self.task not in (None, "classification"):
+            flag = f"--adapt {self.adapt}" if self.adapt != "none" else "--wise-ft"
+            raise TransferKitError(f"{flag} is for classification for now; --task {self.task} is not supported. Fix: "
+                                   f"drop {flag}, or train a classifier.")
+        if self.target_val and str(self.target_val).startswith("builtin:"):
+            raise TransferKitError(f"--target-val {self.target_val}: a built-in's labelled split is its test set, "
+                                   "which must never choose the model. Fix: pass a folder or CSV of labelled target "
+                                   "validation images.")
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> TrainConfig:
@@ -476,6 +534,10 @@ class AdviseOptions:
     as_json: bool = json_flag()
 
 
+HELP_REFERENCE = ("Reference inputs for the retention measures: a folder of images (a file of sentences, one per "
+                  "line, for a language model).")
+
+
 @dataclass
 class EvaluateOptions:
     PANEL: ClassVar[str] = "Evaluate"
@@ -490,6 +552,42 @@ class EvaluateOptions:
                              default_text="RUN/confusion_matrix.png; segmentation: RUN/evaluation")
     batch_size: int = option(64, "Examples per batch.", check=positive)
     skip_bad_images: bool = option(False, "Skip unreadable images.")
+    retention: bool = option(True, "--json: also measure what the run kept of its pre-trained model (top-1 "
+                                   "agreement, KL, CKA, weight change: see `transferkit forgetting`).",
+                             flags=("--retention/--no-retention",))
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+
+
+@dataclass
+class ForgettingOptions:
+    PANEL: ClassVar[str] = "Forgetting"
+
+    run: str = option(help="A finished run folder.", argument=True)
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    previous: str | None = option(None, "Task sequence: the run (task A) this run continued from with --weights "
+                                        "PREVIOUS/model.safetensors; also report A's test accuracy with this run's "
+                                        "backbone under A's head (the drop is the backward transfer).")
+    batch_size: int = option(32, "Examples per batch.", check=positive)
+    as_json: bool = json_flag()
+
+
+@dataclass
+class InterpolateOptions:
+    PANEL: ClassVar[str] = "Interpolate (WiSE-FT)"
+
+    run: str = option(help="A finished run folder (fine-tuned; two-stage runs keep their linear-probe head).",
+                      argument=True)
+    out: str = option(help="The new run folder (the interpolated model at the chosen alpha).")
+    alphas: str = option("0:1:0.1", "The alphas to try: start:stop:step or comma-separated values in \\[0, 1]; 0 is "
+                                    "the pre-trained backbone + linear probe, 1 the fine-tuned run.")
+    data: str | None = option(None, "Labelled validation examples to choose alpha on (a folder of class folders, a "
+                                    "CSV manifest); never the test set.", default_text="the run's validation split")
+    bn_recalibrate: bool = option(False, "Re-estimate BatchNorm statistics of each interpolated model on the run's "
+                                         "training images.")
+    reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    batch_size: int = option(64, "Examples per batch.", check=positive)
+    overwrite: bool = option(False, "Replace an existing output folder.")
+    as_json: bool = json_flag()
 
 
 @dataclass

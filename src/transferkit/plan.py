@@ -128,10 +128,21 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
                           lr=lr, head_lr=config.head_lr, lrs=parse_lrs(config.lrs),
                           lr_decay=config.lr_decay, unfreeze_every=config.unfreeze_every,
                           max_unfrozen=config.max_unfrozen)
-    phases, notes = place_phases(phases, groups[-1].name,
-                                 feature_cache=config.feature_cache if task.caches_features else "off",
+    adapt = getattr(config, "adapt", "none")
+    head_only = all(set(p.trainable) == {groups[-1].name} for p in phases)
+    # adapting phases must see images; with --target-val every phase validates on it, so none may run on features
+    on_images = adapt != "none" and (head_only or bool(getattr(config, "target_val", None)))
+    feature_cache = "off" if on_images or not task.caches_features else config.feature_cache
+    phases, notes = place_phases(phases, groups[-1].name, feature_cache=feature_cache,
                                  head_fit=config.head_fit, cache_views=config.cache_views,
                                  linear_head=model.linear_head() is not None)
+    if adapt != "none":
+        aligned = "the head's hidden layer (a bottleneck)" if config.hidden else "the backbone's pooled features"
+        notes += (f"Domain adaptation ({adapt}): every phase on images sees a source and a target batch in one forward "
+                  f"pass; the discriminator reads {aligned} through gradient reversal (coefficient warming up "
+                  "2/(1+exp(-10p))-1) and trains at the head's LR. Model selection: "
+                  + ("--target-val." if getattr(config, "target_val", None) else "the source validation split "
+                     "(no target labels are read)."),)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size, dense=task.dense)
     sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
     inferred, reason = infer_task(config.data)

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,7 +24,14 @@ from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
 from .data.sampling import SeededShuffle
 from .data.sources import load_training_data
-from .data.text import LengthBucketSampler, TextCollator, TextDataset, is_text_data, load_text_training_data
+from .data.text import (
+    LengthBucketSampler,
+    TextCollator,
+    TextDataset,
+    header_columns,
+    is_text_data,
+    load_text_training_data,
+)
 from .distributed import World
 from .errors import TransferKitError
 from .features import HeadFeatures, cached_features
@@ -32,9 +40,14 @@ from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
 from .options import TrainConfig
 from .plan import Plan
+from .seeding import derive_seed
 from .strategies import uses_pretrained_weights
 from .tasks import get_task
 from .training.loop import FitConfig
+
+if TYPE_CHECKING:
+    from .adaptation.dann import DomainAdaptation
+    from .data.target import TargetData
 
 logger = logging.getLogger("transferkit.api")
 
@@ -51,7 +64,7 @@ def load_data(config: TrainConfig) -> SplitData:
         raise TransferKitError(f"{config.model} is a language model but --data {config.data} holds no texts. Fix: pass "
                                "a CSV/TSV/JSONL file with text and label columns, a folder of them, a folder of .txt "
                                "files per class, or builtin:bbc-news.")
-    if text_data and not text_model:
+    if text_data and not text_model and not _manifest_without_text(Path(config.data)):
         raise TransferKitError(f"--data {config.data} holds texts but {config.model} is a vision model. Fix: pass a "
                                "language model, e.g. --model minilm-l6 or --model hf:bert-base-uncased.")
     shaping = {"val_fraction": config.val_fraction, "per_class": config.per_class, "seed": config.seed}
@@ -59,6 +72,12 @@ def load_data(config: TrainConfig) -> SplitData:
         return load_text_training_data(config.data, text_column=config.text_column, label_column=config.label_column,
                                        **shaping)
     return load_training_data(config.data, skip_bad_images=config.skip_bad_images, **shaping)
+
+
+def _manifest_without_text(path: Path) -> bool:
+    """A CSV/TSV with no ``text`` column, given to a vision model: read as an image manifest (whose reader names the
+    columns it needs), not called text."""
+    return path.is_file() and path.suffix.lower() in (".csv", ".tsv") and "text" not in header_columns(path)
 
 
 def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | None = None) -> TransferModel:
@@ -230,3 +249,29 @@ def resolve_mixed_precision(config: TrainConfig) -> str:
     if config.cpu or not torch.cuda.is_available():
         return "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+# --- domain adaptation -----------------------------------------------------------------------------
+
+
+def domain_adaptation(model: TransferModel, target: TargetData, config: TrainConfig, plan: Plan,
+                      steps_per_epoch: int, num_classes: int) -> DomainAdaptation:
+    """The run's adaptation (``--adapt``): the discriminator on the features the head's last layer reads, the
+    augmented target images, and the warm-up over the planned steps of the phases on images."""
+    from .adaptation.dann import DomainAdaptation, DomainAdversary, UnlabelledImages, split_head
+
+    width = split_head(model.head)[1].in_features
+    torch.manual_seed(derive_seed(config.seed, "domain-adversary"))
+    adversary = DomainAdversary(config.adapt, width, num_classes, seed=derive_seed(config.seed, "cdan-map"))
+    train_tf, _ = build_transforms(model.preprocessing, config.augment)
+    epochs = sum(p.epochs for p in plan.phases if p.runs_on == "images")
+    return DomainAdaptation(config.adapt, adversary, UnlabelledImages(target.items, train_tf), config.batch_size,
+                            epochs * steps_per_epoch, seed=config.seed, workers=workers_for(config))
+
+
+def eval_loader(samples: Any, model: TransferModel, config: TrainConfig, world: World | None = None) -> DataLoader:
+    """This process's share of labelled images through the evaluation transform (``--target-val``)."""
+    world = world or World()
+    dataset = ImageDataset(samples, build_transforms(model.preprocessing, "none")[1])
+    return DataLoader(Subset(dataset, world.share(len(dataset))), batch_size=config.batch_size, shuffle=False,
+                      num_workers=workers_for(config))

@@ -16,13 +16,16 @@ processes of one distributed run (``torchrun``, ``accelerate launch``) write eac
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -31,6 +34,7 @@ from .errors import IncompleteRunError, TransferKitError
 from .training.checkpoint import (
     CHECKPOINT,
     Checkpoint,
+    has_checkpoint,
     load_checkpoint,
     load_checkpoint_state,
     save_checkpoint,
@@ -52,7 +56,27 @@ LEGACY_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 HEAD_WEIGHTS = "head.safetensors"
 METRICS = "metrics.jsonl"
+FEATURE_CACHE = "feature-cache"  # the default --cache-dir, inside the run folder
+PROBE_HEAD = "probe_head.safetensors"  # the head at the end of the head-only stage (WiSE-FT's start point)
+INTERPOLATION = "interpolation.json"  # a WiSE-FT sweep: accuracy and retention over alpha
 FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
+Write = TypeVar("Write", bound=Callable[..., Any])
+
+
+def _reports_write_errors(method: Write) -> Write:
+    """A failed write (a full disk, a read-only folder) becomes one clear error that names the folder, says what
+    is still there and how to go on, instead of an ``OSError`` traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as exc:
+            raise self.write_error(exc) from exc
+
+    return wrapper  # type: ignore[return-value]
 
 
 class RunFolder:
@@ -78,7 +102,16 @@ class RunFolder:
 
     @property
     def has_checkpoint(self) -> bool:
-        return (self.path / CHECKPOINT / "state.json").is_file()
+        return has_checkpoint(self.path)
+
+    @property
+    def is_unstarted(self) -> bool:
+        """A run that stopped (was killed) before its first checkpoint: its configuration, maybe metrics of an
+        unfinished first epoch and feature-cache entries, nothing to resume. Running the same command again
+        starts it over in place (keeping the cache entries, which are keyed by their contents)."""
+        if not (self.path / CONFIG).is_file() or self.is_finished or self.has_checkpoint:
+            return False
+        return all(p.name in (CONFIG, METRICS, FEATURE_CACHE) or p.name.startswith(".") for p in self.path.iterdir())
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -123,6 +156,9 @@ class RunFolder:
         """Refuse to clobber a finished or interrupted run unless ``overwrite`` (checked before any training)."""
         if not self.path.exists() or not any(self.path.iterdir()) or overwrite:
             return
+        if self.is_unstarted:
+            logger.info("%s holds a run that stopped before its first checkpoint: starting it over", self.path)
+            return
         if self.is_finished:
             raise TransferKitError(f"{self.path} already holds a finished run. Fix: choose another --out, or pass "
                                    "--overwrite to replace it.")
@@ -132,12 +168,17 @@ class RunFolder:
         raise TransferKitError(f"{self.path} exists and is not empty. Fix: choose another --out, or pass "
                                "--overwrite.")
 
+    @_reports_write_errors
     def create(self, config: TrainConfig, overwrite: bool) -> None:
-        """Make the folder and write the configuration first (what ``--resume`` reads)."""
+        """Make the folder and write the configuration first (what ``--resume`` reads); an unstarted run's folder
+        (see :attr:`is_unstarted`) is reused."""
         if not self.main_process:
             return
         if overwrite and self.path.exists():
             shutil.rmtree(self.path)
+        elif self.path.is_dir() and self.is_unstarted:
+            (self.path / METRICS).unlink(missing_ok=True)
+            shutil.rmtree(self.path / f".{CHECKPOINT}.new", ignore_errors=True)
         self.path.mkdir(parents=True, exist_ok=True)
         header = (f"transferkit recipe: the resolved configuration of {self.path}.\n"
                   f"Reproduce it: transferkit train --config {self.path / CONFIG} --out NEW_FOLDER")
@@ -148,21 +189,41 @@ class RunFolder:
         if self.main_process and not self.has_checkpoint:
             shutil.rmtree(self.path, ignore_errors=True)
 
+    @_reports_write_errors
     def save_checkpoint(self, *, state: dict[str, Any], model: dict[str, torch.Tensor],
                         best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None) -> None:
         if self.main_process:
             save_checkpoint(self.path, state=state, model=model, best=best, optimizer=optimizer)
 
+    @_reports_write_errors
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:
         """``metrics.jsonl`` from the history (at the start of a resumed run)."""
         if self.main_process:
             write_text_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in history))
 
+    @_reports_write_errors
     def append_metrics(self, record: dict[str, Any]) -> None:
         if self.main_process:
             with open(self.path / METRICS, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+    def probe_head(self) -> dict[str, torch.Tensor] | None:
+        """The linear-probe head saved at the end of the head-only stage (``None`` when the run has none)."""
+        from .training.checkpoint import load_weights
+
+        path = self.path / PROBE_HEAD
+        return load_weights(path) if path.is_file() else None
+
+    def save_probe_head(self, head: dict[str, torch.Tensor]) -> None:
+        if self.main_process:
+            save_weights(self.path / PROBE_HEAD, head)
+
+    def save_json(self, name: str, data: Any) -> None:
+        """A report file beside the run's own (e.g. ``interpolation.json``)."""
+        if self.main_process:
+            write_json_atomic(self.path / name, data)
+
+    @_reports_write_errors
     def save_model(self, model: TransferModel) -> None:
         """The trained model: full weights, or a LoRA run's head (its adapter goes to ``adapter/``); text models
         also save their tokenizer and encoder config."""
@@ -175,13 +236,15 @@ class RunFolder:
         else:
             save_weights(self.path / WEIGHTS, model.state_dict())
 
+    @_reports_write_errors
     def finish(self, *, model: TransferModel, data: SplitData, config: TrainConfig, plan: Plan, result: FitResult,
                test: dict[str, Any] | None, timings: dict[str, float],
-               distributed: dict[str, Any] | None = None) -> dict[str, Any]:
+               distributed: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``transferkit.json`` last and atomically: from now on the folder is a finished run. Returns it.
 
         This is the one place that knows what ``transferkit.json`` holds. ``distributed`` describes the processes
-        (the global and per-process batch, what each built, each one's final-weights fingerprint).
+        (the global and per-process batch, what each built, each one's final-weights fingerprint); ``extra`` adds
+        sections (``wise_ft``, ``adaptation``).
         """
         info = {
             "format": FORMAT_VERSION,
@@ -199,10 +262,25 @@ class RunFolder:
                         "test": test},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": versions(),
+            **(extra or {}),
         }
         if self.main_process:
             write_json_atomic(self.path / INFO, info)
         return info
+
+    def write_error(self, exc: OSError) -> TransferKitError:
+        """The one-line error for a failed write to this folder, with what remains and the fix."""
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        if self.has_checkpoint:
+            epoch = self.checkpoint_state()["epoch"]
+            state, then = (f"Its last checkpoint (epoch {epoch}) is intact", "continue with `transferkit train "
+                           f"--resume {self.path}`")
+        else:
+            state, then = "No checkpoint was saved yet", "run the same command again"
+        return TransferKitError(f"Could not write to the run folder {self.path}: {reason}{where}. {state}. Fix: free "
+                                f"disk space (a full disk is the usual cause) or make the folder writable, then "
+                                f"{then}.")
 
 
 def versions() -> dict[str, str]:

@@ -33,7 +33,8 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from .batching import DynamicBatcher, QueueFull
-from .errors import bad_value
+from .data.images import to_rgb
+from .errors import TransferKitError, bad_value
 from .options import ServeOptions
 from .runtime import Predictor, load_predictor
 
@@ -395,10 +396,10 @@ def _decode_image(data: bytes, index: int, max_pixels: int) -> Image.Image:
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(422, f"Image #{index} could not be decoded ({type(exc).__name__}: truncated or "
                                 "corrupt).") from exc
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
+    try:
+        return to_rgb(image)  # as training and predict read images (16-bit scaled, alpha over white)
+    except TransferKitError as exc:
+        raise RequestError(422, f"Image #{index}: {exc}") from exc
 
 
 def _prediction(name: str, row: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:

@@ -98,7 +98,8 @@ def source_size(item: ImageItem) -> tuple[int, int]:
     try:
         with Image.open(item) as image:
             width, height = image.size
-    except (OSError, ValueError):  # unreadable: open_image reports it in the house format
+    except Exception:  # noqa: BLE001 - unreadable (PIL raises many types, DecompressionBombError is not an
+        # OSError): open_image reports it in the house format
         image = open_image(item)
         width, height = image.size
     return height, width

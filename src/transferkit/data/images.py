@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,32 +23,113 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 AUGMENTATIONS = ("none", "light", "heavy")
 
 def open_image(item: ImageItem) -> Image.Image:
-    """Open a file or array as a 3-channel RGB image (greyscale is repeated, alpha is composited on white)."""
+    """Open a file or array as a 3-channel RGB image (see :func:`to_rgb`); a file that cannot be decoded is an error
+    naming it."""
     if isinstance(item, np.ndarray):
-        image = Image.fromarray(item)
-    else:
-        try:
-            image = Image.open(item)
-            image.load()
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise TransferKitError(
-                f"Cannot read image {item}: {exc}. Fix: remove or replace the file, or pass "
-                "--skip-bad-images to skip unreadable images.") from exc
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        return to_rgb(Image.fromarray(item))
+    try:
+        image = _open(item)
+        image.load()
+        return to_rgb(image)
+    except TransferKitError:
+        raise
+    except Exception as exc:  # PIL raises many types for corrupt files (OSError, SyntaxError, struct.error...)
+        raise TransferKitError(
+            f"Cannot read image {item}: {_reason(exc)}. Fix: remove or replace the file, or pass --skip-bad-images "
+            "(which decodes every image up front and skips the unreadable ones).") from exc
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """3-channel 8-bit RGB: greyscale repeated; alpha composited on white; 16-bit images scaled to 8 bits (not
+    clipped, as PIL's own conversion does); CMYK and palettes converted; an animated image's first frame. EXIF
+    orientation is not applied: pixels are used as stored, the same in training, ``predict`` and ``serve`` (as
+    timm's and torchvision's loaders read images)."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((np.clip(values, 0, 65535) >> 8).astype(np.uint8))
+    elif image.mode == "F":
+        raise TransferKitError(f"Image {_name(image)} holds 32-bit floating-point pixels; transferkit reads 8- and "
+                               "16-bit images. Fix: convert it to an 8- or 16-bit PNG.")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return image.convert("RGB")
 
 
+def max_image_pixels() -> int | None:
+    """The largest image (width x height) transferkit decodes: PIL's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 by
+    default; ``None`` turns the guard off), checked from the header before any pixel is decoded — a guard against
+    decompression bombs, small files that claim gigapixels."""
+    return Image.MAX_IMAGE_PIXELS
+
+
+def image_problem(path: Path, thorough: bool = False) -> str | None:
+    """Why ``path`` is not a usable image, or ``None``. Checks the header (format, size against
+    :func:`max_image_pixels`, pixel format) and the format's own verifier (PNG and WebP checksums); ``thorough``
+    also decodes every pixel, which finds truncated JPEG, GIF, BMP and TIFF files too."""
+    try:
+        with _open(path) as image:
+            if image.mode == "F":
+                return "32-bit floating-point pixels (convert it to an 8- or 16-bit PNG)"
+            image.verify()
+        if thorough:
+            with _open(path) as image:
+                image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale — every byte is still read and checked
+                image.load()
+        return None
+    except ImageTooLarge as exc:
+        return exc.problem
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return _reason(exc)
+
+
 def is_readable_image(path: Path) -> bool:
     """Cheap integrity check: the header parses and the format's own verifier passes."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except Exception:  # PIL raises many types for corrupt files
-        return False
+    return image_problem(path) is None
+
+
+def _open(path: Path) -> Image.Image:
+    """``Image.open`` with the pixel limit checked from the header (PIL's own check only warns below twice its limit,
+    and raises an error transferkit did not catch above it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused just below, with the fix
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise _too_large(path, str(exc)) from exc
+    limit = max_image_pixels()
+    if limit is not None and image.width * image.height > limit:
+        image.close()
+        raise _too_large(path, f"{image.width} x {image.height} = {image.width * image.height:,} pixels")
+    return image
+
+
+class ImageTooLarge(TransferKitError):
+    """An image above :func:`max_image_pixels` (found from its header, before decoding)."""
+
+    def __init__(self, message: str, problem: str = "") -> None:  # one message argument, as DataLoader re-raises
+        super().__init__(message)
+        self.problem = problem or message
+
+
+def _too_large(path: Path, size: str) -> ImageTooLarge:
+    pixels = re.search(r"\((\d+) pixels\)", size)  # PIL's message: "Image size (N pixels) exceeds limit of ..."
+    size = f"{int(pixels.group(1)):,} pixels" if pixels else size
+    problem = f"too large ({size}; the limit against decompression bombs is {max_image_pixels():,} pixels)"
+    return ImageTooLarge(f"Cannot read image {path}: {problem}. Fix: downscale it (training resizes images to a few "
+                         "hundred pixels anyway), or remove it, or pass --skip-bad-images.", problem)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image format PIL recognises (empty, text, or damaged)"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _name(image: Image.Image) -> str:
+    return str(getattr(image, "filename", "") or "(in memory)")
 
 
 class ImageDataset(Dataset):

@@ -23,7 +23,6 @@ images out first.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass, field
@@ -40,15 +39,16 @@ from torchvision.transforms import v2 as T
 
 from ..errors import TransferKitError
 from ..models.preprocessing import Preprocessing
+from .builtin import BUILTIN_DATASETS, DENSE_BUILTINS
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
+from .tables import read_table, read_text_file
 
 logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LABEL_MAPS = ("classes.json", "classes.txt")
-DENSE_BUILTINS = {"fashion-scenes"}
 BUILTIN_SCENES = {"train_scenes": 3000, "test_scenes": 500, "size": 128, "seed": 0}
 """The parameters of ``builtin:fashion-scenes`` (:func:`transferkit.data.scenes.fashion_scenes`)."""
 
@@ -102,9 +102,8 @@ def find_masks(data: str | Path) -> str | None:
         return f"{text} has per-pixel masks" if name in DENSE_BUILTINS else None
     path = Path(text).expanduser()
     if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as handle:
-            header = handle.readline().strip().replace("\t", ",").split(",")
-        return f"CSV manifest {path} has a mask column" if "mask" in [h.strip() for h in header] else None
+        header, _ = read_table(path)
+        return f"CSV manifest {path} has a mask column" if "mask" in header else None
     if not path.is_dir():
         return None
     if (path / "masks").is_dir():
@@ -165,10 +164,10 @@ def read_label_map(*folders: Path) -> list[str] | None:
             if not path.is_file():
                 continue
             if name.endswith(".txt"):
-                classes = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                classes = [line.strip() for line in read_text_file(path).splitlines() if line.strip()]
             else:
                 try:
-                    raw = json.loads(path.read_text(encoding="utf-8"))
+                    raw = json.loads(read_text_file(path))
                 except json.JSONDecodeError as exc:
                     raise TransferKitError(f"Cannot parse label map {path}: {exc}. Fix: write a JSON list of class "
                                            "names, index = mask value.") from exc
@@ -350,8 +349,6 @@ def _read(spec: str | Path) -> tuple[dict[str, MaskSamples], list[str] | None, s
     if text.startswith("builtin:"):
         name = text.removeprefix("builtin:")
         if name not in DENSE_BUILTINS:
-            from .builtin import BUILTIN_DATASETS
-
             hint = (" is a classification dataset (no masks). Fix: drop --task segmentation, or use "
                     "builtin:fashion-scenes" if name in BUILTIN_DATASETS else
                     ": unknown. Fix: use builtin:fashion-scenes")
@@ -387,18 +384,15 @@ def _read_folder(root: Path) -> tuple[dict[str, MaskSamples], list[str] | None, 
 
 
 def _read_manifest(path: Path) -> tuple[dict[str, MaskSamples], list[str] | None]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = reader.fieldnames or []
-        if "image" not in columns or "mask" not in columns:
-            raise TransferKitError(f"CSV manifest {path} needs columns 'image' and 'mask' (optional 'split') for "
-                                   f"segmentation; found {columns}. Fix: add a header line: image,mask,split")
-        rows = [r for r in reader if r.get("image")]
+    columns, rows = read_table(path)
+    if "image" not in columns or "mask" not in columns:
+        raise TransferKitError(f"CSV manifest {path} needs columns 'image' and 'mask' (optional 'split') for "
+                               f"segmentation; found {columns}. Fix: add a header line: image,mask,split")
+    rows = [(line, row) for line, row in rows if row.get("image")]
     if not rows:
         raise TransferKitError(f"CSV manifest {path} has no rows. Fix: add one line per image: image,mask")
     grouped: dict[str, tuple[list[Path], list[Path]]] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         split = SPLIT_NAMES.get((row.get("split") or "train").strip().lower())
         if split is None:
             raise TransferKitError(f"CSV manifest {path}, line {line}: split '{row.get('split')}' must be train, val "

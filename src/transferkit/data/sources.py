@@ -6,15 +6,16 @@
 
 from __future__ import annotations
 
-import csv
 import logging
+from collections import Counter
 from pathlib import Path
 
 from ..errors import TransferKitError
 from .builtin import load_builtin
-from .images import IMAGE_EXTENSIONS, is_readable_image
+from .images import IMAGE_EXTENSIONS, image_problem
 from .samples import EvalData, ImageSamples, SplitData
 from .splits import from_pool, from_splits, onto_classes
+from .tables import clean_label, read_table
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,12 @@ def _existing(text: str) -> Path:
 
 def _class_folders(folder: Path, allow_single: bool = False) -> list[str]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise TransferKitError(f"The folder name {name!r} in {folder} is not valid UTF-8 (its name is a class "
+                                   "name). Fix: rename the folder.") from exc
     if not classes:
         raise TransferKitError(f"No class sub-folders in {folder}. Fix: put each class's images in its own "
                                f"sub-folder ({folder}/<class>/image.jpg), or pass a CSV manifest (path,label).")
@@ -136,7 +143,10 @@ def _scan_classes(folder: Path, classes: list[str], skipped: list[str], skip_bad
         if name not in classes:
             raise TransferKitError(f"Class '{name}' in {folder} is not among the training classes "
                                    f"({', '.join(classes)}). Fix: rename or remove {folder / name}.")
-        files = sorted(p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files, ignored = _image_files(folder / name)
+        if ignored:
+            logger.warning("Ignored %d file(s) in %s that are hidden or not images by their extension (%s)",
+                           sum(ignored.values()), folder / name, ", ".join(f"{n} x {k}" for k, n in ignored.items()))
         if not files and split == "train":
             raise TransferKitError(f"Class folder {folder / name} has no images ({', '.join(IMAGE_EXTENSIONS)}). "
                                    "Fix: add images or remove the folder.")
@@ -147,51 +157,74 @@ def _scan_classes(folder: Path, classes: list[str], skipped: list[str], skip_bad
     return ImageSamples(items, labels, list(classes))
 
 
+def _image_files(folder: Path) -> tuple[list[Path], Counter[str]]:
+    """The image files under ``folder`` (by extension; hidden files such as macOS ``._photo.jpg`` left out), and a
+    count of the files left out by kind."""
+    files, ignored = [], Counter()
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder).parts
+        if not path.is_file():
+            continue
+        if any(part.startswith(".") for part in relative):
+            ignored["hidden"] += 1
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        else:
+            ignored[path.suffix.lower() or "no extension"] += 1
+    return files, ignored
+
+
 def _usable(file: Path, skipped: list[str], skip_bad: bool) -> bool:
-    if is_readable_image(file):
+    """Whether ``file`` is a usable image: its header (and, with ``skip_bad``, all its pixels) decode; an error
+    naming the file and the problem otherwise, or the file is counted as skipped."""
+    problem = image_problem(file, thorough=skip_bad)
+    if problem is None:
         return True
     if not skip_bad:
-        raise TransferKitError(f"Cannot read image {file}. Fix: remove or replace it, or pass "
+        raise TransferKitError(f"Cannot read image {file}: {problem}. Fix: remove or replace it, or pass "
                                "--skip-bad-images to skip unreadable images.")
     skipped.append(str(file))
     return False
 
 
 def _read_manifest(path: Path, skipped: list[str], skip_bad: bool) -> tuple[dict[str, ImageSamples], list[str]]:
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = reader.fieldnames or []
-        if "path" not in columns or "label" not in columns:
-            raise TransferKitError(f"CSV manifest {path} needs columns 'path' and 'label' (optional 'split'); "
-                                   f"found {columns}. Fix: add a header line: path,label")
-        rows = [r for r in reader if r.get("path")]
-    if not rows:
-        raise TransferKitError(f"CSV manifest {path} has no rows. Fix: add one line per image: path,label")
-    classes = sorted({r["label"] for r in rows if (r.get("split") or "train") == "train"})
-    grouped: dict[str, tuple[list[Path], list[int]]] = {}
-    for row in rows:
-        split = (row.get("split") or "train").strip().lower()
+    """A ``path,label[,split]`` manifest, read by the rules of :mod:`.tables` (column names in any case)."""
+    columns, records = read_table(path, lower_header=True)
+    if "path" not in columns or "label" not in columns:
+        raise TransferKitError(f"CSV manifest {path} needs columns 'path' and 'label' (optional 'split'); "
+                               f"found {columns}. Fix: add a header line: path,label")
+    rows = []
+    for line, row in records:
+        where = f"CSV manifest {path}, line {line}"
+        if not row["path"].strip():
+            raise TransferKitError(f"{where}: no path. Fix: give every row a path, or remove the row.")
+        split = (row.get("split") or "").strip().lower() or "train"
         split = "val" if split in VAL_NAMES else split
         if split not in ("train", "val", "test"):
-            raise TransferKitError(f"CSV manifest {path}: split '{split}' for {row['path']} must be train, val "
-                                   "or test.")
-        file = Path(row["path"])
+            raise TransferKitError(f"{where}: split '{split}' must be train, val or test (or empty for train).")
+        rows.append((where, row["path"].strip(), clean_label(row["label"], where), split))
+    if not rows:
+        raise TransferKitError(f"CSV manifest {path} has no rows. Fix: add one line per image: path,label")
+    classes = sorted({label for _, _, label, split in rows if split == "train"})
+    grouped: dict[str, tuple[list[Path], list[int]]] = {}
+    for where, name, label, split in rows:
+        if "\0" in name:
+            raise TransferKitError(f"{where}: the path {name!r} contains a NUL character. Fix: correct the path.")
+        file = Path(name).expanduser()
         file = file if file.is_absolute() else path.parent / file
-        if row["label"] not in classes:
-            raise TransferKitError(f"CSV manifest {path}: label '{row['label']}' ({split}) never appears in the "
-                                   f"training rows. Fix: add training images for it or drop those rows.")
+        if label not in classes:
+            raise TransferKitError(f"{where}: label '{label}' ({split}) never appears in the training rows. Fix: add "
+                                   "training images for it or drop those rows.")
         if not file.is_file():
             if not skip_bad:
-                raise TransferKitError(f"CSV manifest {path}: image {file} does not exist. Fix: correct the path "
-                                       "(relative paths are relative to the CSV's folder) or pass "
-                                       "--skip-bad-images.")
+                raise TransferKitError(f"{where}: image {file} does not exist. Fix: correct the path (relative paths "
+                                       "are relative to the CSV's folder) or pass --skip-bad-images.")
             skipped.append(str(file))
             continue
         if _usable(file, skipped, skip_bad):
             items, labels = grouped.setdefault(split, ([], []))
             items.append(file)
-            labels.append(classes.index(row["label"]))
+            labels.append(classes.index(label))
     return {k: ImageSamples(v[0], v[1], classes) for k, v in grouped.items()}, classes
 
 

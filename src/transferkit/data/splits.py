@@ -8,6 +8,7 @@ import numpy as np
 from ..errors import TransferKitError, bad_value, check_range
 from ..seeding import derive_seed
 from .samples import S, Samples, SplitData
+from .tables import check_label_names
 
 
 def stratified_split(samples: S, fraction: float, seed: int) -> tuple[S, S]:
@@ -88,8 +89,10 @@ def from_splits(splits: dict[str, Samples], classes: list[str], description: str
 
 
 def check_trainable(data: SplitData) -> SplitData:
-    """At least two classes, every class in training, a non-empty validation split."""
+    """Class names told apart by more than case (:func:`.tables.check_label_names`), at least two classes, every class
+    in training, a non-empty validation split."""
     unit = data.unit
+    check_label_names(data.classes, data.description.split(";")[0])
     if len(data.classes) < 2:
         raise TransferKitError(f"Only one class ({', '.join(data.classes)}) in the training data: a classifier needs "
                                "at least two.")

@@ -4,10 +4,10 @@ built-in BBC News corpus; tokenisation with dynamic padding; batches bucketed by
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from .images import IMAGE_EXTENSIONS
 from .samples import EvalData, SplitData
 from .samples import TextSamples as Samples
 from .splits import from_pool, from_splits, onto_classes, stratified_split
+from .tables import clean_label, read_table, read_text_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,19 @@ def is_text_data(spec: str | Path) -> bool:
 
 def _is_image_manifest(path: Path) -> bool:
     """A CSV/TSV whose header names a ``path`` column (an image manifest: path,label[,split]), not texts."""
-    if path.suffix.lower() not in (".csv", ".tsv"):
-        return False
-    with open(path, encoding="utf-8-sig", errors="replace") as handle:
-        header = handle.readline()
-    columns = {c.strip().strip('"').lower() for c in header.replace("\t", ",").split(",")}
+    columns = header_columns(path)
     return "path" in columns and "text" not in columns
+
+
+def header_columns(path: Path) -> set[str]:
+    """The column names (lower case) on the first non-blank line of a CSV/TSV file; empty for other files."""
+    if path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
+        return set()
+    with open(path, "rb") as handle:
+        start = handle.read(1 << 16)
+    text = start.decode("utf-16" if start[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig", errors="replace")
+    header = next((line for line in re.split(r"\r\n|\r|\n", text) if line.strip()), "")
+    return {c.strip().strip('"').lower() for c in header.replace("\t", ",").split(",")}
 
 
 def load_text_training_data(spec: str | Path, *, text_column: str = "text", label_column: str = "label",
@@ -93,7 +101,7 @@ def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     if path.suffix.lower() in TEXT_FILES:
         return [r["text"] for r in _read_rows(path, "text", None)]
-    return [line.strip() for line in _read_text(path).splitlines() if line.strip()]
+    return [line.strip() for line in re.split(r"\r\n|\r|\n", _read_text(path)) if line.strip()]
 
 
 # --- tokenisation and batching -------------------------------------------------------------------
@@ -201,7 +209,8 @@ def _class_folder_texts(root: Path, classes: list[str], legacy_encoding: bool = 
     items, labels, names = [], [], []
     for label, name in enumerate(classes):
         folder = root / name
-        files = sorted(folder.rglob("*.txt")) if folder.is_dir() else []
+        files = sorted(p for p in folder.rglob("*.txt")  # hidden files (macOS ._notes.txt) are not documents
+                       if not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not files:
             raise TransferKitError(f"Class folder {folder} has no .txt files. Fix: add documents or remove it.")
         for file in files:
@@ -226,20 +235,11 @@ def _file_samples(path: Path, text_column: str, label_column: str) -> Samples:
 
 
 def _read_rows(path: Path, text_column: str, label_column: str | None) -> list[dict[str, Any]]:
-    content = _read_text(path)
+    """Rows of a CSV / TSV / JSONL file as ``{"_line", "text", "label"}``, by the rules of :mod:`.tables`."""
     if path.suffix.lower() == ".jsonl":
-        records = []
-        for number, line in enumerate(content.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((number, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise TransferKitError(f"{path}, line {number}: not valid JSON ({exc.msg}).") from exc
-        columns = sorted({k for _, r in records for k in r})
+        columns, records = _jsonl_records(path)
     else:
-        reader = csv.DictReader(content.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        columns = list(reader.fieldnames or [])
-        records = [(number, r) for number, r in enumerate(reader, start=2)]
+        columns, records = read_table(path)
     needed = [c for c in (text_column, label_column) if c is not None]
     missing = [c for c in needed if c not in columns]
     if missing:
@@ -247,18 +247,35 @@ def _read_rows(path: Path, text_column: str, label_column: str | None) -> list[d
                                "Fix: rename them, or pass --text-column / --label-column.")
     if not records:
         raise TransferKitError(f"{path} has no rows.")
-    return [{"_line": number, "text": str(r.get(text_column) or ""),
-             "label": str(r.get(label_column)) if label_column else None} for number, r in records]
+    rows = []
+    for number, record in records:
+        text = record.get(text_column)
+        if text is not None and not isinstance(text, str):
+            raise TransferKitError(f"{path}, line {number}: the text must be a string. Got {text!r}.")
+        label = clean_label(record.get(label_column), f"{path}, line {number}") if label_column else None
+        rows.append({"_line": number, "text": text or "", "label": label})
+    return rows
+
+
+def _jsonl_records(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    records = []
+    for number, line in enumerate(re.split(r"\r\n|\r|\n", _read_text(path)), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TransferKitError(f"{path}, line {number}: not valid JSON ({exc.msg}). Fix: one JSON object per "
+                                   "line.") from exc
+        if not isinstance(record, dict):
+            raise TransferKitError(f"{path}, line {number}: a JSON {type(record).__name__}, not an object. Fix: one "
+                                   'object per line, e.g. {"text": "...", "label": "..."}.')
+        records.append((number, record))
+    return sorted({k for _, r in records for k in r}), records
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise TransferKitError(f"{path} is not UTF-8 (byte 0x{data[exc.start]:02x} at line {line}). Fix: re-save it "
-                               "as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from exc
+    return read_text_file(path)
 
 
 def _read_text_or_latin1(path: Path) -> str:

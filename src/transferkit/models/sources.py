@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TransferKitError, bad_value, did_you_mean
+from ..errors import TransferKitError, bad_value, did_you_mean, weights_error
 from . import preprocessing as prep
 from .groups import LayerGroup, group_backbone, group_timm
 from .model import HeadConfig, ModelSpec, TransferModel
@@ -156,72 +156,61 @@ def list_sources() -> dict[str, Any]:
     }
 
 
-# --- download failures ---------------------------------------------------------------------------
+def pretrained_classifier(spec: str, weights: str | Path | None = None) -> nn.Linear | None:
+    """The classifier that the new head replaced (e.g. the 1000 ImageNet classes of the built-in weights), loaded
+    with its pre-trained weights; ``None`` when the weights do not carry one (a ``--weights`` file without it).
 
-# Exception classes (by name, so no HTTP library needs importing) that mean the network or hub is unreachable,
-# and those that mean the hub answered that the weights do not exist (or are not accessible).
-OFFLINE_ERRORS = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout",
-                  "ConnectionError", "gaierror", "TimeoutError", "TimeoutException", "ReadTimeout", "Timeout"}
-NOT_FOUND_ERRORS = {"RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError",
-                    "RemoteEntryNotFoundError", "GatedRepoError"}
-
-
-def failure_kind(exc: BaseException) -> str:
-    """``offline``, ``not found`` or ``failed``: what an exception (and its causes) says about a download."""
-    chain = _chain(exc)
-    names = {cls.__name__ for error in chain for cls in type(error).__mro__}
-    status = [_http_status(error) for error in chain]
-    if names & OFFLINE_ERRORS or any(type(e).__name__ == "URLError" for e in chain):
-        return "offline"
-    if names & NOT_FOUND_ERRORS or any(code in (401, 403, 404) for code in status):
-        return "not found"
-    return "failed"
-
-
-def failure_cause(exc: BaseException, limit: int = 200) -> str:
-    """``Type: first line of the message`` of the deepest cause (what actually went wrong)."""
-    root = _chain(exc)[-1]
-    lines = str(root).strip().splitlines()
-    return f"{type(root).__name__}: {(lines[0] if lines else '(no message)')[:limit]}"
-
-
-def weights_error(what: str, exc: BaseException, fix: str) -> TransferKitError:
-    """The one-line error for pre-trained weights that could not be had, with the real cause.
-
-    Args:
-        what: the model, e.g. ``timm:resnet50.a1_in1k``.
-        exc: what the library raised.
-        fix: what else the user can do (after the kind-specific advice).
+    It maps the backbone's pooled features (what ``TransferModel.forward_features`` returns) to the pre-training's
+    classes, so the pre-trained function can be compared with a fine-tuned backbone under the same head.
     """
-    kind, cause = failure_kind(exc), failure_cause(exc)
-    if kind == "offline":
-        return TransferKitError(f"Could not download pre-trained weights for {what}: offline ({cause}). Fix: connect "
-                                f"to the internet, or {fix}")
-    if kind == "not found":
-        return TransferKitError(f"Pre-trained weights for {what} not found ({cause}). Fix: {fix}")
-    return TransferKitError(f"Loading pre-trained weights for {what} failed ({cause}). Fix: if a downloaded file is "
-                            f"damaged, delete it from the cache (~/.cache/huggingface, ~/.cache/torch) and retry; or "
-                            f"{fix}")
+    source = parse_source(spec)
+    if source.kind == "builtin":
+        import timm
+
+        builtin = BUILTIN_MODELS[source.name]
+        full = timm.create_model(builtin.timm_arch, pretrained=False, num_classes=1000)
+        load_packaged_weights(builtin, full)
+        return _as_linear(full.get_classifier())
+    if source.kind == "timm":
+        import timm
+
+        if weights is None:
+            try:
+                full = timm.create_model(source.name, pretrained=True)
+            except Exception as exc:  # hub/network errors come in many types
+                raise weights_error(f"timm:{source.name}", exc, OFFLINE_HINT) from exc
+            return _as_linear(full.get_classifier())
+        full = timm.create_model(source.name, pretrained=False)
+        name = full.pretrained_cfg.get("classifier", "classifier")
+        name = name[0] if isinstance(name, (list, tuple)) else name
+    else:
+        import torchvision
+
+        if weights is None:
+            default = torchvision.models.get_model_weights(source.name).DEFAULT
+            try:
+                full = torchvision.models.get_model(source.name, weights=default)
+            except Exception as exc:  # URLError, OSError, RuntimeError (hash check) from the download
+                raise weights_error(f"torchvision:{source.name}", exc, OFFLINE_HINT) from exc
+            return _last_linear(full)[1]
+        full = torchvision.models.get_model(source.name, weights=None)
+        name = _last_linear(full)[0]
+    state = _strip_prefix(read_weights_file(weights), full.state_dict())
+    linear = _as_linear(full.get_submodule(name))
+    if linear is None or f"{name}.weight" not in state:
+        return None
+    try:
+        linear.load_state_dict({k: state[f"{name}.{k}"] for k in linear.state_dict()})
+    except (KeyError, RuntimeError):  # no bias in the file, or another shape
+        return None
+    return linear
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and its causes (``raise ... from``, or the exception being handled), outermost first."""
-    chain: list[BaseException] = []
-    while exc is not None and exc not in chain:
-        chain.append(exc)
-        reason = getattr(exc, "reason", None)  # urllib's URLError wraps the socket error in .reason
-        exc = exc.__cause__ or exc.__context__ or (reason if isinstance(reason, BaseException) else None)
-    return chain
+def _as_linear(module: nn.Module) -> nn.Linear | None:
+    return module if isinstance(module, nn.Linear) else None
 
 
-def _http_status(exc: BaseException) -> int | None:
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    response = getattr(exc, "response", None)
-    status = getattr(response, "status_code", None)
-    return status if isinstance(status, int) else None
-
+# --- download failures ---------------------------------------------------------------------------
 
 # --- weights files -----------------------------------------------------------------------------
 
@@ -378,4 +367,4 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
 _LOADERS = {"timm": _timm_backbone, "torchvision": _torchvision_backbone, "builtin": _builtin_backbone}
 
 __all__ = ["LayerGroup", "SourceSpec", "list_sources", "load_backbone", "load_model", "parse_source",
-           "read_weights_file", "rebuild_backbone", "rebuild_model"]
+           "pretrained_classifier", "read_weights_file", "rebuild_backbone", "rebuild_model"]

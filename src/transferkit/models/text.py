@@ -18,10 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import TransferKitError, check_choice, check_int
+from ..errors import TransferKitError, check_choice, check_int, weights_error
 from .groups import LayerGroup, coarsen, group_encoder_layers
 from .model import HeadConfig, ModelSpec, TransferModel
-from .sources import weights_error
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class TextTransferModel(TransferModel):
                 (run_dir / "adapter" / BASE_RECORD).write_text(json.dumps(
                     {"source": self.spec.spec, "sha256": base_sha256,
                      "hash": "SHA-256 over the base encoder's tensor names, shapes and bytes before the adapters "
-                             "were added (transferkit.features.weights_fingerprint)"}, indent=2) + "\n",
+                             "were added (transferkit.cache.weights_fingerprint)"}, indent=2) + "\n",
                     encoding="utf-8")
         else:
             self.backbone.config.save_pretrained(str(run_dir / "encoder"))
@@ -190,7 +189,7 @@ def apply_lora(model: TextTransferModel, *, rank: int = 8, alpha: int = 16, drop
         raise TransferKitError(f"No default LoRA target modules for model type '{model_type}'. Fix: pass "
                                "--lora-targets with the names of its attention projections, e.g. query,value.")
     check_int("lora_rank", rank)
-    from ..features import weights_fingerprint
+    from ..cache import weights_fingerprint
 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
     base_sha256 = weights_fingerprint(model.backbone)  # the adapter is only valid on exactly these weights
@@ -240,7 +239,7 @@ def check_lora_base(run_dir: Path, source: str, base: nn.Module, recorded: str |
         base: the freshly loaded base encoder (without adapters).
         recorded: the hash from ``transferkit.json``, used when ``adapter/base.json`` is absent.
     """
-    from ..features import weights_fingerprint
+    from ..cache import weights_fingerprint
 
     record = run_dir / "adapter" / BASE_RECORD
     if record.is_file():

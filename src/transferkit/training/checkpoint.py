@@ -28,18 +28,27 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
-                                     encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False,
+                                         encoding="utf-8")
+    try:
+        with handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)  # a failed write (full disk) leaves no temporary file
+        raise
 
 
 def save_weights(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save a state dict as safetensors, atomically."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    try:
+        save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -65,25 +74,42 @@ def save_checkpoint(run_dir: Path, *, state: dict[str, Any], model: dict[str, to
     Args:
         best: the best weights; ``None`` keeps the previous checkpoint's best file.
         optimizer: optimizer and scheduler state of the running phase (``None`` at a phase boundary).
+
+    A write that fails (a full disk) removes the half-written new folder and raises the ``OSError``; the
+    previous checkpoint stays as it was. A swap interrupted between its two renames (a crash) is completed first:
+    the previous checkpoint, then only in ``.checkpoint.old``, is moved back before anything is deleted.
     """
     run_dir = Path(run_dir)
     final, new, old = run_dir / CHECKPOINT, run_dir / f".{CHECKPOINT}.new", run_dir / f".{CHECKPOINT}.old"
+    if not (final / "state.json").is_file() and (old / "state.json").is_file():
+        os.replace(old, final)  # a crash between the renames left the only complete checkpoint in .old
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.items()}, str(new / "model.safetensors"))
-    if best is not None:
-        save_file({k: v.contiguous() for k, v in best.items()}, str(new / "best.safetensors"))
-    elif (final / "best.safetensors").exists():
-        shutil.copy2(final / "best.safetensors", new / "best.safetensors")
-    if optimizer is not None:
-        torch.save(optimizer, new / "optimizer.pt")
-    with open(new / "state.json", "w", encoding="utf-8") as handle:
-        json.dump(state, handle, indent=2, default=str)
+    try:
+        new.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in model.items()}, str(new / "model.safetensors"))
+        if best is not None:
+            save_file({k: v.contiguous() for k, v in best.items()}, str(new / "best.safetensors"))
+        elif (final / "best.safetensors").exists():
+            shutil.copy2(final / "best.safetensors", new / "best.safetensors")
+        if optimizer is not None:
+            torch.save(optimizer, new / "optimizer.pt")
+        with open(new / "state.json", "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=2, default=str)
+    except OSError:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(new, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a complete checkpoint (in ``checkpoint/``, or in ``.checkpoint.old`` when a crash
+    interrupted the swap between its two renames)."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name / "state.json").is_file() for name in (CHECKPOINT, f".{CHECKPOINT}.old"))
 
 
 def _checkpoint_folder(run_dir: Path) -> Path:

@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..adaptation.dann import DomainAdaptation
 from ..distributed import World
 from ..errors import TransferKitError
 from ..features import HeadFeatures
@@ -111,7 +112,8 @@ class CheckpointStore(Protocol):
 def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, phases: Sequence[Phase],
         config: FitConfig, *, run: CheckpointStore | None = None, resume: bool = False,
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
-        world: World | None = None, objective: Objective | None = None) -> FitResult:
+        world: World | None = None, objective: Objective | None = None,
+        adaptation: DomainAdaptation | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
 
     Args:
@@ -122,6 +124,9 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         run: where checkpoints are written after every epoch (and read from with ``resume``).
         world: the processes of the run (default: this one alone).
         objective: the task's loss and figures (default: classification's).
+        adaptation: unsupervised domain adaptation (:mod:`transferkit.adaptation.dann`) for the phases on images;
+            its discriminator must already be a submodule of ``model`` (``model.domain_adversary``), so checkpoints
+            carry it, and it trains at the head's LR.
     """
     world = world or World()
     objective = objective or ClassificationObjective()
@@ -133,6 +138,10 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     optimizer = torch.optim.AdamW(param_groups(model, groups, config.weight_decay,
                                                _backbone_names(groups) if config.l2_sp else frozenset()),
                                   fused=accelerator.device.type == "cuda" or None)
+    if adaptation is not None:
+        optimizer.add_param_group({"params": list(adaptation.adversary.parameters()), "lr": 0.0,
+                                   "weight_decay": config.weight_decay, "name": "domain_adversary",
+                                   "layer_group": groups[-1].name})
     penalty = (lambda: l2_sp_penalty(model, reference, config.l2_sp)) if config.l2_sp else None
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -160,10 +169,14 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             else:
                 train_data = train_loader if phase.runs_on == "images" else _on_device(
                     features.train_loader(state.epoch), accelerator)
+                adapting = adaptation if phase.runs_on == "images" else None
+                if adapting is not None:
+                    adapting.start_epoch(sum(r["inputs"] == INPUTS["images"] for r in state.history),
+                                         len(train_data), accelerator.device)
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
                                                 _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty, world, objective)
+                                                penalty, world, objective, adapting)
                 world.sync_buffers(model)
                 val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world, objective)
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
@@ -311,11 +324,12 @@ class NonFiniteLossError(TransferKitError):
 def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, optimizer: Any, loss_fn: nn.Module,
                     accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
                     penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None,
-                    objective: Objective | None = None) -> dict[str, float]:
+                    objective: Objective | None = None,
+                    adaptation: DomainAdaptation | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the objective's training figures (classification: mean loss and accuracy)
     over every process, from its meter's sums reduced over the processes, and the throughput (samples of all
-    processes per second of the slowest). Stops with a :class:`NonFiniteLossError` before a NaN or infinite loss
-    can reach the weights."""
+    processes per second of the slowest) — and, when adapting, the domain discriminator's figures. Stops with a
+    :class:`NonFiniteLossError` before a NaN or infinite loss can reach the weights."""
     objective = objective or ClassificationObjective()
     set_train_mode(model, config.bn)
     meter, start = objective.meter(), time.perf_counter()
@@ -324,7 +338,11 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
         set_lr(step)
         if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        outputs, loss = objective.step(net, inputs, targets, loss_fn)
+        if adaptation is not None:  # one forward over source + target batches; the loss adds the domain loss
+            with accelerator.autocast():
+                outputs, loss = adaptation.step(model, inputs, targets, loss_fn, step)
+        else:
+            outputs, loss = objective.step(net, inputs, targets, loss_fn)
         value = loss.item()
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -340,7 +358,8 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
     world = world or World()
     (*totals, seen), (seconds,) = (world.sum([*meter.totals(), meter.samples]),
                                    world.max([time.perf_counter() - start]))
-    return {**meter.result(totals), "samples_per_s": round(seen / max(seconds, 1e-9), 1)}
+    return {**meter.result(totals), "samples_per_s": round(seen / max(seconds, 1e-9), 1),
+            **(adaptation.epoch_figures() if adaptation is not None else {})}
 
 
 @torch.no_grad()
