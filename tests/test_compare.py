@@ -46,6 +46,19 @@ def test_data_efficiency_and_speedup_by_hand():
     lp100 = rows[("linear-probe", 100)]
     assert lp100["data_efficiency"] is None and lp100["data_efficiency_text"].startswith("> 10.0x")
     assert lp100["speedup"] is None and lp100["speedup_text"] == "never reaches scratch's best"
+    assert lp100["data_efficiency_text"] == "> 10.0x (scratch never gets there by 1000/class)"
+
+
+def test_data_efficiency_text_names_the_tasks_size_unit():
+    """A segmentation size counts training images, not examples per class: the text says so."""
+    from transferkit.experiments.report import CLASSIFICATION, size_unit
+    from transferkit.tasks import get_task
+
+    assert size_unit(CLASSIFICATION.size) == "/class"
+    unit = size_unit(get_task("segmentation").per_class)
+    rows = {(r["strategy"], r["per_class"]): r for r in derived_factors(stub_results(), unit)}
+    text = rows[("linear-probe", 100)]["data_efficiency_text"]
+    assert text == "> 10.0x (scratch never gets there by 1000 training images)" and "/class" not in text
 
 
 def test_convergence_is_95_percent_of_the_runs_own_best():

@@ -464,6 +464,7 @@ def test_compare_reports_miou_and_draws_each_strategy(few_scenes, tiny_weights, 
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "each strategy&#x27;s prediction (8 training images" in html and html.count("data:image/png") == 4
     assert report["factors"][0]["strategy"] == "linear-probe"
+    assert not any("/class" in f["data_efficiency_text"] for f in report["factors"])  # sizes count images
 
 
 def test_advise_reasons_about_segmentation_data(scenes, tiny_weights):

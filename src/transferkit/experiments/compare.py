@@ -18,7 +18,7 @@ from ..errors import TransferKitError
 from ..tasks import get_task, infer_task
 from ..training.checkpoint import write_json_atomic
 from .grid import RESULTS, Cell, CellResult, derived_factors, grid, run_grid
-from .report import Names, summary_markdown, write_report
+from .report import Names, size_unit, summary_markdown, write_report
 
 
 def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequence[str] = ("scratch", "linear-probe",
@@ -57,7 +57,7 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     # test_accuracy / macro_f1 of each cell hold the task's two headline figures, named in "metrics".
     meta = {"data": str(data), "model": model, "task": task.name, "metrics": [main, second], "options": options}
     results = run_grid(cells, out, trainer, meta)
-    factors = derived_factors(results)
+    factors = derived_factors(results, size_unit(task.per_class))
     title = f"transferkit compare: {data}, {model}" + "".join(f", {k.replace('_', '-')} {v}"
                                                                for k, v in options.items())
     names = Names(task.label(main), task.label(second), task.label(task.monitor), task.per_class)

@@ -190,8 +190,12 @@ def examples_needed(curve: dict[int, float], accuracy: float) -> float | None:
     return None
 
 
-def derived_factors(results: Sequence[CellResult]) -> list[dict[str, Any]]:
-    """Per transfer strategy and size: the data-efficiency factor and the speed-up over ``scratch``."""
+def derived_factors(results: Sequence[CellResult], unit: str = "/class") -> list[dict[str, Any]]:
+    """Per transfer strategy and size: the data-efficiency factor and the speed-up over ``scratch``.
+
+    Args:
+        unit: what a size counts, written after it in the text (``"/class"``; segmentation: ``" training images"``).
+    """
     scratch_curve = mean_accuracy(results, "scratch")
     if not scratch_curve:
         return []
@@ -205,7 +209,7 @@ def derived_factors(results: Sequence[CellResult]) -> list[dict[str, Any]]:
                                    "data_efficiency": needed / n if needed is not None else None,
                                    "data_efficiency_text": (f"{needed / n:.1f}x" if needed is not None else
                                                             f"> {max(scratch_curve) / n:.1f}x (scratch never gets "
-                                                            f"there by {max(scratch_curve)}/class)")}
+                                                            f"there by {max(scratch_curve)}{unit})")}
             row.update(_speedup(results, strategy, n, scratch_runs))
             rows.append(row)
     return rows

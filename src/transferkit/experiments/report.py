@@ -32,6 +32,12 @@ def _size_column(names: Names) -> str:
     return "per class" if names.size == CLASSIFICATION.size else names.size
 
 
+def size_unit(size: str) -> str:
+    """How the data-efficiency text writes a size's unit after the number: "/class" for classification, the task's
+    own unit otherwise (segmentation: "200 training images", not "200/class")."""
+    return "/class" if size == CLASSIFICATION.size else f" {size}"
+
+
 def summary_markdown(results: Sequence[CellResult], factors: Sequence[dict[str, Any]], title: str,
                      names: Names = CLASSIFICATION) -> str:
     """The grid and the derived factors as Markdown tables."""
