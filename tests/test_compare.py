@@ -52,6 +52,8 @@ def test_data_efficiency_and_speedup_by_hand():
     assert lp10["equal_budget"] is None  # no scratch cells with linear-probe's budget in this grid
     lp100 = rows[("linear-probe", 100)]
     assert lp100["converged"]["factor"] is None and lp100["converged"]["text"].startswith("> 10.0x")
+    # the text names no unit: a size counts examples per class for classification, images for segmentation
+    assert lp100["converged"]["text"] == "> 10.0x (scratch never gets there by its largest size, 1000)"
     assert lp100["speedup"] is None and lp100["speedup_text"] == "never reaches scratch's best"
 
 

@@ -78,6 +78,7 @@ def test_task_is_inferred_from_masks_and_the_plan_says_which(scenes, class_folde
     plan = transferkit.plan(scenes, model="timm:test_efficientnet", image_size=32, strategy="linear-probe")
     text = str(plan)
     assert text.startswith(f"Task: segmentation (masks in {scenes / 'masks'})")
+    assert "weighted by inverse pixel frequency (--class-weights auto)" in text
     assert "U-Net decoder" in text and "→3 classes" in text and "cached" not in text.split("Phases")[1].split("\n")[1]
     assert plan.to_dict()["task"] == "segmentation" and plan.phases[0].runs_on == "images"
     classification = transferkit.plan(class_folder, model="timm:test_efficientnet", image_size=32)
@@ -283,6 +284,12 @@ def test_class_weights_auto_weigh_pixels_and_the_loss_leaves_ignored_pixels_out(
     counts = np.bincount(np.concatenate([read_mask(m).ravel() for m in data.train.masks]), minlength=3)
     weights = class_weights(data, TrainConfig(data=str(scenes), class_weights="auto").validate())
     assert weights == pytest.approx((counts.sum() / (3 * counts)).tolist())  # inverse pixel frequency
+    # ... and segmentation's default: unweighted, the background's majority of pixels kept fashion-scenes' item
+    # classes at IoU 0 (README). Classification keeps none; an explicit choice stands.
+    assert TrainConfig(data=str(scenes)).validate().class_weights == "auto"
+    assert class_weights(data, TrainConfig(data=str(scenes)).validate()) == pytest.approx(weights)
+    assert TrainConfig(data=str(scenes), class_weights="none").validate().class_weights == "none"
+    assert TrainConfig(data="builtin:digits").validate().class_weights == "none"
     torch.manual_seed(0)
     logits, masks = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     masks[0, 0] = 255
@@ -471,6 +478,7 @@ def test_compare_reports_miou_and_draws_each_strategy(few_scenes, tiny_weights, 
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "each strategy&#x27;s prediction (8 training images" in html and html.count("data:image/png") == 4
     assert report["factors"][0]["strategy"] == "linear-probe"
+    assert not any("/class" in f["converged"]["text"] for f in report["factors"])  # sizes count images
 
 
 def test_advise_reasons_about_segmentation_data(scenes, tiny_weights):

@@ -238,7 +238,8 @@ class StrategyOptions:
                                    "jitter, rotation, RandAugment).", check=check_augment)
     label_smoothing: float = option(0.0, "Label smoothing for the cross-entropy loss.",
                                     check=lambda n, v: check_range(n, v, 0, 1))
-    class_weights: str = option("none", "none, or auto (inverse class frequency).", choices=("none", "auto"))
+    class_weights: str | None = option(None, "none, or auto (inverse class frequency; segmentation: of pixels).",
+                                       default_text="none; segmentation: auto", choices=("none", "auto"))
     weight_decay: float = option(0.01, "AdamW weight decay (not applied to biases/norms).", check=non_negative_float)
     warmup: float = option(0.1, "Linear LR warm-up, as a fraction of each phase's steps.", check=check_warmup)
     patience: int = option(3, "Early stopping: epochs without better val accuracy before a phase ends (0: off). "
@@ -360,7 +361,8 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
 
     def resolve_defaults(self) -> None:
         """Defaults that depend on the data and the modality: the task (segmentation when the data has masks);
-        images 10 epochs, head dropout 0.2; text (the BERT recipe) 4 epochs, dropout 0.1."""
+        images 10 epochs, head dropout 0.2; text (the BERT recipe) 4 epochs, dropout 0.1; class weights: inverse
+        pixel frequency for segmentation, none otherwise."""
         if self.task is None:
             self.task = infer_task(self.data)[0]
         text = is_text_model(self.model)
@@ -368,6 +370,10 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             self.epochs = 4 if text else 10
         if self.dropout is None:
             self.dropout = 0.1 if text else 0.2
+        if self.class_weights is None:
+            # Segmentation's pixels are mostly background (fashion-scenes: 86%, each item class 1-2%): unweighted,
+            # the decoder learns background / foreground and leaves the item classes at IoU 0 (see the README).
+            self.class_weights = "auto" if self.task == "segmentation" else "none"
 
     def validate(self) -> TrainConfig:
         """Check every field (its schema check) and the rules between fields; returns ``self``."""

@@ -6,7 +6,8 @@
   anything. The decoder is the ``head`` layer group, so ``linear-probe`` trains the decoder on a frozen encoder,
   ``two-stage`` trains it first and then everything, ``progressive`` unfreezes encoder stages top down, ``scratch``
   starts the encoder from random weights. Inputs whose sides do not divide by 32 are padded (and the logits cropped).
-- **Loss**: cross-entropy (class weights, label smoothing, ``--ignore-index``), plus ``--dice-weight`` x Dice loss.
+- **Loss**: cross-entropy (class weights — by default inverse pixel frequency, ``--class-weights auto`` — label
+  smoothing, ``--ignore-index``), plus ``--dice-weight`` x Dice loss.
 - **Metrics** (validation and test alike): a confusion matrix summed over all images (torchmetrics), then per class
   IoU = TP / (TP + FP + FN) and Dice = 2TP / (2TP + FP + FN), pixel accuracy = correct / labelled pixels. Pixels
   marked with the ignore index count nowhere. **Absent classes** — no pixel of the class in the truth *and* none
@@ -431,8 +432,10 @@ class SegmentationTask(Task):
 
     def plan_notes(self, config: Any) -> tuple[str, ...]:
         dice = f" + {config.dice_weight:g} x Dice" if config.dice_weight else ""
-        return (f"Segmentation: loss = pixel cross-entropy{dice} (mask value {config.ignore_index} ignored); early "
-                "stopping on validation mIoU; images and masks resized to the input size as squares (no centre "
+        weighted = (" weighted by inverse pixel frequency (--class-weights auto)" if config.class_weights == "auto"
+                    else " (unweighted)")
+        return (f"Segmentation: loss = pixel cross-entropy{weighted}{dice} (mask value {config.ignore_index} ignored); "
+                "early stopping on validation mIoU; images and masks resized to the input size as squares (no centre "
                 "crop; masks by nearest neighbour), with joint flips and crops under --augment.",
                 "Segmentation runs every phase on images: a frozen encoder runs each epoch without gradients (its "
                 "feature pyramid is not cached), and images are decoded each epoch (no decoded-input cache).")
