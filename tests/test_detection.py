@@ -388,11 +388,11 @@ def test_bad_detection_input_gives_one_line_exit_2_and_writes_nothing(capsys, tm
 
 
 def test_builtin_fashion_scenes_gives_boxes_on_its_masks(monkeypatch, tmp_path):
-    from transferkit.data import boxes
+    from transferkit.data import scenes as scenes_module
     from transferkit.data.masks import read_mask
 
     monkeypatch.setenv("TRANSFERKIT_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(boxes, "BUILTIN_SCENES", {"train_scenes": 12, "test_scenes": 4, "size": 32, "seed": 0})
+    monkeypatch.setattr(scenes_module, "BUILTIN_SCENES", {"train_scenes": 12, "test_scenes": 4, "size": 32, "seed": 0})
     config = TrainConfig(data="builtin:fashion-scenes", task="detection", per_class=8, seed=0).validate()
     data = get_task("detection").load_data(config)
     assert (len(data.train), len(data.val), len(data.test)) == (8, 2, 4)  # 8 images; val 8 x 0.2 / 0.8

@@ -444,10 +444,10 @@ def test_resume_of_a_segmentation_run_equals_an_uninterrupted_one(few_scenes, ti
 
 
 def test_builtin_fashion_scenes_is_read_by_the_mask_reader(monkeypatch, tmp_path):
-    from transferkit.data import masks
+    from transferkit.data import scenes as scenes_module
 
     monkeypatch.setenv("TRANSFERKIT_DATA", str(tmp_path / "cache"))
-    monkeypatch.setattr(masks, "BUILTIN_SCENES", {"train_scenes": 12, "test_scenes": 4, "size": 32, "seed": 0})
+    monkeypatch.setattr(scenes_module, "BUILTIN_SCENES", {"train_scenes": 12, "test_scenes": 4, "size": 32, "seed": 0})
     config = TrainConfig(data="builtin:fashion-scenes", per_class=8, seed=0).validate()
     assert config.task == "segmentation"
     data = get_task("segmentation").load_data(config)

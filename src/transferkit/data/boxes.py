@@ -43,7 +43,6 @@ from torchvision.transforms import v2 as T
 
 from ..errors import TransferKitError
 from ..models.preprocessing import Preprocessing
-from .builtin import BUILTIN_DATASETS, DENSE_BUILTINS
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
@@ -54,7 +53,6 @@ logger = logging.getLogger(__name__)
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 BOX_COLUMNS = ("xmin", "ymin", "xmax", "ymax")
 BACKGROUND_NAMES = ("background", "__background__", "__background", "bg")
-BUILTIN_SCENES = {"train_scenes": 3000, "test_scenes": 500, "size": 128, "seed": 0}
 """The parameters of ``builtin:fashion-scenes`` (the same scenes segmentation reads: its COCO files)."""
 
 
@@ -489,20 +487,11 @@ def _read(spec: str | Path) -> tuple[dict[str, BoxSamples], list[str], str, bool
     """(splits, label map, description, is a built-in pool)."""
     text = str(spec)
     if text.startswith("builtin:"):
-        name = text.removeprefix("builtin:")
-        if name not in DENSE_BUILTINS:
-            hint = (" is a classification dataset (no boxes). Fix: drop --task detection, or use "
-                    "builtin:fashion-scenes" if name in BUILTIN_DATASETS else
-                    ": unknown. Fix: use builtin:fashion-scenes")
-            raise TransferKitError(f"builtin:{name}{hint} for detection.")
-        from .scenes import fashion_scenes
+        from .scenes import builtin_scenes
 
-        root = fashion_scenes(**BUILTIN_SCENES)
+        root, description = builtin_scenes(text.removeprefix("builtin:"), "detection", "boxes")
         splits, classes, _ = _read_coco_folder(root)
-        scenes = BUILTIN_SCENES
-        return splits, classes, (f"builtin:fashion-scenes (Fashion-MNIST items on photographs, {scenes['size']} px, "
-                                 f"{scenes['train_scenes']} train pool, {scenes['test_scenes']} test scenes; COCO "
-                                 f"boxes in {root / 'annotations'})"), True
+        return splits, classes, f"{description}; COCO boxes in {root / 'annotations'})", True
     path = Path(text).expanduser()
     if not path.exists():
         raise TransferKitError(f"Data not found: {path}. Fix: pass --data with a COCO JSON file, a folder with "

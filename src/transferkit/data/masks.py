@@ -39,7 +39,7 @@ from torchvision.transforms import v2 as T
 
 from ..errors import TransferKitError
 from ..models.preprocessing import Preprocessing
-from .builtin import BUILTIN_DATASETS, DENSE_BUILTINS
+from .builtin import DENSE_BUILTINS
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
@@ -49,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 LABEL_MAPS = ("classes.json", "classes.txt")
-BUILTIN_SCENES = {"train_scenes": 3000, "test_scenes": 500, "size": 128, "seed": 0}
-"""The parameters of ``builtin:fashion-scenes`` (:func:`transferkit.data.scenes.fashion_scenes`)."""
 
 
 @dataclass
@@ -347,20 +345,11 @@ def _read(spec: str | Path) -> tuple[dict[str, MaskSamples], list[str] | None, s
     """(splits, label map or None, description, is a built-in pool)."""
     text = str(spec)
     if text.startswith("builtin:"):
-        name = text.removeprefix("builtin:")
-        if name not in DENSE_BUILTINS:
-            hint = (" is a classification dataset (no masks). Fix: drop --task segmentation, or use "
-                    "builtin:fashion-scenes" if name in BUILTIN_DATASETS else
-                    ": unknown. Fix: use builtin:fashion-scenes")
-            raise TransferKitError(f"builtin:{name}{hint} for segmentation.")
-        from .scenes import fashion_scenes
+        from .scenes import builtin_scenes
 
-        root = fashion_scenes(**BUILTIN_SCENES)
+        root, description = builtin_scenes(text.removeprefix("builtin:"), "segmentation", "masks")
         splits, classes, _ = _read_folder(root)
-        scenes = BUILTIN_SCENES
-        description = (f"builtin:fashion-scenes (Fashion-MNIST items on photographs, {scenes['size']} px, "
-                       f"{scenes['train_scenes']} train pool, {scenes['test_scenes']} test scenes; {root})")
-        return splits, classes, description, True
+        return splits, classes, f"{description}; {root})", True
     path = Path(text).expanduser()
     if not path.exists():
         raise TransferKitError(f"Data not found: {path}. Fix: pass --data with a folder holding images/ and masks/, a "

@@ -388,3 +388,21 @@ def _iou(guess: np.ndarray, truth: np.ndarray) -> float:
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise bad_value("split", split, "'train' or 'test'")
+
+
+BUILTIN_SCENES = {"train_scenes": 3000, "test_scenes": 500, "size": 128, "seed": 0}
+"""The settings of ``builtin:fashion-scenes`` (segmentation and detection read the same generated folder)."""
+
+
+def builtin_scenes(name: str, task: str, targets: str) -> tuple[Path, str]:
+    """``builtin:NAME`` for a dense ``task``: the generated fashion-scenes folder and the start of its description;
+    a one-line error for a classification built-in (it has no ``targets``) or an unknown name."""
+    from .builtin import BUILTIN_DATASETS, DENSE_BUILTINS
+
+    if name not in DENSE_BUILTINS:
+        hint = (f" is a classification dataset (no {targets}). Fix: drop --task {task}, or use builtin:fashion-scenes"
+                if name in BUILTIN_DATASETS else ": unknown. Fix: use builtin:fashion-scenes")
+        raise TransferKitError(f"builtin:{name}{hint} for {task}.")
+    scenes = BUILTIN_SCENES
+    return fashion_scenes(**scenes), (f"builtin:fashion-scenes (Fashion-MNIST items on photographs, {scenes['size']} "
+                                      f"px, {scenes['train_scenes']} train pool, {scenes['test_scenes']} test scenes")
