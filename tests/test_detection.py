@@ -428,3 +428,23 @@ def test_resume_of_a_detection_run_equals_an_uninterrupted_one(tmp_path, tiny_we
 def test_advise_refuses_detection_with_the_fix(coco):
     with pytest.raises(transferkit.TransferKitError, match="advise has no measurements or rules for detection"):
         transferkit.advise(str(coco))
+
+
+# --- it learns -------------------------------------------------------------------------------------------------
+
+# The floor: rectangles of two flat colours on grey noise, 32 training scenes at 64 px. timm's tiny test_efficientnet
+# (random weights) fine-tuned 8 epochs at LR 3e-3 scored test mAP@0.5 0.50 and 0.51 (seeds 0, 1; mAP 0.16, 0.20);
+# 12 epochs 0.66 (seeds 1, 2). An untrained detector's boxes land nowhere near (mAP@0.5 about 0).
+FLOOR_MAP50 = 0.3
+
+
+def test_detection_learns_separable_scenes_above_a_floor_and_load_scores_the_same(tmp_path, tiny_weights):
+    data = write_coco(tmp_path / "separable", {"train": (32, 0), "val": (8, 1), "test": (16, 2)})
+    result = transferkit.train(str(data), out=str(tmp_path / "run"), progress=False,
+                               **tiny(tiny_weights, strategy="fine-tune", epochs=8, lr=3e-3, patience=0,
+                                      image_size=64))
+    assert result.test["map50"] >= FLOOR_MAP50, result.test
+    assert result.test["map"] > 0.05, result.test
+    assert [h["val_map50"] for h in result.history][-1] > result.history[0]["val_map50"]  # it improved as it trained
+    again = transferkit.load(tmp_path / "run").evaluate(str(data))
+    assert again["map50"] == pytest.approx(result.test["map50"], abs=1e-6)
