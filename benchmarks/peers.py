@@ -235,22 +235,25 @@ def run_fastai(setup: Setup, epochs: int, batch_size: int) -> tuple[float, int, 
 
     train, val, test, classes = setup.splits()
     torch.manual_seed(setup.seed)
-    config = timm_data_config(packaged_timm_model(setup.model), setup.image_size)
+    pretrained_model = packaged_timm_model(setup.model)
+    config = timm_data_config(pretrained_model, setup.image_size)
     size = config["input_size"][-1]
-    rows = list(zip(train.items + val.items, train.labels + val.labels, strict=True))
+    # items are indices into every sample (fastai's transforms map over tuples, so a sample cannot be one)
+    items, labels = train.items + val.items + test.items, train.labels + val.labels + test.labels
+    seen = len(train) + len(val)
     block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=classes)),
-                      get_x=lambda row: np.asarray(open_image(row[0])), get_y=lambda row: classes[row[1]],
-                      splitter=IndexSplitter(list(range(len(train), len(rows)))), item_tfms=Resize(size),
+                      get_x=lambda i: np.asarray(open_image(items[i])), get_y=lambda i: classes[labels[i]],
+                      splitter=IndexSplitter(list(range(len(train), seen))), item_tfms=Resize(size),
                       batch_tfms=[*aug_transforms(), Normalize.from_stats(config["mean"], config["std"])])
-    dls = block.dataloaders(rows, bs=batch_size, device=setup.device)
+    dls = block.dataloaders(list(range(seen)), bs=batch_size, device=setup.device)
 
-    def arch(pretrained: bool = True) -> torch.nn.Module:  # fastai cuts the body before the pooling layer
-        return packaged_timm_model(setup.model)
+    def arch(pretrained: bool = True) -> torch.nn.Module:  # fastai keeps the children before the pooling layer
+        return pretrained_model
 
     learn = vision_learner(dls, arch, metrics=accuracy, normalize=False)
     with learn.no_bar(), learn.no_logging():
         learn.fine_tune(epochs)
-        test_dl = dls.test_dl(list(zip(test.items, test.labels, strict=True)), with_labels=True)
+        test_dl = dls.test_dl(list(range(seen, len(items))), with_labels=True)
         predictions, targets = learn.get_preds(dl=test_dl)
     correct = int((predictions.argmax(1) == targets).sum())
     return correct / len(test), len(test), f"vision_learner(...).fine_tune({epochs}), batch {batch_size}, {size} px"
