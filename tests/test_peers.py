@@ -17,7 +17,7 @@ PEERS = {"fashion-mnist 2/class": {"transferkit defaults", "transferkit linear-p
 
 @pytest.mark.slow
 def test_peers_smoke(tmp_path, monkeypatch, capsys):
-    """Real EfficientNet-Lite0 and MiniLM weights, 2 examples per class, 1 epoch each (about 25 CPU-seconds)."""
+    """Real EfficientNet-Lite0 and MiniLM weights, 2 per class, 1 epoch each (about 30 CPU-seconds, 1 thread)."""
     import transferkit.api
     from transferkit import prepare
 
