@@ -277,6 +277,24 @@ def test_strategies_train_the_right_groups_and_backbone_batchnorm_stays_frozen(c
         assert backbone_bn and all(m.training == (bn == "train") for m in backbone_bn)
 
 
+def test_two_stage_detection_decays_the_lr_from_the_head_unless_an_lr_is_given(coco, tiny_weights):
+    def phase_lrs(**changes):
+        config = TrainConfig(data=str(coco), task="detection", **tiny(tiny_weights, **changes)).validate()
+        model = get_task("detection").build_model(config, 2, pretrained=True)
+        return config, make_plan(model, config).phases[-1].lrs
+
+    config, lrs = phase_lrs(strategy="two-stage")
+    assert config.lr_decay == 0.5
+    names = list(lrs)
+    assert names[-1] == "head" and lrs["head"] == pytest.approx(1e-3)
+    assert all(lrs[a] == pytest.approx(lrs[b] * 0.5) for a, b in zip(names, names[1:], strict=False))
+    for given in ({"lr": 1e-4}, {"lrs": "1e-5,1e-4"}, {"lr_decay": 0.8}):
+        config, lrs = phase_lrs(strategy="two-stage", **given)
+        assert config.lr_decay == given.get("lr_decay"), given
+    assert set(phase_lrs(strategy="two-stage", lr=1e-4)[1].values()) == {1e-4}  # the flat LR, head included
+    assert phase_lrs(strategy="fine-tune")[0].lr_decay is None  # measured for two-stage only
+
+
 # --- end to end ------------------------------------------------------------------------------------------------
 
 
