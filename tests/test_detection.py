@@ -295,6 +295,30 @@ def test_two_stage_detection_decays_the_lr_from_the_head_unless_an_lr_is_given(c
     assert phase_lrs(strategy="fine-tune")[0].lr_decay is None  # measured for two-stage only
 
 
+def test_compare_searches_the_heads_lr_where_the_lrs_decay_from_it(coco, tiny_weights, tmp_path):
+    from transferkit.experiments.compare import CellRunner
+    from transferkit.experiments.grid import Cell
+
+    given = {k: v for k, v in tiny(tiny_weights, task="detection").items() if k != "model"}
+    runner = CellRunner(str(coco), "timm:test_efficientnet", tmp_path / "grid", given, recipes="own", tune="lr",
+                        test=None, classes=CLASSES)
+    two_stage, scratch = Cell("two-stage", 8, 0), Cell("scratch", 8, 0)
+    assert runner.searched_option(two_stage, runner.options(two_stage)) == "head_lr"  # --lr would change nothing
+    assert runner.searched_option(scratch, runner.options(scratch)) == "lr"
+    runner.given["head_lr"] = 1e-3
+    assert runner.searched_option(two_stage, runner.options(two_stage)) is None  # given, so not searched
+
+
+def test_compare_of_detection_with_scratch_plans_the_equal_budget_cell_from_the_data(coco, tiny_weights, tmp_path):
+    # the equal-budget scratch cell needs two-stage's plan, whose detector geometry comes from the data's boxes
+    transferkit.compare(str(coco), strategies=["scratch", "two-stage"], per_class=[8], seeds=1, out=str(tmp_path / "g"),
+                        tune="none", retention=False, **tiny(tiny_weights, task="detection", image_size=32))
+    cells = json.loads((tmp_path / "g" / "results.json").read_text())["cells"]
+    assert sorted((c["strategy"], c["budget"]) for c in cells) == [("scratch", ""), ("scratch", "two-stage"),
+                                                                    ("two-stage", "")]
+    assert all(0 <= c["test_accuracy"] <= 1 for c in cells)  # the task's score: test mAP
+
+
 # --- end to end ------------------------------------------------------------------------------------------------
 
 

@@ -114,6 +114,14 @@ def _lrs(name: str, value: Any) -> None:
         check_lr(name, lr)
 
 
+def decays_by_default(task: str | None, strategy: str, lr: float | None, lrs: str | None) -> bool:
+    """Whether layer-wise LR decay (:data:`DETECTION_LR_DECAY` from the head's LR) is the default: detection
+    ``two-stage`` without ``--lr`` or ``--lrs``. The detector's head (FPN + RetinaNet subnets) is new and large; at
+    the backbone's 1e-4 after a short head stage it barely learns: on fashion-scenes (100 images, 128 px,
+    two-stage) the decay gave test mAP 0.085 / 0.107 vs 0.015 / 0.042 flat (seeds 0 / 1; README)."""
+    return task == "detection" and strategy in DENSE_DECAY_STRATEGIES and lr is None and lrs is None
+
+
 # --- the sections of a training run ------------------------------------------------------------------
 
 HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folders; a folder of class sub-folders "
@@ -377,12 +385,7 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             # Segmentation's pixels are mostly background (fashion-scenes: 86%, each item class 1-2%): unweighted,
             # the decoder learns background / foreground and leaves the item classes at IoU 0 (see the README).
             self.class_weights = "auto" if self.task == "segmentation" else "none"
-        if (self.task == "detection" and self.strategy in DENSE_DECAY_STRATEGIES and self.lr is None
-                and self.lrs is None and self.lr_decay is None):
-            # The detector's head (FPN + RetinaNet subnets) is new and large; at the backbone's 1e-4 after a short
-            # head stage it barely learns: on fashion-scenes (100 images, 128 px, two-stage) layer-wise decay from
-            # the head's 1e-3 gave test mAP 0.085 / 0.107 vs 0.015 / 0.042 (seeds 0 / 1; README). --lr, --lrs or
-            # --lr-decay override it.
+        if self.lr_decay is None and decays_by_default(self.task, self.strategy, self.lr, self.lrs):
             self.lr_decay = DETECTION_LR_DECAY
 
     def validate(self) -> TrainConfig:

@@ -219,7 +219,9 @@ class CellRunner:
         from ..api import plan
 
         keep = {k: v for k, v in options.items() if k not in ("out", "overwrite", "evaluate_test")}
-        return plan(None, num_classes=len(self.classes), **{**keep, "model": self.model, "strategy": cell.base})
+        # a detector's input size and anchors come from the data's boxes, so a dense task's plan reads the data
+        return plan(self.data if self.task.dense else None, num_classes=len(self.classes),
+                    **{**keep, "model": self.model, "strategy": cell.base})
 
     def searched_option(self, cell: Cell, options: Mapping[str, Any]) -> str | None:
         """The LR option the search varies for this cell, or None: no search asked, the option given explicitly, or
@@ -229,6 +231,12 @@ class CellRunner:
             return None
         if all(p.runs_on == "exact-fit" for p in self.plan(cell, options).phases):
             return None
+        from ..options import decays_by_default
+
+        if option == "lr" and (options.get("lr_decay") is not None or "lr_decay" in self.given or decays_by_default(
+                self.task.name, cell.base, options.get("lr"), options.get("lrs"))):
+            # with layer-wise decay every group's LR follows the head's: --lr would change nothing
+            return None if "head_lr" in self.given else "head_lr"
         return option
 
     def center(self, strategy: str, option: str, options: Mapping[str, Any]) -> float:
