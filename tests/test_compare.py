@@ -306,6 +306,16 @@ def test_compare_refuses_data_without_a_test_split_before_training(capsys, class
     assert not (out / "runs").exists() and not (out / "results.json").exists()
 
 
+def test_compare_refuses_the_options_it_sets_per_cell_before_training(image_tree, tmp_path):
+    from transferkit import TransferKitError
+    from transferkit.experiments.compare import compare
+
+    for option in ({"overwrite": True}, {"seed": 3}, {"strategy": "scratch"}):
+        with pytest.raises(TransferKitError, match=f"compare sets {next(iter(option))} for each cell itself"):
+            compare(str(image_tree), out=tmp_path / "grid", **option)
+    assert not (tmp_path / "grid").exists()
+
+
 def test_readme_tables_script_smoke(monkeypatch):
     import importlib
 

@@ -92,6 +92,13 @@ def compare(data: str, *, model: str = "efficientnet_lite0", strategies: Sequenc
     check_choice("recipes", recipes, RECIPE_MODES)
     check_choice("tune", tune, TUNE)
     out = Path(out)
+    from ..options import COMPARE_OWNS
+
+    owned = sorted(set(train_options) & set(COMPARE_OWNS) - {"adapt", "cache_dir"})
+    if owned:  # the grid sets these per cell (a rerun resumes rather than overwrites)
+        raise TransferKitError(f"compare sets {', '.join(owned)} for each cell itself. Fix: leave "
+                               f"{'it' if len(owned) == 1 else 'them'} out (strategies=, per_class=, seeds= choose the "
+                               "cells; rerunning the same call resumes the grid; another out= starts a new one).")
     if "adapt" in train_options:  # compare's --adapt is a list: the grid axis
         raise TransferKitError("compare takes adapt as a list (adapt=['none', 'dann']), not a train option.")
     if any(m != "none" for m in adapt) and not train_options.get("target_data"):
