@@ -90,6 +90,17 @@ def test_task_is_inferred_from_masks_and_the_plan_says_which(scenes, class_folde
         TrainConfig.from_options({"data": str(scenes), "task": "detection2"})
 
 
+def test_two_stage_decays_the_lr_from_the_decoder_unless_an_lr_is_given(scenes, tiny_weights):
+    from transferkit.api import plan
+
+    lrs = plan(str(scenes), task="segmentation", **tiny(tiny_weights, strategy="two-stage")).phases[-1].lrs
+    names = list(lrs)
+    assert names[-1] == "head" and lrs["head"] == pytest.approx(1e-3)
+    assert all(lrs[a] == pytest.approx(lrs[b] * 0.5) for a, b in zip(names, names[1:], strict=False))
+    flat = plan(str(scenes), task="segmentation", **tiny(tiny_weights, strategy="two-stage", lr=1e-4)).phases[-1]
+    assert set(flat.lrs.values()) == {1e-4}
+
+
 def test_decoder_is_the_head_group_under_every_strategy(tiny_weights):
     model = build_segmentation_model("timm:test_efficientnet", 3, weights=str(tiny_weights), image_size=32,
                                      channels=16)
