@@ -46,6 +46,7 @@ from ..models.preprocessing import Preprocessing
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
+from .splits import dense_splits
 from .tables import read_table, read_text_file
 
 logger = logging.getLogger(__name__)
@@ -524,34 +525,9 @@ def load_box_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_c
         test_per_class: keep N test images (seeded); ``None``: all.
     """
     splits, classes, description, pool = _read(spec)
-    train = splits.get("train") or splits.get("all")
-    if train is None or len(train) == 0:
-        raise TransferKitError(f"No training images in {description}. Fix: add images (or rows with split=train).")
-    val = splits.get("val")
-    if val is None or len(val) == 0:
-        if pool and per_class is not None:
-            if per_class >= len(train):
-                raise TransferKitError(f"--per-class {per_class} (training images) leaves no validation images: the "
-                                       f"pool has {len(train)}. Fix: use --per-class {len(train) - 1} or less.")
-            n_val = max(1, int(round(per_class * val_fraction / (1.0 - val_fraction))))
-            order = np.random.default_rng(seed).permutation(len(train))
-            val = train.subset(sorted(order[per_class:per_class + n_val]))
-            train = train.subset(sorted(order[:per_class]))
-            per_class = None
-        else:
-            order = np.random.default_rng(seed).permutation(len(train))
-            held = min(max(int(round(len(train) * val_fraction)), 1), len(train) - 1) if len(train) >= 2 else 0
-            train, val = train.subset(sorted(order[held:])), train.subset(sorted(order[:held]))
-            description += f"; {val_fraction:.0%} of the images held out for validation (seed {seed})"
-    if per_class is not None:
-        if per_class > len(train):
-            raise TransferKitError(f"--per-class {per_class} asks for {per_class} training images (detection counts "
-                                   f"images); {description} has {len(train)}. Fix: use --per-class {len(train)} or "
-                                   "less.")
-        train = train.subset(sorted(np.random.default_rng(seed).permutation(len(train))[:per_class]))
-    test = splits.get("test")
-    if test is not None and test_per_class is not None and test_per_class < len(test):
-        test = test.subset(sorted(np.random.default_rng(0).permutation(len(test))[:test_per_class]))
+    train, val, test, description = dense_splits(splits, description, pool, val_fraction=val_fraction,
+                                                 per_class=per_class, seed=seed, test_per_class=test_per_class,
+                                                 task="detection")
     if not classes:
         raise TransferKitError(f"{description} names no classes. Fix: add categories / names for the labels.")
     if not sum(len(b) for b in train.boxes):

@@ -43,6 +43,7 @@ from .builtin import DENSE_BUILTINS
 from .images import IMAGE_EXTENSIONS, check_augment, open_image
 from .samples import EvalData, SplitData
 from .sampling import with_item_seed
+from .splits import dense_splits
 from .tables import read_table, read_text_file
 
 logger = logging.getLogger(__name__)
@@ -274,34 +275,9 @@ def load_mask_training_data(spec: str | Path, *, val_fraction: float = 0.2, per_
         test_per_class: keep N test images (seeded); ``None``: all.
     """
     splits, classes, description, pool = _read(spec)
-    train = splits.get("train") or splits.get("all")
-    if train is None or len(train) == 0:
-        raise TransferKitError(f"No training images in {description}. Fix: add images (or rows with split=train).")
-    rng_seed = seed
-    val = splits.get("val")
-    if val is None or len(val) == 0:
-        if pool and per_class is not None:
-            if per_class >= len(train):
-                raise TransferKitError(f"--per-class {per_class} (training images) leaves no validation images: the "
-                                       f"pool has {len(train)}. Fix: use --per-class {len(train) - 1} or less.")
-            n_val = max(1, int(round(per_class * val_fraction / (1.0 - val_fraction))))
-            order = np.random.default_rng(rng_seed).permutation(len(train))
-            val = train.subset(sorted(order[per_class:per_class + n_val]))
-            train = train.subset(sorted(order[:per_class]))
-            per_class = None
-        else:
-            train, val = _split(train, val_fraction, rng_seed)
-            description += f"; {val_fraction:.0%} of the images held out for validation (seed {seed})"
-    if per_class is not None:
-        if per_class > len(train):
-            raise TransferKitError(f"--per-class {per_class} asks for {per_class} training images (segmentation "
-                                   f"counts images); {description} has {len(train)}. Fix: use --per-class "
-                                   f"{len(train)} or less.")
-        order = np.random.default_rng(rng_seed).permutation(len(train))
-        train = train.subset(sorted(order[:per_class]))
-    test = splits.get("test")
-    if test is not None and test_per_class is not None and test_per_class < len(test):
-        test = test.subset(sorted(np.random.default_rng(0).permutation(len(test))[:test_per_class]))
+    train, val, test, description = dense_splits(splits, description, pool, val_fraction=val_fraction,
+                                                 per_class=per_class, seed=seed, test_per_class=test_per_class,
+                                                 task="segmentation")
     parts = {"train": train, "val": val, **({"test": test} if test is not None else {})}
     counts = {name: scan_masks(part) for name, part in parts.items()}
     if classes is None:
@@ -402,13 +378,6 @@ def _read_manifest(path: Path) -> tuple[dict[str, MaskSamples], list[str] | None
         masks.append(files[1])
     classes = read_label_map(path.parent)
     return {k: MaskSamples(v[0], v[1], classes or []) for k, v in grouped.items()}, classes
-
-
-def _split(samples: MaskSamples, fraction: float, seed: int) -> tuple[MaskSamples, MaskSamples]:
-    """(kept, held out): ``fraction`` of the images held out at random (at least one, when there are two)."""
-    order = np.random.default_rng(seed).permutation(len(samples))
-    held = min(max(int(round(len(samples) * fraction)), 1), len(samples) - 1) if len(samples) >= 2 else 0
-    return samples.subset(sorted(order[held:])), samples.subset(sorted(order[:held]))
 
 
 # --- joint augmentation and the dataset ----------------------------------------------------------------------

@@ -3,6 +3,8 @@ and checked — for images and texts alike."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import TransferKitError, bad_value, check_range
@@ -119,3 +121,41 @@ def onto_classes(samples: S, classes: list[str], where: str, *, training: bool =
         raise TransferKitError(f"Label(s) {listed} in {where} were not seen in training; the run knows "
                                f"{', '.join(classes)}. Fix: evaluate on data with the training classes only.")
     return samples.relabelled(classes)
+
+
+def dense_splits(splits: dict[str, Any], description: str, pool: bool, *, val_fraction: float,
+                 per_class: int | None, seed: int, test_per_class: int | None,
+                 task: str) -> tuple[Any, Any, Any, str]:
+    """Train / val / test of a dense task's images (segmentation, detection: ``--per-class`` counts images, and
+    nothing is stratified): a missing val split is drawn from the training images — from a generated ``pool``
+    with ``per_class`` as many as a ``val_fraction`` share implies, else ``val_fraction`` of them at random —
+    then ``per_class`` training images and ``test_per_class`` test images are kept (seeded). Returns the three
+    parts (test ``None`` when there is none) and the description, with how val was drawn."""
+    train = splits.get("train") or splits.get("all")
+    if train is None or len(train) == 0:
+        raise TransferKitError(f"No training images in {description}. Fix: add images (or rows with split=train).")
+    val = splits.get("val")
+    if val is None or len(val) == 0:
+        order = np.random.default_rng(seed).permutation(len(train))
+        if pool and per_class is not None:
+            if per_class >= len(train):
+                raise TransferKitError(f"--per-class {per_class} (training images) leaves no validation images: the "
+                                       f"pool has {len(train)}. Fix: use --per-class {len(train) - 1} or less.")
+            n_val = max(1, int(round(per_class * val_fraction / (1.0 - val_fraction))))
+            val = train.subset(sorted(order[per_class:per_class + n_val]))
+            train = train.subset(sorted(order[:per_class]))
+            per_class = None
+        else:
+            held = min(max(int(round(len(train) * val_fraction)), 1), len(train) - 1) if len(train) >= 2 else 0
+            train, val = train.subset(sorted(order[held:])), train.subset(sorted(order[:held]))
+            description += f"; {val_fraction:.0%} of the images held out for validation (seed {seed})"
+    if per_class is not None:
+        if per_class > len(train):
+            raise TransferKitError(f"--per-class {per_class} asks for {per_class} training images ({task} counts "
+                                   f"images); {description} has {len(train)}. Fix: use --per-class {len(train)} or "
+                                   "less.")
+        train = train.subset(sorted(np.random.default_rng(seed).permutation(len(train))[:per_class]))
+    test = splits.get("test")
+    if test is not None and test_per_class is not None and test_per_class < len(test):
+        test = test.subset(sorted(np.random.default_rng(0).permutation(len(test))[:test_per_class]))
+    return train, val, test, description

@@ -240,7 +240,7 @@ class CellRunner:
             return None
         from ..options import decays_by_default
 
-        if option == "lr" and (options.get("lr_decay") is not None or "lr_decay" in self.given or decays_by_default(
+        if option == "lr" and (options.get("lr_decay") is not None or decays_by_default(
                 self.task.name, cell.base, options.get("lr"), options.get("lrs"))):
             # with layer-wise decay every group's LR follows the head's: --lr would change nothing
             return None if "head_lr" in self.given else "head_lr"

@@ -175,3 +175,21 @@ class Task:
     def prediction_line(self, row: dict[str, Any]) -> str:
         """One line of ``transferkit predict``'s output for a row ``write_predictions`` wrote."""
         raise NotImplementedError
+
+
+def montage(rows: Sequence[Sequence[Any]], header: Sequence[str], cell: int,
+            resample: int) -> Any:
+    """A grid of PIL images (each scaled to ``cell`` px square with ``resample``) under a header row of captions:
+    the drawn examples of a dense task's evaluation and report."""
+    from PIL import Image, ImageDraw
+
+    line = 14
+    canvas = Image.new("RGB", (cell * len(header) + 2 * (len(header) - 1), line + len(rows) * (cell + 2)),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, text in enumerate(header):
+        draw.text((j * (cell + 2) + 2, 1), text[:cell // 6 - 3], fill=(0, 0, 0))
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            canvas.paste(image.convert("RGB").resize((cell, cell), resample), (j * (cell + 2), line + i * (cell + 2)))
+    return canvas

@@ -62,7 +62,7 @@ from ..models.groups import LayerGroup, group_backbone
 from ..models.model import ModelSpec, TransferModel
 from ..models.preprocessing import Preprocessing
 from ..models.pyramid import FeaturePyramid, feature_pyramid, rebuild_pyramid
-from .base import Meter, Objective, Task
+from .base import Meter, Objective, Task, montage
 
 logger = logging.getLogger(__name__)
 
@@ -541,21 +541,6 @@ def detect(model: DetectionModel, images: Sequence[Image.Image], batch_size: int
         detector.nms_thresh, detector.score_thresh = saved
 
 
-def montage(rows: Sequence[Sequence[Image.Image]], header: Sequence[str], cell: int = 160) -> Image.Image:
-    """A grid of images (each scaled to ``cell`` px high) under a header row of captions."""
-    line = 14
-    canvas = Image.new("RGB", (cell * len(header) + 2 * (len(header) - 1), line + len(rows) * (cell + 2)),
-                       (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(header):
-        draw.text((j * (cell + 2) + 2, 1), text[:24], fill=(0, 0, 0))
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            canvas.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.BILINEAR),
-                         (j * (cell + 2), line + i * (cell + 2)))
-    return canvas
-
-
 # --- the task ----------------------------------------------------------------------------------------------------
 
 
@@ -723,7 +708,7 @@ class DetectionTask(Task):
                 row.append(draw_boxes(image, found[name][i]["boxes"][keep], found[name][i]["labels"][keep],
                                       samples.classes, found[name][i]["scores"][keep], width=1))
             rows.append(row)
-        return montage(rows, ["truth", *runs])
+        return montage(rows, ["truth", *runs], 160, Image.Resampling.BILINEAR)
 
 
 DETECTION = DetectionTask()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode
@@ -52,7 +52,7 @@ from ..models.groups import LayerGroup, group_backbone
 from ..models.model import ModelSpec, TransferModel
 from ..models.preprocessing import Preprocessing
 from ..models.pyramid import FeaturePyramid, feature_pyramid, padding_for, rebuild_pyramid
-from .base import Meter, Objective, Task
+from .base import Meter, Objective, Task, montage
 
 logger = logging.getLogger(__name__)
 
@@ -398,21 +398,6 @@ def predict_masks(model: SegmentationModel, images: Sequence[Image.Image], batch
     return masks
 
 
-def montage(rows: Sequence[Sequence[Image.Image]], header: Sequence[str], cell: int = 128) -> Image.Image:
-    """A grid of images (each scaled to ``cell`` px high) under a header row of captions."""
-    line = 14
-    canvas = Image.new("RGB", (cell * len(header) + 2 * (len(header) - 1), line + len(rows) * (cell + 2)),
-                       (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for j, text in enumerate(header):
-        draw.text((j * (cell + 2) + 2, 1), text[:22], fill=(0, 0, 0))
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            canvas.paste(image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST),
-                         (j * (cell + 2), line + i * (cell + 2)))
-    return canvas
-
-
 # --- the task ----------------------------------------------------------------------------------------------------
 
 
@@ -562,7 +547,7 @@ class SegmentationTask(Task):
         rows = [[image, overlay(image, read_mask(m)), overlay(image, p)]
                 for image, m, p in zip(images, samples.masks, predicted, strict=False)]
         picture = out / "examples.png"
-        montage(rows, ["image", "truth", "prediction"]).save(picture)
+        montage(rows, ["image", "truth", "prediction"], 128, Image.Resampling.NEAREST).save(picture)
         return [table, picture]
 
     def example_figure(self, runs: dict[str, TransferModel], samples: MaskSamples, examples: int = 3) -> Image.Image:
@@ -573,7 +558,7 @@ class SegmentationTask(Task):
         predictions = {name: predict_masks(model, images) for name, model in runs.items()}
         rows = [[image, overlay(image, read_mask(samples.masks[i]))] +
                 [overlay(image, predictions[name][i]) for name in runs] for i, image in enumerate(images)]
-        return montage(rows, ["image", "truth", *runs])
+        return montage(rows, ["image", "truth", *runs], 128, Image.Resampling.NEAREST)
 
 
 def _is_vision(model: str) -> bool:
