@@ -268,6 +268,10 @@ class StrategyOptions:
                                            "warm-up).",
                                       check=lambda n, v: check_range(n, v, 0, 1, low_open=True, high_open=False,
                                                                      example=0.5))
+    keep: str = option("best", "Which weights the run ends with: best (the epoch with the best validation score "
+                               "across every phase; a two-stage run can end with its head-only stage) or last (the "
+                               "final epoch's, as a fixed schedule gives them: for domain adaptation, where the "
+                               "source validation split is a poor guide to the target).", choices=("best", "last"))
     seed: int = option(0, "Seed for splits, initialisation and data order (each epoch and each augmented view "
                           "draws its own stream from it).", check=lambda n, v: check_int(n, v, 0, example=1))
 

@@ -249,6 +249,7 @@ def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan:
                      label_smoothing=config.label_smoothing, class_weights=class_weights(data, config),
                      patience=config.patience or None,
                      patience_fraction=config.patience_fraction, patience_after_lr=config.patience_after_lr,
+                     keep=config.keep,
                      bn=plan.bn, l2_sp=config.l2_sp, groups=config.groups,
                      mixed_precision=resolve_mixed_precision(config), channels_last=use_channels_last(model, config),
                      compile=config.compile, cpu=config.cpu, progress=progress)

@@ -63,6 +63,7 @@ class FitConfig:
     patience: int | None = 3
     patience_fraction: float = 0.0
     patience_after_lr: float | None = None
+    keep: str = "best"  # "last": the final epoch's weights, not the best validation epoch's
     bn: str = "train"
     l2_sp: float = 0.0
     groups: int | None = None
@@ -89,7 +90,8 @@ class TrainState:
 
 @dataclass
 class FitResult:
-    """How a run went: ``best_val_score`` is the best epoch's validation ``monitor`` figure (accuracy; segmentation:
+    """How a run went: ``best_epoch`` is the epoch whose weights the model holds (the best validation epoch; with
+    ``--keep last`` the final one) and ``best_val_score`` its validation ``monitor`` figure (accuracy; segmentation:
     mIoU)."""
 
     history: list[dict[str, Any]]
@@ -120,7 +122,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         world: World | None = None, objective: Objective | None = None,
         adaptation: DomainAdaptation | None = None,
         activations: dict[int, PrefixActivations] | None = None) -> FitResult:
-    """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights.
+    """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights (``keep="last"``:
+    the final epoch's, and the result names that epoch).
 
     Args:
         train_loader: this process's part of every training batch (``World.batches``).
@@ -220,15 +223,17 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             if phase_over:
                 break
 
-    if best is not None:
+    if best is not None and config.keep == "best":
         model.load_state_dict(best)
     budget = None
     if config.deadline is not None:
         budget = {"epochs_planned": planned, "epochs_run": state.epoch,
                   "phases": {p.name: p.epochs for p in phases},
                   "stopped_by_budget": budget_stopped}
-    return FitResult(state.history, stopper.best_epoch, stopper.best or 0.0, time.perf_counter() - clock,
-                     objective.monitor, budget)
+    kept_epoch, kept_score = stopper.best_epoch, stopper.best or 0.0
+    if config.keep == "last" and state.history:  # the weights are the final epoch's: so are the figures reported
+        kept_epoch, kept_score = state.history[-1]["epoch"], state.history[-1][f"val_{objective.monitor}"]
+    return FitResult(state.history, kept_epoch, kept_score, time.perf_counter() - clock, objective.monitor, budget)
 
 
 def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
