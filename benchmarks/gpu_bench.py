@@ -10,11 +10,15 @@ Models use random weights (no hub): timm ResNet-50 and ViT-B/16 at 224 px, and B
 length 128) when ``transformers`` is installed. Each row is images (or sequences) per second of full
 fine-tuning steps on synthetic input already on the device, except the ``frozen`` rows (forward only,
 the feature-extraction cost) and the transferkit rows (its ``fit`` loop with its GPU defaults: bf16
-autocast, channels_last for CNNs, fused AdamW).
+autocast, channels_last for CNNs, fused AdamW). The ``input pipeline`` rows are images/s delivered to the device as
+augmented, normalised 224 px batches (no model): the plain ``ImageFolder`` + ``DataLoader`` pipeline (JPEG decoding
+and augmentation per sample in the workers) against ``--device-augment on`` (decoded uint8 cache held on the device,
+crops, flips and normalisation there in batches), on the same 640x480 JPEGs in the same run.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -78,6 +82,45 @@ def transferkit_rate(spec: str, x: torch.Tensor, y: torch.Tensor, steps: int) ->
     return history[-1]["train_samples_per_s"]  # the second epoch: warm
 
 
+def pipeline_rates(device: torch.device, images: int, batch_size: int, workers: int) -> list[dict]:
+    """Images/s delivered to ``device`` as normalised 224 px training batches (light augmentation) by the plain
+    ``ImageFolder`` + ``DataLoader`` pipeline (JPEG decoding and augmentation in the workers) and by transferkit's
+    on-device path (decoded cache held on the device, crops, flips and normalisation there), on the same JPEGs."""
+    import tempfile
+
+    from decoded_cache import write_photos
+    from torchvision.datasets import ImageFolder
+
+    from transferkit.data import build_transforms
+    from transferkit.data.decoded import decoded_images
+    from transferkit.data.device import DeviceAugment, DeviceCrops
+    from transferkit.data.samples import ImageSamples
+    from transferkit.models import BUILTIN_MODELS
+
+    prep = BUILTIN_MODELS["efficientnet_lite0"].preprocessing
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_photos(Path(tmp) / "photos", images, (640, 480))
+        plain = ImageFolder(str(Path(tmp) / "photos"), transform=build_transforms(prep, "light")[0])
+        common = {"batch_size": batch_size, "shuffle": True, "num_workers": workers, "persistent_workers": workers > 0}
+        loaders = {"plain ImageFolder + DataLoader (CPU decode + augment)": (DataLoader(
+            plain, pin_memory=device.type == "cuda", **common), None)}
+        samples = ImageSamples([Path(p) for p, _ in plain.samples], [y for _, y in plain.samples], plain.classes)
+        cached = decoded_images(samples, prep, Path(tmp) / "cache", progress=False)
+        loaders["transferkit --device-augment on (decoded cache on the device)"] = (DataLoader(
+            DeviceCrops(cached, samples.labels, prep, "light"), **common), DeviceAugment(cached, prep))
+        for mode, (loader, transform) in loaders.items():
+            for _ in range(2):  # the second epoch is timed: the device buffer in place
+                start, seen = time.perf_counter(), 0
+                for inputs, _ in loader:
+                    inputs = inputs.to(device, non_blocking=True)
+                    inputs = transform(inputs) if transform is not None else inputs
+                    seen += len(inputs)
+                _sync(device)
+            rows.append({"model": "input pipeline", "mode": mode, "per_s": seen / (time.perf_counter() - start)})
+    return rows
+
+
 def _logits(out):
     return out.logits if hasattr(out, "logits") else out
 
@@ -92,6 +135,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--pipeline-images", type=int, default=2048, help="JPEGs (640x480) for the input-pipeline rows")
+    p.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)),
+                   help="DataLoader workers of both input pipelines")
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -118,6 +164,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append({"model": name, "mode": mode, "per_s": step_rate(model, x, y, args.steps, **kwargs)})
         rows.append({"model": name, "mode": "transferkit fit (defaults)",
                      "per_s": transferkit_rate(spec, x.cpu() if device.type == "cpu" else x, y, args.steps)})
+    rows += pipeline_rates(device, 16 if args.smoke else args.pipeline_images, 4 if args.smoke else args.batch_size,
+                           0 if args.smoke else args.workers)
     try:
         from transformers import BertConfig, BertForSequenceClassification
     except ImportError:

@@ -142,12 +142,14 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
             val_loader = prepare.eval_loader(target.val, model, run_config, world)
         setup_seconds = time.perf_counter() - started  # data, model, feature and decoded caches
         keeper = _ProbeHeadKeeper(run, model, run_plan.phases)
+        on_device = prepare.batch_transform(train_loader)
         fit_settings = prepare.fit_config(model, split, run_config, run_plan, progress)
         fit_settings.deadline = started + run_config.budget if run_config.budget else None
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_settings, run=run,
                      resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), keeper, *callbacks],
                      features=features, world=world, objective=task.objective(run_config, split),
-                     adaptation=adaptation, activations=activations)
+                     adaptation=adaptation, activations=activations,
+                     batch_transform=on_device)
         if adaptation is not None:
             del model.domain_adversary  # not part of the trained model
     except BaseException:
@@ -158,6 +160,8 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     extra = {"wise_ft": _wise_ft(model, split, run_config, run, keeper.head, progress)} if run_config.wise_ft else {}
     if auto is not None:
         extra["auto"] = auto
+    if not model.is_text and not task.dense:
+        extra["device_augment"] = {"setting": run_config.device_augment, "used": on_device is not None}
     if result.budget is not None:
         extra["budget"] = {"seconds": run_config.budget, **result.budget}
     run.save_model(model)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from .data.device import DEVICE_AUGMENTS
 from .data.images import check_augment
 from .errors import TransferKitError, bad_value, check_choice, check_int, check_range, did_you_mean
 from .models.groups import check_groups
@@ -317,6 +318,10 @@ class RuntimeOptions:
     compile: bool = option(False, "torch.compile the model (slow to start; pays off on long GPU runs).",
                            flags=("--compile",))
     cpu: bool = option(False, "Train on the CPU even if a GPU is present.")
+    device_augment: str = option("auto", "Hold the decoded-input cache on the training device and crop, flip and "
+                                          "normalise the training batches there (the same crops and flips as the "
+                                          "CPU path): auto (on with CUDA and the decoded cache, --augment none or "
+                                          "light), on (also on the CPU), off.", choices=DEVICE_AUGMENTS)
     budget: float | None = option(None, "Wall-time budget in seconds, from the start of the run (data, caches and "
                                         "training; the test evaluation after it is not counted): after each epoch "
                                         "the phase is shortened to the epochs that still fit (its LR schedule ends "

@@ -160,12 +160,26 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
                   "2/(1+exp(-10p))-1) and trains at the head's LR. Model selection: "
                   + ("--target-val." if getattr(config, "target_val", None) else "the source validation split "
                      "(no target labels are read)."),)
+    if not model.is_text and not task.dense and any(p.runs_on == "images" for p in phases):
+        notes += (f"Input pipeline: on-device augmentation {device_augment_note(config, phases, model)}.",)
     bn = resolve_bn_policy(config.bn, config.strategy, config.batch_size, dense=task.dense)
     sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
     inferred, reason = infer_task(config.data)
     reason = reason if inferred == task.name else "chosen with --task"
     return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes + task.plan_notes(config),
                       task.name, reason, batch_size=config.batch_size, processes=processes, sync_bn=sync_bn)
+
+
+def device_augment_note(config: TrainConfig, phases: list[Phase], model: TransferModel) -> str:
+    """Whether the phases on images augment their batches on the device (``--device-augment``), and why; raises for
+    ``on`` with settings it cannot run with."""
+    from .data.device import device_augment_choice
+
+    _, why = device_augment_choice(
+        config.device_augment, cuda=torch.cuda.is_available() and not config.cpu,
+        decoded=config.decoded_cache == "auto", augment=config.augment,
+        interpolation=model.preprocessing.interpolation, on_activations=any(p.runs_on == "activations" for p in phases))
+    return why
 
 
 def place_phases(phases: list[Phase], head: str, *, feature_cache: str, head_fit: str, cache_views: int,

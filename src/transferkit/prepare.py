@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Subset
 
 from .cache import CacheUse
-from .data.decoded import DecodedDataset, decoded_images, estimated_bytes
+from .data.decoded import DecodedDataset, DecodedImages, decoded_images, estimated_bytes
+from .data.device import DeviceAugment, DeviceCrops, device_augment_choice
 from .data.images import ImageDataset, build_transforms
 from .data.samples import SplitData
 from .data.sampling import SeededShuffle
@@ -110,7 +111,8 @@ def loaders(data: SplitData, model: TransferModel, config: TrainConfig, plan: Pl
     task = get_task(config.task)
     if task.dense:
         return _loaders(*task.datasets(data, model, config), config, world, task.collate)
-    return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use, world)
+    return image_loaders(data, model, config, cache_dir, plan.needs_images(start_phase), progress, use, world,
+                         on_activations=plan.needs_activations(start_phase))
 
 
 def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig,
@@ -131,9 +133,11 @@ def text_loaders(data: SplitData, model: TransferModel, config: TrainConfig,
 
 
 def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, cache_dir: Path, on_images: bool,
-                  progress: bool, use: CacheUse | None = None,
-                  world: World | None = None) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders, fed from the decoded-input cache when images are read every epoch."""
+                  progress: bool, use: CacheUse | None = None, world: World | None = None, *,
+                  on_activations: bool = False) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders, fed from the decoded-input cache when images are read every epoch; with
+    on-device augmentation (:mod:`transferkit.data.device`) the training loader yields each example's crop
+    parameters, which :func:`batch_transform` turns into images on the device."""
     world = world or World()
     wanted = config.decoded_cache == "auto" and on_images
     footprint = (estimated_bytes(data.train, model.preprocessing) + estimated_bytes(data.val, model.preprocessing)
@@ -144,13 +148,35 @@ def image_loaders(data: SplitData, model: TransferModel, config: TrainConfig, ca
                     "epoch", footprint / 1e9, DECODED_CACHE_LIMIT / 1e9)
     train_tf, eval_tf = build_transforms(model.preprocessing, config.augment, decoded=decoded)
     if decoded:
-        train_set = DecodedDataset(decoded_images(data.train, model.preprocessing, cache_dir, progress, "train", use),
-                                   data.train.labels, train_tf)
+        train_images = decoded_images(data.train, model.preprocessing, cache_dir, progress, "train", use)
+        if _on_device(config, model, train_images, on_activations):
+            train_set = DeviceCrops(train_images, data.train.labels, model.preprocessing, config.augment)
+        else:
+            train_set = DecodedDataset(train_images, data.train.labels, train_tf)
         val_set = DecodedDataset(decoded_images(data.val, model.preprocessing, cache_dir, progress, "val", use),
                                  data.val.labels, eval_tf)
     else:
         train_set, val_set = ImageDataset(data.train, train_tf), ImageDataset(data.val, eval_tf)
     return _loaders(train_set, val_set, config, world)
+
+
+def _on_device(config: TrainConfig, model: TransferModel, images: DecodedImages, on_activations: bool) -> bool:
+    """``--device-augment``, resolved with the decoded images at hand: ``auto`` also needs them to fit in half the
+    GPU's free memory."""
+    cuda = torch.cuda.is_available() and not config.cpu
+    on, why = device_augment_choice(config.device_augment, cuda=cuda, decoded=True, augment=config.augment,
+                                    interpolation=model.preprocessing.interpolation, on_activations=on_activations)
+    if on and config.device_augment == "auto" and images.nbytes > torch.cuda.mem_get_info()[0] / 2:
+        on, why = False, f"off ({images.nbytes / 1e9:.1f} GB of decoded images exceed half the GPU's free memory)"
+    logger.info("On-device augmentation: %s", why)
+    return on
+
+
+def batch_transform(train_loader: DataLoader) -> DeviceAugment | None:
+    """What turns the training loader's batches into the model's inputs on the device (on-device augmentation), or
+    ``None`` when the loader yields the inputs themselves."""
+    dataset = train_loader.dataset
+    return DeviceAugment(dataset.images, dataset.preprocessing) if isinstance(dataset, DeviceCrops) else None
 
 
 def _loaders(train_set: Dataset, val_set: Dataset, config: TrainConfig, world: World,

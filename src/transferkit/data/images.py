@@ -172,15 +172,20 @@ class SourceSizedCrop:
         self.rest = rest
         self.resample = Image.Resampling[InterpolationMode(crop.interpolation).name]
 
-    def __call__(self, image: Image.Image, source_size: tuple[int, int]) -> torch.Tensor:
+    def draw_box(self, stored_size: tuple[int, int], source_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """Draw the crop (the random numbers of ``crop``) on the source's ``(height, width)`` and return its box on
+        the stored image of ``stored_size``: ``(left, top, right, bottom)`` in stored pixels, not rounded."""
         height, width = source_size
         # make_params reads only the input's size: a zero-stride tensor of the source's size stands in for it
         stand_in = torch.zeros((), dtype=torch.uint8).expand(1, height, width)
         draw = getattr(self.crop, "make_params", None) or self.crop._get_params  # torchvision < 0.21: _get_params
         params = draw([stand_in])
-        fx, fy = image.width / width, image.height / height
-        box = (params["left"] * fx, params["top"] * fy, min(image.width, (params["left"] + params["width"]) * fx),
-               min(image.height, (params["top"] + params["height"]) * fy))
+        fx, fy = stored_size[1] / width, stored_size[0] / height
+        return (params["left"] * fx, params["top"] * fy, min(stored_size[1], (params["left"] + params["width"]) * fx),
+                min(stored_size[0], (params["top"] + params["height"]) * fy))
+
+    def __call__(self, image: Image.Image, source_size: tuple[int, int]) -> torch.Tensor:
+        box = self.draw_box((image.height, image.width), source_size)
         # crop the whole pixels that hold the box, then resample the box from them (as the uncached path resamples
         # its crop): the filter sees no pixels beyond the crop in either path
         outer = (math.floor(box[0]), math.floor(box[1]), math.ceil(box[2]), math.ceil(box[3]))

@@ -121,7 +121,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         callbacks: Sequence[Callback] = (), features: HeadFeatures | None = None,
         world: World | None = None, objective: Objective | None = None,
         adaptation: DomainAdaptation | None = None,
-        activations: dict[int, PrefixActivations] | None = None) -> FitResult:
+        activations: dict[int, PrefixActivations] | None = None,
+        batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
     """Train ``model`` through ``phases``; at the end it holds the best validation epoch's weights (``keep="last"``:
     the final epoch's, and the result names that epoch).
 
@@ -137,6 +138,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             its discriminator must already be a submodule of ``model`` (``model.domain_adversary``), so checkpoints
             carry it, and it trains at the head's LR.
         activations: the frozen-prefix caches of the phases on ``activations``, by their ``Phase.prefix``.
+        batch_transform: turns each training batch from ``train_loader``, on the device, into the model's inputs
+            (on-device augmentation, :class:`~transferkit.data.device.DeviceAugment`), in the phases on images.
     """
     world = world or World()
     objective = objective or ClassificationObjective()
@@ -191,7 +194,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
                                                 _label(state, phase), state.epoch, config,
                                                 _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
-                                                penalty, world, objective, adapting)
+                                                penalty, world, objective, adapting,
+                                                batch_transform if phase.runs_on == "images" else None)
                 world.sync_buffers(model)
                 val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world, objective)
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
@@ -394,7 +398,8 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
                     accelerator: Accelerator, label: str, epoch: int, config: FitConfig, set_lr: Callable[[int], None],
                     penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None,
                     objective: Objective | None = None,
-                    adaptation: DomainAdaptation | None = None) -> dict[str, float]:
+                    adaptation: DomainAdaptation | None = None,
+                    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the objective's training figures (classification: mean loss and accuracy)
     over every process, from its meter's sums reduced over the processes, and the throughput (samples of all
     processes per second of the slowest) — and, when adapting, the domain discriminator's figures. Stops with a
@@ -405,6 +410,8 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
     bar = tqdm(loader, desc=label, leave=False, disable=not (config.progress and accelerator.is_local_main_process))
     for step, (inputs, targets) in enumerate(bar):
         set_lr(step)
+        if batch_transform is not None:  # on-device augmentation: crop parameters -> images
+            inputs = batch_transform(inputs)
         if config.channels_last and isinstance(inputs, torch.Tensor) and inputs.ndim == 4:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         if adaptation is not None:  # one forward over source + target batches; the loss adds the domain loss
