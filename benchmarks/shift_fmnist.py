@@ -13,7 +13,14 @@ selection; the oracle trains on them.
 
     python benchmarks/shift_fmnist.py                          # Fashion-MNIST -> Fashion-MNIST-M
     python benchmarks/shift_fmnist.py --pair font-digits       # builtin:font-digits -> builtin:digits
+    python benchmarks/shift_fmnist.py --pair sequence          # task A (digits) then task B (Fashion-MNIST)
     python benchmarks/shift_fmnist.py --table                  # the README's tables from the JSON, no training
+
+The task-sequence protocol (``--pair sequence``): a two-stage run on task A (``builtin:digits``), then task B
+(``builtin:fashion-mnist``) trained from its weights (``--weights A/model.safetensors``) by plain fine-tune,
+fine-tune + L2-SP, two-stage, and WiSE-FT of the two-stage run (alpha chosen on B's validation split); for each,
+A's test accuracy with B's backbone under A's own head (``transferkit forgetting B --previous A``): the backward
+transfer (negative: forgotten).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 COMMON = ["--model", "efficientnet_lite0", "--image-size", "64", "--per-class", "50", "--epochs", "5",
@@ -30,6 +38,12 @@ COMMON = ["--model", "efficientnet_lite0", "--image-size", "64", "--per-class", 
 PAIRS = {  # name -> (source, target, test images per class: builtin:digits' test split has 50-55 per class)
     "fashion-mnist": ("builtin:fashion-mnist", "builtin:fashion-mnist-m", 100),
     "font-digits": ("builtin:font-digits", "builtin:digits", 50),
+    "sequence": ("builtin:digits", "builtin:fashion-mnist", 50),  # task A, task B
+}
+SEQUENCE = {  # task B's methods, each from task A's weights
+    "fine-tune": ["--strategy", "fine-tune"],
+    "fine-tune + L2-SP 0.01": ["--strategy", "fine-tune", "--l2-sp", "0.01"],
+    "two-stage": ["--strategy", "two-stage"],
 }
 SOURCE, TARGET = PAIRS["fashion-mnist"][:2]
 
@@ -111,6 +125,32 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def task_sequence(results: dict, runs: Path, seeds: int, save: Callable[[], None]) -> None:
+    """Task A, then task B from A's weights by each method; A's accuracy before and after (backward transfer)."""
+    task_a, task_b, _ = PAIRS["sequence"]
+    rows = results.setdefault("sequence", {})
+    for seed in range(seeds):
+        first = train(runs, "task A two-stage", ["--data", task_a, "--strategy", "two-stage"], seed, "sequence")
+        weights = str(Path(first["run"]) / "model.safetensors")
+        for name, flags in SEQUENCE.items():
+            if any(r["seed"] == seed for r in rows.get(name, [])):
+                continue
+            row = train(runs, f"task B {name}", ["--data", task_b, "--weights", weights, *flags], seed, "sequence")
+            row["task_b_test_accuracy"] = row.pop("source_test_accuracy")
+            row["sequence"] = json.loads(cli("forgetting", row["run"], "--previous", first["run"], "--json"))
+            rows.setdefault(name, []).append(row)
+            save()
+            if name == "two-stage" and not any(r["seed"] == seed for r in rows.get("WiSE-FT of two-stage", [])):
+                wise = runs / f"task-b-wise-ft-s{seed}"
+                record = json.loads(cli("interpolate", row["run"], "--out", str(wise), "--overwrite", "--json"))
+                info = json.loads((wise / "transferkit.json").read_text())
+                rows.setdefault("WiSE-FT of two-stage", []).append({
+                    "run": str(wise), "seed": seed, "alpha": record["alpha"],
+                    "task_b_test_accuracy": info["metrics"]["test"]["accuracy"],
+                    "sequence": json.loads(cli("forgetting", str(wise), "--previous", first["run"], "--json"))})
+                save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pair", choices=sorted(PAIRS), default="fashion-mnist")
@@ -128,6 +168,9 @@ def main() -> None:
         print(table(results))
         return
     source, target, _ = PAIRS[args.pair]
+    if args.pair == "sequence":
+        task_sequence(results, runs, args.seeds, lambda: out.write_text(json.dumps(results, indent=1) + "\n"))
+        return
     pair_methods = methods(source, target)
 
     def save() -> None:

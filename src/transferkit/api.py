@@ -165,7 +165,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
     if result.budget is not None:
         extra["budget"] = {"seconds": run_config.budget, **result.budget}
     run.save_model(model)
-    trained = TrainedModel(model, split.classes)
+    trained = TrainedModel(model, split.classes, tta=run_config.tta)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
     if target.data is not None:
         extra["adaptation"] = target.record(_score(trained, target.data.test, run_config, world)

@@ -198,7 +198,7 @@ def evaluate(**values: Any) -> None:
     schema.check_values(values, schema.EvaluateOptions)
     run, data, as_json = values["run"], values.get("data"), _flag(values, "as_json")
     _setup_logging(quiet=as_json)
-    model = load(run)
+    model = load(run, tta=values.get("tta"))
     if model.task.dense:
         _evaluate_dense(model, run, data, values, as_json)
         return
@@ -313,7 +313,7 @@ def predict(**values: Any) -> None:
     schema.check_values(values, schema.PredictOptions)
     _setup_logging(quiet=True)
     run, file = values["run"], values.get("file")
-    model = load(run)
+    model = load(run, tta=values.get("tta"))
     items = list(values.get("inputs") or [])
     if file is not None:
         from .data.text import read_lines

@@ -34,6 +34,8 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 ADAPT_METHODS = ("none", "dann", "cdan")
 HEAD_FITS = ("auto", "lbfgs", "sgd")
 PREFIX_CACHES = ("auto", "views", "off")
+SCHEDULES = ("per-phase", "single")
+TTA_CHOICES = ("none", "flip")
 DENSE_LR_DECAY = 0.5
 DENSE_DECAY_STRATEGIES = ("two-stage",)  # where the decay default was measured (fashion-scenes)
 
@@ -96,6 +98,11 @@ def non_negative_float(name: str, value: Any, example: str | None = None) -> Non
     if not ok:
         raise bad_value(name, value, "a non-negative float" + (" (0: off)" if example else ""),
                         f"Pass e.g. --{name.replace('_', '-')} {example}." if example else "")
+
+
+def check_ema(name: str, value: Any) -> float:
+    """An EMA decay in [0, 1): 0 turns the average off."""
+    return check_range(name, value, 0, 1, high_open=True, allowed="a decay in [0, 1) (0: off)", example=0.99)
 
 
 def parse_lrs(value: str | Iterable[float] | None) -> tuple[float, ...] | None:
@@ -269,6 +276,18 @@ class StrategyOptions:
                                            "warm-up).",
                                       check=lambda n, v: check_range(n, v, 0, 1, low_open=True, high_open=False,
                                                                      example=0.5))
+    schedule: str = option("per-phase", "LR schedule: per-phase (each phase warms up over --warmup of its steps, then "
+                                        "decays on a cosine to 0: progressive's LR restarts at every unfreezing) or "
+                                        "single (one warm-up over --warmup of the run's steps, then one cosine across "
+                                        "every phase; --patience-after-lr reads that one curve). Measured later "
+                                        "(benchmarks/cheaper_accuracy.py).", choices=SCHEDULES)
+    ema: float = option(0.0, "Exponential moving average of the weights, updated every optimizer step with this decay "
+                             "(0: off), e.g. 0.99: validation, the best epoch and the saved weights are the average's; "
+                             "BatchNorm running statistics are averaged with the same decay. Measured later "
+                             "(benchmarks/cheaper_accuracy.py).", check=check_ema)
+    tta: str = option("none", "Test-time augmentation, image classification: none, or flip (average the softmax of "
+                              "each image and its horizontal flip) for validation, test, `evaluate` and `predict`. "
+                              "Measured later (benchmarks/cheaper_accuracy.py).", choices=TTA_CHOICES)
     keep: str = option("best", "Which weights the run ends with: best (the epoch with the best validation score "
                                "across every phase; a two-stage run can end with its head-only stage) or last (the "
                                "final epoch's, as a fixed schedule gives them: for domain adaptation, where the "
@@ -416,6 +435,10 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             raise TransferKitError("The lora strategy is for language models (hf:..., minilm-l6). Fix: pick another "
                                    "--strategy for vision models.")
         self._check_adaptation()
+        if self.tta != "none" and (is_text_model(self.model) or self.task != "classification"):
+            what = f"--task {self.task}" if self.task != "classification" else f"{self.model} (a language model)"
+            raise TransferKitError(f"--tta {self.tta} is implemented for image classification; {what} is not "
+                                   "supported. Fix: drop --tta (or pass --tta none).")
         if self.wise_ft and self.strategy in ("scratch", "linear-probe", "lora"):
             raise TransferKitError(f"--wise-ft interpolates between the pre-trained backbone and a fine-tuned one; "
                                    f"--strategy {self.strategy} does not fine-tune the backbone's weights. Fix: use "
@@ -614,6 +637,8 @@ class AdviseOptions:
     as_json: bool = json_flag()
 
 
+HELP_TTA = ("Test-time augmentation, image classification: none, or flip (the mean softmax of each image and its "
+            "horizontal flip).")
 HELP_REFERENCE = ("Reference inputs for the retention measures: a folder of images (a file of sentences, one per "
                   "line, for a language model).")
 
@@ -636,6 +661,7 @@ class EvaluateOptions:
                                    "agreement, KL, CKA, weight change: see `transferkit forgetting`).",
                              flags=("--retention/--no-retention",))
     reference: str | None = option(None, HELP_REFERENCE, default_text="built-in natural images / sentences")
+    tta: str | None = option(None, HELP_TTA, default_text="the run's --tta", choices=TTA_CHOICES)
 
 
 @dataclass
@@ -690,6 +716,7 @@ class PredictOptions:
                                          default_text="0.5", check=check_score_threshold)
     as_json: bool = json_flag()
     batch_size: int = option(64, "Examples per batch.", check=positive)
+    tta: str | None = option(None, HELP_TTA, default_text="the run's --tta", choices=TTA_CHOICES)
 
 
 @dataclass

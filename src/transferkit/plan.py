@@ -17,7 +17,7 @@ from .errors import TransferKitError
 from .models.groups import LayerGroup
 from .models.model import TransferModel
 from .options import parse_lrs
-from .strategies import BN_POLICIES, Phase, build_phases, default_lr, resolve_bn_policy
+from .strategies import BN_POLICIES, SCHEDULE_HELP, Phase, build_phases, default_lr, resolve_bn_policy
 from .tasks import get_task, infer_task
 
 if TYPE_CHECKING:
@@ -44,17 +44,20 @@ class Plan:
     batch_size: int = 32
     processes: int = 1
     sync_bn: bool = False
+    schedule: str = "per-phase"
 
     @classmethod
     def build(cls, model: TransferModel, groups: list[LayerGroup], phases: list[Phase], bn: str,
               bn_chosen_by_auto: bool, warmup: float, notes: tuple[str, ...] = (), task: str = "classification",
-              task_reason: str = "", batch_size: int = 32, processes: int = 1, sync_bn: bool = False) -> Plan:
+              task_reason: str = "", batch_size: int = 32, processes: int = 1, sync_bn: bool = False,
+              schedule: str = "per-phase") -> Plan:
         sizes = {name: p.numel() for name, p in model.named_parameters()}
         return cls(model=f"{model.spec.spec} ({model.spec.weights} weights)", head=model.describe_head(),
                    preprocessing=model.preprocessing.describe(),
                    groups=[(g.name, sum(sizes[n] for n in g.param_names)) for g in groups], phases=list(phases),
                    bn=bn, bn_chosen_by_auto=bn_chosen_by_auto, warmup=warmup, notes=notes, task=task,
-                   task_reason=task_reason, batch_size=batch_size, processes=processes, sync_bn=sync_bn)
+                   task_reason=task_reason, batch_size=batch_size, processes=processes, sync_bn=sync_bn,
+                   schedule=schedule)
 
     @property
     def distribution(self) -> dict[str, Any]:
@@ -93,6 +96,7 @@ class Plan:
         return {"task": self.task, "model": self.model, "head": self.head, "preprocessing": self.preprocessing,
                 "groups": [{"name": n, "params": c} for n, c in self.groups],
                 "phases": [p.to_dict() for p in self.phases], "bn": self.bn, "warmup": self.warmup,
+                "schedule": self.schedule,
                 "notes": list(self.notes), "distributed": self.distribution}
 
     def __str__(self) -> str:
@@ -105,8 +109,8 @@ class Plan:
         for i, (name, count) in enumerate(self.groups):
             lines.append(f"  {i:>3}  {name:<{width}}{count:>12,}")
         lines.append(f"  {'':>3}  {'total':<{width}}{sum(c for _, c in self.groups):>12,}")
-        lines += ["", f"Phases (peak LR per group; each phase warms up over {self.warmup:.0%} of its steps, "
-                      "then decays on a cosine):"]
+        how = SCHEDULE_HELP[self.schedule].format(warmup=f"{self.warmup:.0%}")
+        lines += ["", f"Phases (peak LR per group; --schedule {self.schedule}: {how}):"]
         names = [n for n, _ in self.groups]
         name_width = max(len(p.name) for p in self.phases) + 2
         epoch = 1
@@ -166,8 +170,26 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
     sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
     inferred, reason = infer_task(config.data)
     reason = reason if inferred == task.name else "chosen with --task"
+    notes += cheaper_accuracy_notes(config, phases)
     return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes + task.plan_notes(config),
-                      task.name, reason, batch_size=config.batch_size, processes=processes, sync_bn=sync_bn)
+                      task.name, reason, batch_size=config.batch_size, processes=processes, sync_bn=sync_bn,
+                      schedule=config.schedule)
+
+
+def cheaper_accuracy_notes(config: TrainConfig, phases: list[Phase]) -> tuple[str, ...]:
+    """The plan's lines about ``--ema`` and ``--tta`` (nothing when they are off)."""
+    notes = []
+    if config.ema:
+        notes.append(f"Weight average (--ema {config.ema:g}): after every optimizer step average = {config.ema:g} x "
+                     f"average + {1 - config.ema:.3g} x weights (an exact head fit restarts it); validation, the best "
+                     "epoch and the saved weights are the average's; BatchNorm running statistics are averaged too.")
+    if config.tta == "flip":
+        cached = [p.name for p in phases if p.runs_on != "images"]
+        notes.append("Test-time augmentation (--tta flip): validation, test, evaluate and predict average the softmax "
+                     "of each image and its horizontal flip"
+                     + (f"; phase(s) {', '.join(cached)} validate on their cached un-flipped inputs." if cached
+                        else "."))
+    return tuple(notes)
 
 
 def device_augment_note(config: TrainConfig, phases: list[Phase], model: TransferModel) -> str:

@@ -18,10 +18,11 @@ from PIL import Image
 from .data.images import IMAGE_EXTENSIONS, build_transforms, open_image
 from .data.samples import EvalData, Samples
 from .data.sources import eval_split
-from .errors import TransferKitError
+from .errors import TransferKitError, check_choice
 from .evaluate import compute_metrics
 from .models.model import TransferModel
 from .models.sources import rebuild_model
+from .options import TTA_CHOICES
 from .runfolder import HEAD_WEIGHTS, WEIGHTS, RunFolder
 from .tasks import get_task
 from .training.checkpoint import load_weights
@@ -45,10 +46,12 @@ class Prediction:
 
 class TrainedModel:
     """A trained :class:`TransferModel` with its class names and preprocessing, ready for inference. ``task`` is
-    the task object of the model (:mod:`transferkit.tasks`)."""
+    the task object of the model (:mod:`transferkit.tasks`). ``tta`` (``none`` or ``flip``: the mean softmax of each
+    image and its horizontal flip) applies to :meth:`predict`, :meth:`predict_proba` and :meth:`evaluate`; by default
+    the run's own ``--tta``."""
 
     def __init__(self, model: TransferModel, classes: list[str], info: dict[str, Any] | None = None,
-                 run_dir: Path | None = None) -> None:
+                 run_dir: Path | None = None, tta: str | None = None) -> None:
         self.model = model.eval()
         self.classes = list(classes)
         self.info = info or {}
@@ -56,6 +59,8 @@ class TrainedModel:
         self.is_text = model.is_text
         self.task = get_task(model.task)
         self.transform = None if self.is_text else build_transforms(model.preprocessing, "none")[1]
+        self.tta = check_tta(tta if tta is not None else self.info.get("config", {}).get("tta", "none"),
+                             self.is_text, self.task.name)
 
     @property
     def preprocessing(self):
@@ -151,7 +156,10 @@ class TrainedModel:
             else:
                 batch = torch.stack([self.transform(_as_image(it)) for it in chunk]).to(device)
             with torch.no_grad():
-                chunks.append(torch.softmax(self.model(batch).float(), dim=1).cpu().numpy())
+                probabilities = torch.softmax(self.model(batch).float(), dim=1)
+                if self.tta == "flip":  # the mean of the image's and its horizontal flip's
+                    probabilities = (probabilities + torch.softmax(self.model(batch.flip(-1)).float(), dim=1)) / 2
+                chunks.append(probabilities.cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, len(self.classes)), dtype=np.float32)
 
     def _inputs(self, inputs: Iterable[Any]) -> list[tuple[str, Any]]:
@@ -167,12 +175,23 @@ class TrainedModel:
         return [(t, t) for t in texts]
 
 
-def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
+def check_tta(tta: str, is_text: bool, task: str) -> str:
+    """``tta`` for a model: flip is implemented for image classification only (the one-line error names the fix)."""
+    check_choice("tta", tta, TTA_CHOICES)
+    if tta != "none" and (is_text or task != "classification"):
+        what = "a language model" if is_text else f"a {task} model"
+        raise TransferKitError(f"--tta {tta} is implemented for image classification; this is {what}. Fix: drop --tta "
+                               "(or pass --tta none).")
+    return tta
+
+
+def load(run_dir: str | Path, merge: bool = True, tta: str | None = None) -> TrainedModel:
     """Load a finished run folder; checks that the weights fit the saved architecture and labels.
 
     Args:
         run_dir: the run folder.
         merge: for a LoRA run, merge the adapter into the encoder's weights (faster inference).
+        tta: test-time augmentation for predict and evaluate (``none``, ``flip``); default: the run's ``--tta``.
     """
     run_dir = Path(run_dir)
     info = RunFolder(run_dir).read_info()
@@ -190,11 +209,11 @@ def load(run_dir: str | Path, merge: bool = True) -> TrainedModel:
         if "lora" in info["model"].get("extra", {}):
             # the adapter is in adapter/; the head is checked like full weights (shapes, hence the class count)
             _load_checked(model.head, run_dir / HEAD_WEIGHTS, prefix="head.")
-            return TrainedModel(model, classes, info, run_dir)
+            return TrainedModel(model, classes, info, run_dir, tta)
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])
     _load_checked(model, run_dir / WEIGHTS)
-    return TrainedModel(model, classes, info, run_dir)
+    return TrainedModel(model, classes, info, run_dir, tta)
 
 
 def _load_checked(module: torch.nn.Module, path: Path, prefix: str = "") -> None:

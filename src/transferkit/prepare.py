@@ -278,7 +278,8 @@ def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan:
                      keep=config.keep,
                      bn=plan.bn, l2_sp=config.l2_sp, groups=config.groups,
                      mixed_precision=resolve_mixed_precision(config), channels_last=use_channels_last(model, config),
-                     compile=config.compile, cpu=config.cpu, progress=progress)
+                     compile=config.compile, cpu=config.cpu, progress=progress, schedule=config.schedule,
+                     ema=config.ema, tta=config.tta == "flip")
 
 
 def use_channels_last(model: TransferModel, config: TrainConfig) -> bool:

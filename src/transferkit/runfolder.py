@@ -191,9 +191,10 @@ class RunFolder:
 
     @_reports_write_errors
     def save_checkpoint(self, *, state: dict[str, Any], model: dict[str, torch.Tensor],
-                        best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None) -> None:
+                        best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None,
+                        ema: dict[str, torch.Tensor] | None = None) -> None:
         if self.main_process:
-            save_checkpoint(self.path, state=state, model=model, best=best, optimizer=optimizer)
+            save_checkpoint(self.path, state=state, model=model, best=best, optimizer=optimizer, ema=ema)
 
     @_reports_write_errors
     def rewrite_metrics(self, history: list[dict[str, Any]]) -> None:

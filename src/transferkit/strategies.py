@@ -297,6 +297,24 @@ def warmup_cosine(total_steps: int, warmup_fraction: float):
     return multiplier
 
 
+SCHEDULE_HELP = {
+    "per-phase": "each phase warms up over {warmup} of its steps, then decays on a cosine",
+    "single": "one warm-up over {warmup} of the run's steps, then one cosine across every phase (no restart when a "
+              "phase starts)",
+}
+
+
+def schedule_span(phases: list[Phase], index: int, schedule: str = "per-phase") -> tuple[int, int | None]:
+    """Where phase ``index`` sits on the LR schedule: (epochs of the schedule before it, the schedule's epochs).
+    ``per-phase``: ``(0, None)``, every phase has its own warm-up + cosine. ``single``: one schedule over the epochs
+    of every phase that takes optimizer steps (an exact head fit takes none, so it has no place on it)."""
+    check_choice("schedule", schedule, SCHEDULE_HELP)
+    if schedule == "per-phase":
+        return 0, None
+    stepping = [p.epochs if p.runs_on != "exact-fit" else 0 for p in phases]
+    return sum(stepping[:index]), max(1, sum(stepping))
+
+
 # --- recipes: how each strategy trains in a fair comparison (``transferkit compare``) ---------------
 
 

@@ -70,15 +70,19 @@ class EarlyStopping:
     phase_patience: int | None = None  # set by start_phase when ``relative`` is on
     warmup_epochs: int = 0  # the phase's first epochs that never count (the warm-up; with after_lr, the high LR)
 
-    def start_phase(self, epochs: int, warmup: float = 0.0) -> None:
+    def start_phase(self, epochs: int, warmup: float = 0.0, offset: int = 0, total: int | None = None) -> None:
         """The current phase's length (``epochs``) and warm-up (a fraction of its steps): they set the relative
-        patience and the epochs that do not count. Safe to call again on resume (counters are kept)."""
+        patience and the epochs that do not count. With one schedule over several phases (``--schedule single``)
+        the phase starts ``offset`` epochs into a schedule of ``total`` epochs, and the held epochs are read from
+        that curve (``None``: the phase has its own schedule). Safe to call again on resume (counters are kept)."""
         if self.relative:
             self.phase_patience = max(self.patience or 0, math.ceil(self.relative * epochs)) if self.patience else 0
         if self.after_lr is not None:
-            self.warmup_epochs = held_epochs(epochs, warmup, self.after_lr)
+            self.warmup_epochs = held_epochs(epochs, warmup, self.after_lr, offset, total)
         elif self.relative:
-            self.warmup_epochs = math.ceil(warmup * epochs) if warmup else 0
+            span = epochs if total is None else total
+            in_warmup = math.ceil(round(warmup * span, 9)) - offset if warmup else 0
+            self.warmup_epochs = min(epochs, max(0, in_warmup))
 
     @property
     def _holds(self) -> bool:
@@ -126,16 +130,21 @@ class EarlyStopping:
             setattr(self, key, value)
 
 
-def held_epochs(epochs: int, warmup: float, after_lr: float) -> int:
+def held_epochs(epochs: int, warmup: float, after_lr: float, offset: int = 0, total: int | None = None) -> int:
     """How many of a phase's first epochs end while its LR is still above ``after_lr`` times the peak, on the loop's
     schedule (linear warm-up over ``warmup`` of the steps, then a cosine to zero): epoch ``e`` ends at the fraction
     ``e / epochs`` of the steps, where the cosine's multiplier is ``(1 + cos(pi * p)) / 2`` at progress ``p`` past the
     warm-up. The warm-up's epochs are always held (the old rule: ``ceil(warmup * epochs)``). With 10% warm-up and
-    ``after_lr`` 0.5 a 20-epoch phase is judged from epoch 11 on, a 10-epoch phase from epoch 6."""
+    ``after_lr`` 0.5 a 20-epoch phase is judged from epoch 11 on, a 10-epoch phase from epoch 6.
+
+    With one schedule across phases (``--schedule single``) the phase starts ``offset`` epochs into a schedule of
+    ``total`` epochs: its epoch ``e`` ends at ``(offset + e) / total``, and a phase that starts after the LR has
+    decayed below ``after_lr`` holds none."""
     if not 0 < after_lr <= 1:
         raise ValueError(f"after_lr must be in (0, 1], got {after_lr}")
-    in_warmup = math.ceil(round(warmup * epochs, 9)) if warmup else 0
-    # the multiplier falls to after_lr at this fraction of the phase's steps
+    total = epochs if total is None else total
+    in_warmup = math.ceil(round(warmup * total, 9)) if warmup else 0
+    # the multiplier falls to after_lr at this fraction of the schedule's steps
     fraction = warmup + (1 - warmup) * math.acos(2 * after_lr - 1) / math.pi
-    above = math.ceil(round(fraction * epochs, 9)) - 1  # epochs ending strictly before that point
-    return min(epochs, max(in_warmup, above))
+    above = math.ceil(round(fraction * total, 9)) - 1  # epochs ending strictly before that point
+    return min(epochs, max(0, in_warmup - offset, above - offset))

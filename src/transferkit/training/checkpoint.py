@@ -65,15 +65,18 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     best: dict[str, torch.Tensor] | None
     optimizer: dict[str, Any] | None
+    ema: dict[str, torch.Tensor] | None = None  # the weight average (``--ema``), when the run keeps one
 
 
 def save_checkpoint(run_dir: Path, *, state: dict[str, Any], model: dict[str, torch.Tensor],
-                    best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None) -> None:
-    """Write ``run_dir/checkpoint`` (state.json, model, best, optimizer) as one atomic swap.
+                    best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None,
+                    ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write ``run_dir/checkpoint`` (state.json, model, best, optimizer, ema) as one atomic swap.
 
     Args:
         best: the best weights; ``None`` keeps the previous checkpoint's best file.
         optimizer: optimizer and scheduler state of the running phase (``None`` at a phase boundary).
+        ema: the moving average of the weights (``--ema``; ``None``: the run keeps none).
 
     A write that fails (a full disk) removes the half-written new folder and raises the ``OSError``; the
     previous checkpoint stays as it was. A swap interrupted between its two renames (a crash) is completed first:
@@ -93,6 +96,8 @@ def save_checkpoint(run_dir: Path, *, state: dict[str, Any], model: dict[str, to
             shutil.copy2(final / "best.safetensors", new / "best.safetensors")
         if optimizer is not None:
             torch.save(optimizer, new / "optimizer.pt")
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(new / "ema.safetensors"))
         with open(new / "state.json", "w", encoding="utf-8") as handle:
             json.dump(state, handle, indent=2, default=str)
     except OSError:
@@ -138,4 +143,5 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
     best = load_file(str(folder / "best.safetensors")) if (folder / "best.safetensors").exists() else None
     optimizer = (torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
                  if (folder / "optimizer.pt").exists() else None)
-    return Checkpoint(state, load_file(str(folder / "model.safetensors")), best, optimizer)
+    ema = load_file(str(folder / "ema.safetensors")) if (folder / "ema.safetensors").exists() else None
+    return Checkpoint(state, load_file(str(folder / "model.safetensors")), best, optimizer, ema)

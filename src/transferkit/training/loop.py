@@ -37,11 +37,12 @@ from ..features import HeadFeatures, PrefixActivations
 from ..models.groups import LayerGroup
 from ..models.model import TransferModel
 from ..seeding import derive_seed
-from ..strategies import Phase, apply_phase, param_groups, set_phase_lrs, set_train_mode, warmup_cosine
+from ..strategies import Phase, apply_phase, param_groups, schedule_span, set_phase_lrs, set_train_mode, warmup_cosine
 from ..tasks.base import Objective
 from ..tasks.classification import ClassificationObjective
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
+from .ema import WeightAverage
 from .headfit import fit_linear_head
 from .regularizers import l2_sp_penalty, snapshot_backbone
 
@@ -73,6 +74,9 @@ class FitConfig:
     cpu: bool = False
     progress: bool = True
     deadline: float | None = None  # ``time.perf_counter()`` by which training must be over (``--budget``)
+    schedule: str = "per-phase"  # "single": one warm-up + cosine across the phases (``--schedule``)
+    ema: float = 0.0  # decay of the weights' moving average (0: none); validation and the kept weights use it
+    tta: bool = False  # validation on images averages the softmax of each image and its horizontal flip
 
 
 @dataclass
@@ -111,7 +115,8 @@ class CheckpointStore(Protocol):
     """Where checkpoints go (a :class:`transferkit.runfolder.RunFolder`)."""
 
     def save_checkpoint(self, *, state: dict[str, Any], model: dict[str, torch.Tensor],
-                        best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None) -> None: ...
+                        best: dict[str, torch.Tensor] | None, optimizer: dict[str, Any] | None,
+                        ema: dict[str, torch.Tensor] | None = None) -> None: ...
 
     def load_checkpoint(self) -> Checkpoint: ...
 
@@ -160,8 +165,9 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
         model.to(memory_format=torch.channels_last)
     state, stopper, best = TrainState(), EarlyStopping(config.patience, relative=config.patience_fraction,
                                                          after_lr=config.patience_after_lr), None
+    average = WeightAverage(model, config.ema, accelerator.device) if config.ema else None  # starts at step 1
     if resume:
-        best = _restore(run, model, optimizer, state, stopper, accelerator)
+        best = _restore(run, model, optimizer, state, stopper, accelerator, average)
     state.processes = world.size
     _check_inputs(phases[state.phase_index:], features, activations)
     loss_fn = objective.criterion(config).to(accelerator.device)
@@ -173,8 +179,9 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     while state.phase_index < len(phases) and not state.stop_requested:
         phase = phases[state.phase_index]
         apply_phase(model, groups, phase)
-        stopper.start_phase(phase.epochs, config.warmup)
+        stopper.start_phase(phase.epochs, config.warmup, *schedule_span(phases, state.phase_index, config.schedule))
         net = _phase_network(model, phase, accelerator, config)
+        val_net = net if average is None else _eval_network(average.module, phase)  # validate the average
         cached = features if phase.runs_on != "activations" else activations[phase.prefix].cached
         val_data = val_loader if phase.runs_on == "images" else cached.val_loader()
         while state.phase_epoch < phase.epochs and not state.stop_requested:
@@ -184,6 +191,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             set_seed(derive_seed(config.seed, "epoch", state.epoch))
             if phase.runs_on == "exact-fit":
                 train_metrics, val_metrics = exact_head_fit(model, features, config, world)
+                if average is not None:  # a jump no optimizer step made: the average starts again there
+                    average.restart(model)
             else:
                 train_data = train_loader if phase.runs_on == "images" else _on_device(
                     cached.train_loader(state.epoch), accelerator)
@@ -193,15 +202,18 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                                          len(train_data), accelerator.device)
                 train_metrics = train_one_epoch(model, net, train_data, optimizer, loss_fn, accelerator,
                                                 _label(state, phase), state.epoch, config,
-                                                _lr_setter(optimizer, phase, state, len(train_data), config.warmup),
+                                                _lr_setter(optimizer, phases, state, len(train_data), config),
                                                 penalty, world, objective, adapting,
-                                                batch_transform if phase.runs_on == "images" else None)
+                                                batch_transform if phase.runs_on == "images" else None, average)
                 world.sync_buffers(model)
-                val_metrics = evaluate_loss(net, val_data, loss_fn, accelerator, world, objective)
+                if average is not None:
+                    world.sync_buffers(average.module)
+                val_metrics = evaluate_loss(val_net, val_data, loss_fn, accelerator, world, objective,
+                                            tta=config.tta and phase.runs_on == "images")
             record, is_best = _close_epoch(state, stopper, phase, train_metrics, val_metrics, clock,
                                            objective.monitor)
             if is_best:
-                best = cpu_state_dict(model)
+                best = cpu_state_dict(model) if average is None else average.weights()
             for callback in callbacks:
                 callback.on_epoch_end(record, state)
             state.stop_requested = world.any(state.stop_requested)  # a callback's stop holds for every process
@@ -212,7 +224,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                                                           "lrs": dict(phase.lrs)},
                                            "grad_scaler": _scaler_state(accelerator)},
                                     model=cpu_state_dict(model), best=best if is_best else None,
-                                    optimizer=optimizer.state_dict())
+                                    optimizer=optimizer.state_dict(),
+                                    ema=average.state_dict() if average is not None else None)
             if config.deadline is not None:
                 phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
                     fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
@@ -223,12 +236,15 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                     state.stop_requested = budget_stopped = True
                 elif not phase_over and phases[state.phase_index].epochs != phase.epochs:
                     phase = phases[state.phase_index]  # fewer epochs: its cosine ends sooner
-                    stopper.start_phase(phase.epochs, config.warmup)
+                    stopper.start_phase(phase.epochs, config.warmup,
+                                        *schedule_span(phases, state.phase_index, config.schedule))
             if phase_over:
                 break
 
     if best is not None and config.keep == "best":
         model.load_state_dict(best)
+    elif average is not None and config.keep == "last":  # the run's weights are the average's
+        model.load_state_dict(average.weights())
     budget = None
     if config.deadline is not None:
         budget = {"epochs_planned": planned, "epochs_run": state.epoch,
@@ -280,10 +296,16 @@ def _check_inputs(phases: Sequence[Phase], features: HeadFeatures | None,
 
 
 def _restore(run: CheckpointStore, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState,
-             stopper: EarlyStopping, accelerator: Accelerator) -> dict[str, torch.Tensor] | None:
-    """Load the last checkpoint into the model, optimizer, fp16 gradient scaler, state and early stopping; returns
-    the best weights."""
+             stopper: EarlyStopping, accelerator: Accelerator,
+             average: WeightAverage | None = None) -> dict[str, torch.Tensor] | None:
+    """Load the last checkpoint into the model, optimizer, fp16 gradient scaler, state, early stopping and the
+    weights' moving average; returns the best weights."""
     checkpoint = run.load_checkpoint()
+    if average is not None:
+        if checkpoint.ema is None:
+            raise TransferKitError("This checkpoint holds no moving average of the weights, but the run's "
+                                   "configuration has --ema. Fix: resume with the run's own config.yaml unchanged.")
+        average.load_state_dict(checkpoint.ema)
     for key, value in checkpoint.state["train"].items():
         setattr(state, key, value)
     stopper.load_state_dict(checkpoint.state["early_stopping"])
@@ -333,6 +355,18 @@ def _phase_network(model: TransferModel, phase: Phase, accelerator: Accelerator,
     return torch.compile(net) if config.compile else net
 
 
+def _eval_network(module: TransferModel, phase: Phase) -> nn.Module:
+    """What a phase validates with when it is not the training network: the same inputs through ``module`` (the
+    weights' moving average), not wrapped for several processes (validation needs no gradient)."""
+    if phase.runs_on in ("features", "exact-fit"):
+        return module.head
+    if phase.runs_on == "activations":
+        from ..models.prefix import Suffix, chain_links
+
+        return Suffix(chain_links(module.backbone), phase.prefix, module.head)
+    return module
+
+
 def _close_phase_if_over(state: TrainState, stopper: EarlyStopping, phase: Phase, monitor: str = "accuracy") -> bool:
     """Move on to the next phase when this one is done — its epochs run, or its one exact fit made — or early
     stopping ended it."""
@@ -353,11 +387,14 @@ def _label(state: TrainState, phase: Phase) -> str:
     return f"epoch {state.epoch + 1} [{phase.name} {state.phase_epoch + 1}/{phase.epochs}]"
 
 
-def _lr_setter(optimizer: Any, phase: Phase, state: TrainState, steps_per_epoch: int,
-               warmup: float) -> Callable[[int], None]:
-    """Sets every group's LR for step ``i`` of this epoch from the phase's warm-up + cosine schedule."""
-    schedule = warmup_cosine(phase.epochs * steps_per_epoch, warmup)
-    first = state.phase_epoch * steps_per_epoch
+def _lr_setter(optimizer: Any, phases: Sequence[Phase], state: TrainState, steps_per_epoch: int,
+               config: FitConfig) -> Callable[[int], None]:
+    """Sets every group's LR for step ``i`` of this epoch: the current phase's peak LRs times the warm-up + cosine
+    multiplier — of the phase's own schedule (``per-phase``), or of one schedule across the phases (``single``)."""
+    phase = phases[state.phase_index]
+    offset, total = schedule_span(list(phases), state.phase_index, config.schedule)
+    schedule = warmup_cosine((total or phase.epochs) * steps_per_epoch, config.warmup)
+    first = (offset + state.phase_epoch) * steps_per_epoch
     return lambda i: set_phase_lrs(optimizer, phase, schedule(first + i))
 
 
@@ -399,11 +436,13 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
                     penalty: Callable[[], torch.Tensor] | None = None, world: World | None = None,
                     objective: Objective | None = None,
                     adaptation: DomainAdaptation | None = None,
-                    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+                    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    average: WeightAverage | None = None) -> dict[str, float]:
     """One pass over ``loader``; returns the objective's training figures (classification: mean loss and accuracy)
     over every process, from its meter's sums reduced over the processes, and the throughput (samples of all
     processes per second of the slowest) — and, when adapting, the domain discriminator's figures. Stops with a
-    :class:`NonFiniteLossError` before a NaN or infinite loss can reach the weights."""
+    :class:`NonFiniteLossError` before a NaN or infinite loss can reach the weights. ``average`` (``--ema``) moves
+    towards the weights after every optimizer step."""
     objective = objective or ClassificationObjective()
     set_train_mode(model, config.bn)
     meter, start = objective.meter(), time.perf_counter()
@@ -429,6 +468,8 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss + penalty() if penalty is not None else loss)
         optimizer.step()
+        if average is not None:
+            average.update(model)
         meter.add(value, outputs, targets)
         bar.set_postfix(**meter.postfix(), per_s=f"{meter.samples / max(time.perf_counter() - start, 1e-9):.0f}")
     world = world or World()
@@ -440,17 +481,28 @@ def train_one_epoch(model: TransferModel, net: nn.Module, loader: DataLoader, op
 
 @torch.no_grad()
 def evaluate_loss(net: nn.Module, loader: DataLoader, loss_fn: nn.Module, accelerator: Accelerator,
-                  world: World | None = None, objective: Objective | None = None) -> dict[str, float]:
+                  world: World | None = None, objective: Objective | None = None,
+                  tta: bool = False) -> dict[str, float]:
     """The objective's validation figures (classification: mean loss and accuracy) over the validation set:
     ``loader`` holds this process's share of it, and the objective's sums (a segmentation confusion matrix
-    included) are reduced over the processes, so each sample counts exactly once."""
+    included) are reduced over the processes, so each sample counts exactly once. ``tta``: each image's figures
+    come from the mean softmax of it and its horizontal flip (:func:`flip_tta_log_probs`)."""
     objective = objective or ClassificationObjective()
     net.eval()
     totals = objective.zeros()
     for inputs, targets in loader:
         inputs, targets = send_to_device((inputs, targets), accelerator.device)
-        totals += objective.figures(net(inputs), targets).cpu().double()
+        outputs = flip_tta_log_probs(net, inputs) if tta else net(inputs)
+        totals += objective.figures(outputs, targets).cpu().double()
     return objective.summarise((world or World()).sum(totals.tolist()))
+
+
+def flip_tta_log_probs(net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: the log of the mean softmax of ``images`` (N, C, H, W) and their horizontal flips.
+    Log-probabilities are logits whose softmax is that mean (they sum to one), so losses and accuracies read them
+    as they read logits."""
+    probabilities = (torch.softmax(net(images).float(), dim=1) + torch.softmax(net(images.flip(-1)).float(), dim=1)) / 2
+    return torch.log(probabilities.clamp_min(1e-12))
 
 
 def exact_head_fit(model: TransferModel, features: HeadFeatures, config: FitConfig,
