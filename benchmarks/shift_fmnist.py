@@ -122,6 +122,16 @@ def table(results: dict) -> str:
             accuracy = r.get("source_test_accuracy")
             lines.append(f"| {n} | {accuracy if accuracy is not None else '-'} | {kept['top1_agreement']:.3f} | "
                          f"{kept['kl']:.2f} | {kept.get('most_changed_group', '-')} |")
+    sequence = results.get("sequence") or {}
+    if sequence:
+        lines += ["", "| task B by | seeds | task B test accuracy | task A before | task A after | backward transfer |",
+                  "|---|---|---|---|---|---|"]
+        for name, rows in sequence.items():
+            figures = [r["sequence"]["task_sequence"] for r in rows]
+            lines.append(f"| {name} | {len(rows)} | {_spread([r['task_b_test_accuracy'] for r in rows])} | "
+                         f"{_spread([f['accuracy_before'] for f in figures])} | "
+                         f"{_spread([f['accuracy_after'] for f in figures])} | "
+                         f"{_spread([f['backward_transfer'] for f in figures])} |")
     return "\n".join(lines)
 
 
@@ -136,7 +146,8 @@ def task_sequence(results: dict, runs: Path, seeds: int, save: Callable[[], None
             if any(r["seed"] == seed for r in rows.get(name, [])):
                 continue
             row = train(runs, f"task B {name}", ["--data", task_b, "--weights", weights, *flags], seed, "sequence")
-            row["task_b_test_accuracy"] = row.pop("source_test_accuracy")
+            row["task_b_test_accuracy"] = row.pop("target_test_accuracy")  # task B is the pair's "target"
+            del row["source_test_accuracy"], row["selected_on"], row["domain_accuracy_per_epoch"]
             row["sequence"] = json.loads(cli("forgetting", row["run"], "--previous", first["run"], "--json"))
             rows.setdefault(name, []).append(row)
             save()
