@@ -120,6 +120,8 @@ def table(results: dict) -> str:
         for n, r in rows:
             kept = r["retention"]
             accuracy = r.get("source_test_accuracy")
+            if accuracy is None and n == "two-stage":  # the swept run itself: alpha 1
+                accuracy = next(p["test_accuracy"] for p in wise["sweep"]["points"] if p["alpha"] == 1.0)
             lines.append(f"| {n} | {accuracy if accuracy is not None else '-'} | {kept['top1_agreement']:.3f} | "
                          f"{kept['kl']:.2f} | {kept.get('most_changed_group', '-')} |")
     sequence = results.get("sequence") or {}
