@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="results JSON [default: benchmarks/results/shift_<pair>.json; "
                                       "fashion-mnist: benchmarks/results/shift_fmnist.json]")
     parser.add_argument("--runs", help="where the run folders go [default: /tmp/shift-runs-<pair>]")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 [default: 3; the sequence: 1]")
     parser.add_argument("--workers", type=int, default=1, help="training commands run at once (1 thread each if >1)")
     parser.add_argument("--per-class", type=int, help="training images per class [default: 50, or the JSON's]")
     parser.add_argument("--test-per-class", type=int, help="test images per class [default: the pair's]")
@@ -382,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     results = {"settings": settings, "adaptation": {}, "wise_ft": {}, **results}
-    jobs = [job for job in plan(results, args.pair, settings, runs, args.seeds) if not done(results, job.key)]
+    seeds = args.seeds or (1 if args.pair == "sequence" else 3)
+    jobs = [job for job in plan(results, args.pair, settings, runs, seeds) if not done(results, job.key)]
     if args.dry_run:
         for job in jobs:
             for command in job.commands:
