@@ -291,7 +291,9 @@ def table(results: dict) -> str:
     if results.get("adaptation"):
         lines += ["| method | seeds | source test accuracy | target test accuracy | s per run |",
                   "|---|---|---|---|---|"]
-        for name, rows in results["adaptation"].items():
+        order = list(METHODS)  # the same names for every pair; rows finished out of order are listed in it
+        for name, rows in sorted(results["adaptation"].items(), key=lambda i: order.index(i[0]) if i[0] in order
+                                 else len(order)):
             lines.append(f"| {name} | {len(rows)} | {_spread([r['source_test_accuracy'] for r in rows])} | "
                          f"{_spread([r['target_test_accuracy'] for r in rows])} | {_seconds(rows)} |")
     wise = results.get("wise_ft") or {}
