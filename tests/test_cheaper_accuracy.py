@@ -13,10 +13,10 @@ from torch import nn
 
 import transferkit
 from conftest import make_class_folders
+from test_training import InterruptAt
 from transferkit.errors import TransferKitError
 from transferkit.predict import check_tta
 from transferkit.strategies import Phase, schedule_span
-from transferkit.training import Callback
 from transferkit.training.callbacks import EarlyStopping, held_epochs
 from transferkit.training.ema import WeightAverage
 from transferkit.training.loop import FitConfig, TrainState, _lr_setter, flip_tta_log_probs
@@ -53,15 +53,6 @@ def test_ema_averages_batchnorm_statistics_and_copies_its_counter():
     average.update(model)
     assert average.module.running_mean.item() == 3.0  # averaged like a weight
     assert average.module.num_batches_tracked.item() == 9  # an integer counter: copied
-
-
-class InterruptAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_start(self, state):
-        if state.epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture(scope="module")

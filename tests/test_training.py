@@ -37,8 +37,9 @@ class Snapshots(Callback):
         self.states.append(cpu_state_dict(self.model))
 
 
-def test_fit_restores_the_best_epoch_weights(class_folder, tiny_options, tmp_path, monkeypatch):
-    """Drive early stopping with a fixed validation sequence: best is epoch 2, patience 2 stops at 4."""
+def train_on_a_fixed_val_sequence(class_folder, tiny_options, tmp_path, monkeypatch, **options):
+    """A 6-epoch fine-tune whose validation accuracies are 0.4, 0.9, 0.5, 0.6, ...: the best is epoch 2, patience 2
+    stops after epoch 4. Returns the result and the weights after every epoch."""
     sequence = iter([0.4, 0.9, 0.5, 0.6, 0.95, 0.99])
     monkeypatch.setattr(loop_module, "evaluate_loss", lambda *a, **k: {"loss": 1.0, "accuracy": next(sequence)})
     snap = {}
@@ -53,33 +54,27 @@ def test_fit_restores_the_best_epoch_weights(class_folder, tiny_options, tmp_pat
     # first half of a 6-epoch schedule (tests/test_convergence.py)
     result = transferkit.train(class_folder, strategy="fine-tune", patience=2, patience_fraction=0.0,
                                patience_after_lr=1.0, out=str(tmp_path / "run"), progress=False,
-                               **{**tiny_options, "epochs": 6})
+                               **{**tiny_options, "epochs": 6, **options})
+    return result, snap["cb"].states
+
+
+def test_fit_restores_the_best_epoch_weights(class_folder, tiny_options, tmp_path, monkeypatch):
+    """Drive early stopping with a fixed validation sequence: best is epoch 2, patience 2 stops at 4."""
+    result, states = train_on_a_fixed_val_sequence(class_folder, tiny_options, tmp_path, monkeypatch)
     assert result.best_epoch == 2 and len(result.history) == 4  # stopped after 2 epochs without improvement
-    best = snap["cb"].states[1]
+    best = states[1]
     final = result.model.model.state_dict()
     assert all(torch.equal(final[k], best[k]) for k in best)
-    assert not all(torch.equal(final[k], snap["cb"].states[-1][k]) for k in best)
+    assert not all(torch.equal(final[k], states[-1][k]) for k in best)
 
 
 def test_keep_last_ends_with_the_final_epochs_weights_and_says_so(class_folder, tiny_options, tmp_path, monkeypatch):
     """The same fixed validation sequence with --keep last: the final epoch (4) is kept and reported, not epoch 2."""
-    sequence = iter([0.4, 0.9, 0.5, 0.6, 0.95, 0.99])
-    monkeypatch.setattr(loop_module, "evaluate_loss", lambda *a, **k: {"loss": 1.0, "accuracy": next(sequence)})
-    snap = {}
-    original_fit = loop_module.fit
-
-    def fit_with_snapshots(model, *args, callbacks=(), **kwargs):
-        snap["cb"] = Snapshots(model)
-        return original_fit(model, *args, callbacks=[*callbacks, snap["cb"]], **kwargs)
-
-    monkeypatch.setattr(transferkit.api, "fit", fit_with_snapshots)
-    result = transferkit.train(class_folder, strategy="fine-tune", patience=2, patience_fraction=0.0,
-                               patience_after_lr=1.0, keep="last", out=str(tmp_path / "run"), progress=False,
-                               **{**tiny_options, "epochs": 6})
+    result, states = train_on_a_fixed_val_sequence(class_folder, tiny_options, tmp_path, monkeypatch, keep="last")
     assert len(result.history) == 4 and result.best_epoch == 4 and result.val_score == 0.6
-    final, last = result.model.model.state_dict(), snap["cb"].states[-1]
+    final, last = result.model.model.state_dict(), states[-1]
     assert all(torch.equal(final[k], last[k]) for k in last)
-    assert not all(torch.equal(final[k], snap["cb"].states[1][k]) for k in last)
+    assert not all(torch.equal(final[k], states[1][k]) for k in last)
     info = json.loads((tmp_path / "run" / "transferkit.json").read_text())
     assert info["metrics"]["best_epoch"] == 4 and info["config"]["keep"] == "last"
 
