@@ -11,6 +11,7 @@ evaluation all count):
 - ``transferkit defaults``: ``transferkit.train(data, model=..., per_class=..., seed=...)``, as
   ``accuracy_per_second.py`` runs it; every ratio in the table is against this row.
 - ``transferkit linear-probe``: the same with ``strategy="linear-probe"``.
+- ``transferkit --budget 60``: the defaults with ``budget=60`` (``--budget 0`` leaves the row out).
 - ``sklearn logreg``: scikit-learn ``LogisticRegression`` (after ``StandardScaler``) on the backbone's pooled features
   of the same train and test samples (transferkit's feature extractor, evaluation transform, no augmentation).
 - images: ``timm fine-tune``, a plain PyTorch loop: timm's ``tf_efficientnet_lite0`` with the packaged ImageNet weights
@@ -323,6 +324,9 @@ def runners(setup: Setup, args: Any) -> dict[str, Callable[[], tuple[float, int,
              "transferkit linear-probe": lambda: run_transferkit(setup, "linear-probe", epochs,
                                                                  strategy="linear-probe"),
              "sklearn logreg": lambda: run_logreg(setup, args.logreg_c, args.logreg_max_iter)}
+    if args.budget:
+        found[f"transferkit --budget {args.budget:g}"] = lambda: run_transferkit(setup, "budget", epochs,
+                                                                             budget=args.budget)
     if setup.model == "minilm-l6":
         found["HF Trainer"] = lambda: run_hf_trainer(setup, args.hf_epochs, args.hf_lr, args.hf_batch_size)
     else:
@@ -353,6 +357,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="text truncation for every text runner [default: the tokenizer's (512 tokens)]")
     p.add_argument("--test-per-class", type=int, default=None,
                    help="score every runner on N test samples per class [default: the whole test split]")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="adds a row of train's defaults with --budget SECONDS (0: no such row) [default: 60, the "
+                        "issue's Fashion-MNIST target]")
     p.add_argument("--logreg-c", type=float, default=1.0, help="LogisticRegression C [default: 1.0]")
     p.add_argument("--logreg-max-iter", type=int, default=1000, help="LogisticRegression max_iter [default: 1000]")
     p.add_argument("--timm-epochs", type=int, default=5, help="plain timm loop: epochs [default: 5]")

@@ -46,6 +46,8 @@ def _gpu_bench(rows):
     ("train_step", _ratio("transferkit_vs_plain", "transferkit_img_s", "plain_img_s")),
     ("decoded_cache", _ratio("speedup", "decoded_cache_img_s", "decode_every_epoch_img_s")),
     ("gpu_bench", _gpu_bench),
+    ("channels_last", lambda rows: (_ratio("infer_speedup", "cl_infer_img_s", "nchw_infer_img_s")(rows),
+                                    _ratio("train_speedup", "cl_train_img_s", "nchw_train_img_s")(rows))),
 ])
 def test_benchmark_smoke(name, check, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))

@@ -159,3 +159,33 @@ def test_torchvision_weight_errors_report_their_real_cause(monkeypatch, error, e
     monkeypatch.setattr(torchvision.models, "get_model", fail)
     with pytest.raises(TransferKitError, match=expected):
         load_model("torchvision:resnet18", 3)
+
+
+def test_channels_last_auto_picks_batchnorm_convnets_on_the_cpu_and_every_convnet_on_a_gpu():
+    """--channels-last auto: NHWC pays on the CPU for conv+BatchNorm networks (benchmarks/channels_last.py), not for
+    LayerNorm ones; a network without convolutions never changes layout. predict loads a run in the same layout."""
+    from transferkit.models.layout import prefers_channels_last, to_preferred_layout
+
+    bn_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    ln_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(1, 4))
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
+    assert [prefers_channels_last(m, on_gpu=False) for m in (bn_net, ln_net, mlp)] == [True, False, False]
+    assert [prefers_channels_last(m, on_gpu=True) for m in (bn_net, ln_net, mlp)] == [True, True, False]
+    assert to_preferred_layout(bn_net, on_gpu=False)[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert to_preferred_layout(ln_net, on_gpu=False)[0].weight.is_contiguous()
+    assert not ln_net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_run_and_its_reload_use_channels_last_for_a_batchnorm_convnet(class_folder, tiny_options, tmp_path):
+    import transferkit
+    from transferkit import prepare
+    from transferkit.options import TrainConfig
+
+    config = TrainConfig(data=str(class_folder), **{**tiny_options, "cpu": True})
+    model = prepare.load_run_model(config, 2)  # before any feature pass: the caches run in the fast layout too
+    assert model.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    off = prepare.load_run_model(TrainConfig(data=str(class_folder), **{**tiny_options, "channels_last": "off"}), 2)
+    assert not off.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    transferkit.train(class_folder, out=str(tmp_path / "run"), progress=False, **{**tiny_options, "epochs": 1})
+    loaded = transferkit.load(tmp_path / "run").model
+    assert loaded.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)

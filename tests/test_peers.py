@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-PEERS = {"fashion-mnist 2/class": {"transferkit defaults", "transferkit linear-probe", "sklearn logreg",
-                                   "timm fine-tune", "fastai fine_tune"},
-         "bbc-news 2/class": {"transferkit defaults", "transferkit linear-probe", "sklearn logreg", "HF Trainer"}}
+PEERS = {"fashion-mnist 2/class": {"transferkit defaults", "transferkit linear-probe", "transferkit --budget 60",
+                                   "sklearn logreg", "timm fine-tune", "fastai fine_tune"},
+         "bbc-news 2/class": {"transferkit defaults", "transferkit linear-probe", "transferkit --budget 60",
+                              "sklearn logreg", "HF Trainer"}}
 
 
 @pytest.mark.slow

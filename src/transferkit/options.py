@@ -332,7 +332,8 @@ class RuntimeOptions:
                                  check=lambda n, v: v is None or check_int(n, v, 0))
     mixed_precision: str = option("auto", "auto (bf16/fp16 on GPU, fp32 on CPU), no, fp16, bf16.",
                                   choices=MIXED_PRECISION)
-    channels_last: str = option("auto", "auto (on for convolutional networks on a GPU), on, off.",
+    channels_last: str = option("auto", "auto (on a GPU: on for convolutional networks; on the CPU: on for "
+                                        "those with BatchNorm, such as ResNet and EfficientNet), on, off.",
                                 choices=("auto", "on", "off"))
     compile: bool = option(False, "torch.compile the model (slow to start; pays off on long GPU runs).",
                            flags=("--compile",))

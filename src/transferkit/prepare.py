@@ -36,6 +36,7 @@ from .data.text import (
 from .distributed import World
 from .errors import TransferKitError
 from .features import HeadFeatures, PrefixActivations, cached_activations, cached_features
+from .models.layout import prefers_channels_last
 from .models.model import TransferModel
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
@@ -87,10 +88,11 @@ def load_run_model(config: TrainConfig, num_classes: int, pretrained: bool | Non
     pretrained = uses_pretrained_weights(config.strategy) if pretrained is None else pretrained
     task = get_task(config.task)
     if task.dense:
-        return task.build_model(config, num_classes, pretrained)
+        return _in_layout(task.build_model(config, num_classes, pretrained), config)
     if not is_text_model(config.model):
-        return load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
-                          dropout=config.dropout, hidden=config.hidden, image_size=config.image_size)
+        return _in_layout(load_model(config.model, num_classes, weights=config.weights, pretrained=pretrained,
+                                     dropout=config.dropout, hidden=config.hidden, image_size=config.image_size),
+                          config)
     model = load_text_model(config.model, num_classes, pretrained=pretrained, dropout=config.dropout,
                             hidden=config.hidden, pooling=config.pooling, max_length=config.max_length,
                             trust_remote_code=config.trust_remote_code)
@@ -283,10 +285,18 @@ def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan:
 
 
 def use_channels_last(model: TransferModel, config: TrainConfig) -> bool:
+    """``--channels-last``: on/off, or auto (:func:`transferkit.models.layout.prefers_channels_last`)."""
     if config.channels_last != "auto":
         return config.channels_last == "on"
-    has_conv = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    return has_conv and torch.cuda.is_available() and not config.cpu
+    return prefers_channels_last(model, on_gpu=torch.cuda.is_available() and not config.cpu)
+
+
+def _in_layout(model: TransferModel, config: TrainConfig) -> TransferModel:
+    """The model in the memory format it trains in, from the start: the feature and prefix caches, ``--strategy
+    auto``'s measurements and ``advise`` then run as fast as training."""
+    if use_channels_last(model, config):
+        model.to(memory_format=torch.channels_last)
+    return model
 
 
 def workers_for(config: TrainConfig) -> int:
