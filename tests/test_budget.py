@@ -9,7 +9,8 @@ import pytest
 
 import transferkit
 from transferkit.strategies import Phase
-from transferkit.training.loop import TrainState, fit_to_budget
+from transferkit.training.budget import fit_to_budget
+from transferkit.training.loop import TrainState
 
 
 def test_the_current_phase_is_shortened_to_the_epochs_that_fit():
@@ -49,3 +50,53 @@ def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_o
     assert info["budget"]["epochs_planned"] == 20 and info["budget"]["epochs_run"] == 1
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert transferkit.load(tmp_path / "run").predict([str(next(class_folder.rglob("*.png")))])
+
+
+def test_at_a_phase_boundary_the_next_phases_first_epoch_must_fit():
+    """The head stage is over: when the estimate of the fine-tuning phase's first epoch exceeds what is left, the
+    run stops there rather than overrunning the budget by that epoch; without an estimate it goes on."""
+    phases = [Phase("head", 1, runs_on="exact-fit"), Phase("all", 10)]
+    state = TrainState(epoch=1, phase_index=1, phase_epoch=0)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 35.0) == (phases, True)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 15.0) == (phases, False)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: None) == (phases, False)
+
+
+def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from transferkit.training.budget import TRAIN_STEP_FORWARDS, estimate_epoch_seconds
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2)).train()
+    model(torch.randn(2, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    val = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    small = DataLoader(TensorDataset(torch.randn(10, 3, 16, 16), torch.zeros(10, dtype=torch.long)), batch_size=4)
+    large = DataLoader(TensorDataset(torch.randn(1000, 3, 16, 16), torch.zeros(1000, dtype=torch.long)), batch_size=4)
+    estimates = [estimate_epoch_seconds(model, loader, val, torch.device("cpu")) for loader in (small, large)]
+    assert 0 < estimates[0] < estimates[1]
+    # the per-sample cost is the same forward's, give or take timing noise: 1000 + 8 vs 10 + 8 sample-costs
+    assert estimates[1] / estimates[0] > (TRAIN_STEP_FORWARDS * 1000 + 8) / (TRAIN_STEP_FORWARDS * 10 + 8) / 20
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_run_stops_after_the_head_stage_when_fine_tuning_cannot_fit(class_folder, tiny_options, tmp_path,
+                                                                      monkeypatch):
+    """Two-stage with a budget of 10 minutes, but an estimate that says a fine-tuning epoch takes far longer (a
+    training step made to cost 10^9 forwards): the run ends after the exact head fit, with its weights, saying
+    why; with the real estimate the same budget trains both phases."""
+    from transferkit.training import budget
+
+    monkeypatch.setattr(budget, "TRAIN_STEP_FORWARDS", 1e9)
+    result = transferkit.train(class_folder, strategy="two-stage", budget=600, out=str(tmp_path / "cut"),
+                               progress=False, **tiny_options)
+    assert [row["phase"] for row in result.history] == ["head"]
+    info = json.loads((tmp_path / "cut" / "transferkit.json").read_text())
+    assert info["budget"]["stopped_by_budget"] and info["budget"]["epochs_run"] == 1
+    monkeypatch.undo()
+    full = transferkit.train(class_folder, strategy="two-stage", budget=600, out=str(tmp_path / "full"),
+                             progress=False, **tiny_options)
+    assert [row["phase"] for row in full.history] == ["head", "all", "all"]  # tiny_options: 2 epochs

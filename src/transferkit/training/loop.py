@@ -14,11 +14,12 @@ so a resumed run needs only (phase, step) to continue. The loss and the figures 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -40,6 +41,7 @@ from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, schedule_span, set_phase_lrs, set_train_mode, warmup_cosine
 from ..tasks.base import Objective
 from ..tasks.classification import ClassificationObjective
+from .budget import estimate_epoch_seconds, fit_to_budget
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
 from .ema import WeightAverage
@@ -229,7 +231,9 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             if config.deadline is not None:
                 phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
                     fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
-                                  config.deadline - time.perf_counter()) if world.is_main else None)
+                                  config.deadline - time.perf_counter(), next_epoch=functools.partial(
+                                      _next_epoch_seconds, model, phases, state, train_loader, val_loader,
+                                      accelerator)) if world.is_main else None)
                 if budget_stop:
                     logger.info("Budget spent after epoch %d: stopping with the best epoch's weights (epoch %d)",
                                 state.epoch, stopper.best_epoch)
@@ -256,30 +260,15 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     return FitResult(state.history, kept_epoch, kept_score, time.perf_counter() - clock, objective.monitor, budget)
 
 
-def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
-                  seconds_left: float) -> tuple[list[Phase], bool]:
-    """``--budget``: after an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so
-    the epochs that still fit end its schedule (its cosine completes, leaving one epoch for each later phase), or say
-    the run must stop now (no epoch fits: the best epoch's weights are kept). A phase that has just ended is not
-    shortened (the next one is measured by its own first epoch), but a spent budget stops the run there too.
-    Returns (phases, stop)."""
-    if seconds_left <= 0:
-        return phases, True
-    if phase_over:
-        return phases, False
-    fits = int(seconds_left // max(epoch_seconds, 1e-9))
-    if fits == 0:
-        return phases, True
-    current = phases[state.phase_index]
-    later = sum(p.runs_on != "exact-fit" for p in phases[state.phase_index + 1:])
-    remaining = current.epochs - state.phase_epoch
-    keep = min(remaining, max(1, fits - later))
-    if keep < remaining:
-        logger.info("Budget: %.0f s left, an epoch of %s takes %.1f s: %d more epoch(s) of it instead of %d (its LR "
-                    "schedule ends with them)", seconds_left, current.name, epoch_seconds, keep, remaining)
-        phases = [*phases[:state.phase_index], replace(current, epochs=state.phase_epoch + keep),
-                  *phases[state.phase_index + 1:]]
-    return phases, False
+def _next_epoch_seconds(model: TransferModel, phases: list[Phase], state: TrainState, train_loader: DataLoader,
+                        val_loader: DataLoader, accelerator: Accelerator) -> float | None:
+    """``--budget`` at a phase boundary: the estimated seconds of the next phase's first epoch when it trains the
+    network on images (the costly kind; ``None`` for phases on cached features or activations, which are cheap or
+    shorter than this estimate)."""
+    if state.phase_index >= len(phases) or phases[state.phase_index].runs_on != "images":
+        return None
+    return estimate_epoch_seconds(accelerator.unwrap_model(model, keep_fp32_wrapper=False), train_loader, val_loader,
+                                  accelerator.device)
 
 
 # --- phase helpers ---------------------------------------------------------------------------------

@@ -1,0 +1,87 @@
+"""``--budget SECONDS``: fit the phases to the time that is left, and estimate, before a phase that trains the
+network on images starts, whether one epoch of it still fits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate.utils import send_to_device
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..strategies import Phase
+
+if TYPE_CHECKING:
+    from .loop import TrainState
+
+logger = logging.getLogger("transferkit")
+
+# A training step (forward, backward, optimizer) costs about this many inference forwards of the same batch:
+# 3.6-4.1x for EfficientNet-Lite0, ResNet-18 and ResNet-50 on the CPU in benchmarks/channels_last.py; taken a little
+# low so that a phase is cut only when even an optimistic estimate does not fit.
+TRAIN_STEP_FORWARDS = 3.0
+
+
+def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
+                  seconds_left: float, next_epoch: Callable[[], float | None] | None = None
+                  ) -> tuple[list[Phase], bool]:
+    """After an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so the epochs
+    that still fit end its schedule (its cosine completes, leaving one epoch for each later phase), or say the run
+    must stop now (no epoch fits: the best epoch's weights are kept). At a phase boundary ``next_epoch`` estimates
+    the next phase's first epoch (:func:`estimate_epoch_seconds`; ``None``: no estimate, the phase measures itself
+    with its first epoch): when even that does not fit, the run stops there instead of overrunning by a whole epoch.
+    Returns (phases, stop)."""
+    if seconds_left <= 0:
+        return phases, True
+    if phase_over:
+        estimate = next_epoch() if next_epoch is not None else None
+        if estimate is not None and estimate > seconds_left:
+            logger.info("Budget: %.0f s left; the next phase's first epoch would take about %.0f s", seconds_left,
+                        estimate)
+            return phases, True
+        return phases, False
+    fits = int(seconds_left // max(epoch_seconds, 1e-9))
+    if fits == 0:
+        return phases, True
+    current = phases[state.phase_index]
+    later = sum(p.runs_on != "exact-fit" for p in phases[state.phase_index + 1:])
+    remaining = current.epochs - state.phase_epoch
+    keep = min(remaining, max(1, fits - later))
+    if keep < remaining:
+        logger.info("Budget: %.0f s left, an epoch of %s takes %.1f s: %d more epoch(s) of it instead of %d (its LR "
+                    "schedule ends with them)", seconds_left, current.name, epoch_seconds, keep, remaining)
+        phases = [*phases[:state.phase_index], replace(current, epochs=state.phase_epoch + keep),
+                  *phases[state.phase_index + 1:]]
+    return phases, False
+
+
+@torch.no_grad()
+def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+                           device: torch.device) -> float:
+    """Seconds of one epoch of the whole network on images, from one timed inference forward of the first
+    validation batch (eval mode, no gradients: no weight, statistic or random state changes): training samples
+    cost :data:`TRAIN_STEP_FORWARDS` forwards each, validation samples one."""
+    inputs, _ = next(iter(val_loader))
+    inputs = send_to_device(inputs, device)
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        model(inputs)
+        per_sample = (time.perf_counter() - start) / max(1, len(inputs))
+    finally:
+        model.train(was_training)
+    return per_sample * (TRAIN_STEP_FORWARDS * _samples(train_loader) + _samples(val_loader))
+
+
+def _samples(loader: DataLoader) -> int:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return len(dataset)
+    except TypeError:
+        return len(loader) * (getattr(loader, "batch_size", None) or 1)
