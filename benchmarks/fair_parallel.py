@@ -62,7 +62,7 @@ def _init_worker(config: dict[str, Any]) -> None:
     package.addHandler(handler)
     package.setLevel(logging.INFO)
     package.propagate = False  # the parent's log keeps one line per finished cell
-    test, classes = _test_split(config["data"], config["model"], config["given"])
+    test, classes = _test_split(config["data"], config["model"], config["given"], dense=_dense(config["given"]))
     _RUNNER = CellRunner(config["data"], config["model"], out, config["given"], recipes=config["recipes"],
                          tune=config["tune"], test=test, classes=classes, cache_dir=out / "cache" / str(os.getpid()),
                          retention=config["retention"])
@@ -78,6 +78,13 @@ def _work(kind: str, cell: Cell, options: dict[str, Any], extra: Any = None) -> 
     run_dir = runner.out / "runs" / cell.name
     runner.train(cell, options, run_dir)
     return asdict(runner.result(cell, run_dir, options))
+
+
+def _dense(given: dict[str, Any]) -> bool:
+    """A segmentation or detection grid (``--set task=...``): its reader takes ``test_per_class`` test images itself."""
+    from transferkit.tasks import get_task
+
+    return get_task(given.get("task")).dense
 
 
 def _cost(cell: Cell, options: dict[str, Any]) -> float:
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     cells = grid(args.strategies.split(","), sizes, args.seeds, extra, equal_budget=True)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    test, classes = _test_split(args.data, args.model, given)
+    test, classes = _test_split(args.data, args.model, given, dense=_dense(given))
     runner = CellRunner(args.data, args.model, out, given, recipes=args.recipes, tune=args.tune, test=test,
                         classes=classes, retention=args.retention)
     options_text = {k: v if isinstance(v, int | float | str | bool) or v is None else str(v)
