@@ -498,3 +498,20 @@ def test_advise_reasons_about_segmentation_data(scenes, tiny_weights):
     assert advice.measurements["images"] == 30 and advice.measurements["classes"] == 3
     assert any("no rule yet" in r or "not measured" in r for r in advice.reasons + advice.warnings)
     assert "--task segmentation" in advice.command(str(scenes), "timm:test_efficientnet")
+
+
+def test_the_parallel_grid_runner_loads_a_dense_test_split(scenes, tiny_weights, monkeypatch):
+    """benchmarks/fair_parallel.py with --set task=segmentation: the test scenes come through the task's reader
+    (test_per_class = N test images), not the classification per-class cut (which crashed on mask samples)."""
+    import importlib
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    module = importlib.import_module("fair_parallel")
+    given = {**tiny(tiny_weights), "task": "segmentation", "test_per_class": 4}
+    assert module._dense(given) and not module._dense({}) and module._dense({"task": "detection"})
+    test, classes = module._test_split(str(scenes), given["model"], given, dense=module._dense(given))
+    assert len(test) == 4 and classes[0] == "background"  # the reader took the 4 test images of 6
+    with pytest.raises(AttributeError):  # what the runner did before it asked the task
+        module._test_split(str(scenes), given["model"], given)
+    sys.modules.pop("fair_parallel", None)
