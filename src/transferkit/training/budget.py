@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from accelerate.utils import send_to_device
@@ -16,8 +16,12 @@ from torch.utils.data import DataLoader
 
 from ..strategies import Phase
 
-if TYPE_CHECKING:
-    from .loop import TrainState
+
+class PhasePosition(Protocol):
+    """Where the run is (the loop's ``TrainState`` has these)."""
+
+    phase_index: int
+    phase_epoch: int
 
 logger = logging.getLogger("transferkit")
 
@@ -27,7 +31,7 @@ logger = logging.getLogger("transferkit")
 TRAIN_STEP_FORWARDS = 3.0
 
 
-def fit_to_budget(phases: list[Phase], state: TrainState, phase_over: bool, epoch_seconds: float,
+def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, epoch_seconds: float,
                   seconds_left: float, next_epoch: Callable[[], float | None] | None = None
                   ) -> tuple[list[Phase], bool]:
     """After an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so the epochs
