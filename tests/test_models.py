@@ -164,15 +164,15 @@ def test_torchvision_weight_errors_report_their_real_cause(monkeypatch, error, e
 def test_channels_last_auto_picks_batchnorm_convnets_on_the_cpu_and_every_convnet_on_a_gpu():
     """--channels-last auto: NHWC pays on the CPU for conv+BatchNorm networks (benchmarks/channels_last.py), not for
     LayerNorm ones; a network without convolutions never changes layout. predict loads a run in the same layout."""
-    from transferkit.models.layout import prefers_channels_last, to_preferred_layout
+    from transferkit.models.layout import prefers_channels_last, to_layout
 
     bn_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     ln_net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(1, 4))
     mlp = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4))
     assert [prefers_channels_last(m, on_gpu=False) for m in (bn_net, ln_net, mlp)] == [True, False, False]
     assert [prefers_channels_last(m, on_gpu=True) for m in (bn_net, ln_net, mlp)] == [True, True, False]
-    assert to_preferred_layout(bn_net, on_gpu=False)[0].weight.is_contiguous(memory_format=torch.channels_last)
-    assert to_preferred_layout(ln_net, on_gpu=False)[0].weight.is_contiguous()
+    assert to_layout(bn_net, "auto", on_gpu=False)[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert to_layout(ln_net, "auto", on_gpu=False)[0].weight.is_contiguous()
     assert not ln_net[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -20,7 +20,7 @@ from .data.samples import EvalData, Samples
 from .data.sources import eval_split
 from .errors import TransferKitError, check_choice
 from .evaluate import compute_metrics
-from .models.layout import to_preferred_layout
+from .models.layout import to_layout
 from .models.model import TransferModel
 from .models.sources import rebuild_model
 from .options import TTA_CHOICES
@@ -214,7 +214,7 @@ def load(run_dir: str | Path, merge: bool = True, tta: str | None = None) -> Tra
     else:
         model = rebuild_model(info["model"], info["head"], info["preprocessing"])
     _load_checked(model, run_dir / WEIGHTS)
-    to_preferred_layout(model, on_gpu=torch.cuda.is_available())  # as --channels-last auto trains it
+    to_layout(model, "auto", on_gpu=torch.cuda.is_available())  # as --channels-last auto trains it
     return TrainedModel(model, classes, info, run_dir, tta)
 
 

@@ -36,7 +36,7 @@ from .data.text import (
 from .distributed import World
 from .errors import TransferKitError
 from .features import HeadFeatures, PrefixActivations, cached_activations, cached_features
-from .models.layout import prefers_channels_last
+from .models.layout import to_layout, uses_channels_last
 from .models.model import TransferModel
 from .models.sources import load_model
 from .models.text import apply_lora, is_text_model, load_text_model
@@ -285,18 +285,18 @@ def fit_config(model: TransferModel, data: SplitData, config: TrainConfig, plan:
 
 
 def use_channels_last(model: TransferModel, config: TrainConfig) -> bool:
-    """``--channels-last``: on/off, or auto (:func:`transferkit.models.layout.prefers_channels_last`)."""
-    if config.channels_last != "auto":
-        return config.channels_last == "on"
-    return prefers_channels_last(model, on_gpu=torch.cuda.is_available() and not config.cpu)
+    """``--channels-last`` for this run (:func:`transferkit.models.layout.uses_channels_last`)."""
+    return uses_channels_last(model, config.channels_last, on_gpu=_on_gpu(config))
 
 
 def _in_layout(model: TransferModel, config: TrainConfig) -> TransferModel:
     """The model in the memory format it trains in, from the start: the feature and prefix caches, ``--strategy
     auto``'s measurements and ``advise`` then run as fast as training."""
-    if use_channels_last(model, config):
-        model.to(memory_format=torch.channels_last)
-    return model
+    return to_layout(model, config.channels_last, on_gpu=_on_gpu(config))
+
+
+def _on_gpu(config: TrainConfig) -> bool:
+    return torch.cuda.is_available() and not config.cpu
 
 
 def workers_for(config: TrainConfig) -> int:
