@@ -130,3 +130,53 @@ def test_advise_vs_compare_ranks_by_hand_when_the_advice_is_not_the_best(tmp_pat
     full = rows["full"]  # the whole data's advice, compared at the largest transfer size
     assert full["compare_at"] == 100 and full["samples"] == 3600 and full["rank"] == 2
     sys.modules.pop("advise_vs_compare", None)
+
+
+def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(tmp_path, monkeypatch):
+    """Run mode: the command `advise --json` printed is run as printed (only seed, output folder, test sample and
+    --quiet appended), the defaults on the same seeds; accuracies and seconds come from the run folders, the
+    verdict from the seed spreads, and finished runs are reused on a rerun."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("advise_vs_compare")
+    printed = "transferkit train --data builtin:digits --model efficientnet_lite0 --per-class 10 --strategy " \
+              "two-stage --lr 1e-4 --augment 'light'"
+    accuracy = {("two-stage", 0): 0.80, ("two-stage", 1): 0.84, ("defaults", 0): 0.85, ("defaults", 1): 0.87}
+    calls = []
+
+    def runner(argv, log):
+        calls.append(argv)
+        assert argv[:3] == [sys.executable, "-m", "transferkit"]
+        if argv[3] == "advise":
+            log.write_text("progress...\n" + json.dumps({"strategy": "two-stage", "command": printed,
+                                                         "reasons": ["because"]}) + "\n")
+            return 1.0
+        out, seed = Path(argv[argv.index("--out") + 1]), int(argv[argv.index("--seed") + 1])
+        which = "two-stage" if "--strategy" in argv else "defaults"
+        out.mkdir(parents=True)
+        (out / "transferkit.json").write_text(json.dumps({"strategy": "two-stage",
+                                                          "metrics": {"test": {"accuracy": accuracy[which, seed]}}}))
+        return 10.0 if which == "two-stage" else 40.0
+
+    row = module.check_commands("builtin:digits", 10, 2, tmp_path, 50, [], runner)
+    advise, *trains = calls
+    assert advise[3:] == ["advise", "--data", "builtin:digits", "--model", "efficientnet_lite0", "--per-class", "10",
+                          "--json"]
+    advised = [argv for argv in trains if "--strategy" in argv]
+    assert [argv[3:17] for argv in advised] == [["train", "--data", "builtin:digits", "--model", "efficientnet_lite0",
+                                                 "--per-class", "10", "--strategy", "two-stage", "--lr", "1e-4",
+                                                 "--augment", "light", "--seed"]] * 2
+    assert advised[1][17:] == ["1", "--out", str(tmp_path / "builtin-digits/n10/advised-s1/run"), "--overwrite",
+                               "--quiet", "--test-per-class", "50"]
+    defaults = [argv for argv in trains if "--strategy" not in argv]
+    assert defaults[0][3:10] == ["train", "--data", "builtin:digits", "--model", "efficientnet_lite0", "--per-class",
+                                 "10"]
+    assert row["advised_acc"] == pytest.approx(0.82) and row["advised_spread"] == pytest.approx(0.02)
+    assert row["default_acc"] == pytest.approx(0.86) and row["default_spread"] == pytest.approx(0.01)
+    assert row["speedup"] == pytest.approx(4.0) and row["diff"] == pytest.approx(-0.04)
+    assert row["holds"] is False  # 0.04 below the defaults, more than the spreads' 0.03
+    accuracy[("two-stage", 0)] = 0.79  # reused, not rerun: the saved result stands
+    again = module.check_commands("builtin:digits", 10, 2, tmp_path, 50, [], runner)
+    assert len(calls) == 5 and again["advised_acc"] == row["advised_acc"]
+    with pytest.raises(ValueError, match="not a transferkit command"):
+        module.transferkit_argv("python train.py")
+    sys.modules.pop("advise_vs_compare", None)
