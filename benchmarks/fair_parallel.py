@@ -138,10 +138,18 @@ def main(argv: list[str] | None = None) -> None:
               "tune": args.tune, "retention": args.retention}
     parked: dict[str, list[tuple[Cell, dict[str, Any], str]]] = {}
     ready: list[tuple[str, Cell, dict[str, Any], Any]] = []
+    twins: dict[Cell, list[tuple[Cell, dict[str, Any]]]] = {}  # scratch's own cell -> budget cells it serves
     for cell in cells:
         if cell in done:
             continue
         options = runner.options(cell)
+        twin = runner.twin(cell, options)
+        if twin is not None:  # the same run as scratch's own cell: scored from its folder once that is done
+            if twin in done:
+                ready.append(("reuse", cell, options, done[twin].run))
+            else:
+                twins.setdefault(twin, []).append((cell, options))
+            continue
         option = runner.searched_option(cell, options)
         if option is None:
             ready.append(("cell", cell, options, None))
@@ -159,8 +167,9 @@ def main(argv: list[str] | None = None) -> None:
                       if _key(v) not in search["candidates"]]
         parked.setdefault(key, []).append((cell, options, option))
     runner._save_search()
-    logger.info("%d cells to run (%d done earlier), %d LR-search runs first for %d groups", len(cells) - len(done),
-                len(done), sum(t[0] == "candidate" for t in ready), len(parked))
+    logger.info("%d cells to run (%d done earlier), %d LR-search runs first for %d groups; %d equal-budget cells "
+                "train exactly as scratch's own and reuse its run", len(cells) - len(done), len(done),
+                sum(t[0] == "candidate" for t in ready), len(parked), sum(len(v) for v in twins.values()))
     running: dict[Future, tuple[str, Cell, Any]] = {}
     with ProcessPoolExecutor(args.workers, initializer=_init_worker, initargs=(config,)) as pool:
         def submit(tasks: list) -> None:
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
                     write_outputs(out, [done[c] for c in cells if c in done], runner, meta, args.seeds)
                     logger.info("done %s: test accuracy %.3f (%d of %d cells)", cell.name, done[cell].test_accuracy,
                                 sum(c in done for c in cells), len(cells))
+                    submit([("reuse", c, o, done[cell].run) for c, o in twins.pop(cell, [])])
                     continue
                 search = runner.lr_search[search_key(cell)]
                 search["candidates"][_key(extra[1])] = value

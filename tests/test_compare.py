@@ -268,6 +268,39 @@ def test_budget_passes_count_the_feature_cache_once(tiny_options, tmp_path):
     assert runner.options(Cell("scratch", 10, 0))["epochs"] == 200  # its own recipe: 1,200 steps at least
 
 
+def test_an_equal_budget_cell_that_trains_exactly_as_scratch_reuses_its_run(tiny_options, tmp_path, monkeypatch):
+    """--recipes shared: scratch given linear-probe's budget (1 pass at 1 epoch) is scratch's own run — the same
+    options — so it is scored from that run's folder instead of training again; two-stage's budget (2 passes) and
+    scratch's own long recipe (--recipes own, no --epochs for all) still train."""
+    from transferkit.data.samples import ImageSamples
+    from transferkit.experiments.compare import CellRunner
+
+    given = {**{k: v for k, v in tiny_options.items() if k not in ("model", "head_epochs")}, "epochs": 1}
+    test = ImageSamples([], [], ["a", "b"])
+    runner = CellRunner("unused", tiny_options["model"], tmp_path, given, recipes="shared", tune="none", test=test,
+                        classes=["a", "b"])
+    lp_budget, ts_budget = Cell("scratch", 10, 1, "linear-probe"), Cell("scratch", 10, 1, "two-stage")
+    assert runner.twin(lp_budget, runner.options(lp_budget)) == Cell("scratch", 10, 1)
+    assert runner.options(ts_budget)["epochs"] == 2 and runner.twin(ts_budget, runner.options(ts_budget)) is None
+    assert runner.twin(Cell("scratch", 10, 1), runner.options(Cell("scratch", 10, 1))) is None
+    own = CellRunner("unused", tiny_options["model"], tmp_path, {k: v for k, v in given.items() if k != "epochs"},
+                     recipes="own", tune="none", test=test, classes=["a", "b"])
+    assert own.twin(lp_budget, own.options(lp_budget)) is None  # scratch's own recipe trains longer (200 epochs)
+
+    scored = []
+    monkeypatch.setattr(runner, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(runner, "result", lambda cell, run_dir, options: scored.append((cell, run_dir)) or "scored")
+    twin_dir = tmp_path / "runs" / "scratch-n10-s1"
+    twin_dir.mkdir(parents=True)
+    (twin_dir / "transferkit.json").write_text("{}")  # finished
+    assert runner.run(lp_budget, tmp_path / "runs" / lp_budget.name) == "scored"
+    assert scored == [(lp_budget, twin_dir)]
+    (twin_dir / "transferkit.json").unlink()  # not finished: the budget cell trains its own run
+    monkeypatch.setattr(runner, "train", lambda cell, options, run_dir: scored.append(("trained", run_dir)))
+    runner.run(lp_budget, tmp_path / "runs" / lp_budget.name)
+    assert scored[1] == ("trained", tmp_path / "runs" / lp_budget.name)
+
+
 def test_summary_shows_recipes_factors_and_distinguishability():
     from transferkit.experiments.report import summary_markdown
 

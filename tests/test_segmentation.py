@@ -515,3 +515,26 @@ def test_the_parallel_grid_runner_loads_a_dense_test_split(scenes, tiny_weights,
     with pytest.raises(AttributeError):  # what the runner did before it asked the task
         module._test_split(str(scenes), given["model"], given)
     sys.modules.pop("fair_parallel", None)
+
+
+def test_the_parallel_grid_scores_an_identical_equal_budget_cell_from_scratchs_run(scenes, tiny_weights, tmp_path,
+                                                                                    monkeypatch):
+    """--recipes shared on a dense task: linear-probe trains the decoder for the same epochs as scratch, so scratch
+    at linear-probe's budget is scratch's own run; the parallel runner trains it once and scores it for both cells."""
+    import importlib
+    import json
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent.parent / "benchmarks"))
+    module = importlib.import_module("fair_parallel")
+    options = {**tiny(tiny_weights, epochs=1), "task": "segmentation", "test_per_class": 2}
+    out = tmp_path / "grid"
+    module.main(["--data", str(scenes), "--model", options.pop("model"), "--strategies", "scratch,linear-probe",
+                 "--per-class", "6", "--seeds", "1", "--tune", "none", "--recipes", "shared", "--workers", "1",
+                 "--out", str(out), *[arg for k, v in options.items() for arg in ("--set", f"{k}={v}")]])
+    cells = {(c["strategy"], c["budget"]): c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert set(cells) == {("scratch", ""), ("linear-probe", ""), ("scratch", "linear-probe")}
+    own, budget = cells["scratch", ""], cells["scratch", "linear-probe"]
+    assert budget["run"] == own["run"] and budget["test_accuracy"] == own["test_accuracy"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["linear-probe-n6-s0", "scratch-n6-s0"]
+    sys.modules.pop("fair_parallel", None)

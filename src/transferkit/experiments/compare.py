@@ -255,8 +255,24 @@ class CellRunner:
 
     # --- running ------------------------------------------------------------------------------------
 
+    def twin(self, cell: Cell, options: Mapping[str, Any]) -> Cell | None:
+        """For an equal-budget scratch cell, scratch's own cell of the same size and seed when it trains with exactly
+        the same options (``--recipes shared``, where the transfer strategy's passes equal scratch's epochs, and no
+        LR search on either): the same training run, so its folder serves both cells instead of training twice."""
+        if not cell.budget or self.searched_option(cell, options) is not None:
+            return None
+        own = Cell(SCRATCH, cell.per_class, cell.seed)
+        own_options = self.options(own)
+        if self.searched_option(own, own_options) is not None or _plain(own_options) != _plain(options):
+            return None
+        return own
+
     def run(self, cell: Cell, run_dir: Path) -> CellResult:
         options = self.options(cell)
+        twin = self.twin(cell, options)
+        if twin is not None and RunFolder(run_dir.parent / twin.name).is_finished:
+            logger.info("%s trains exactly as %s: its finished run is reused", cell.name, twin.name)
+            return self.result(cell, run_dir.parent / twin.name, options)
         option = self.searched_option(cell, options)
         if option is not None:
             search = self.search(cell, options, option)
