@@ -68,6 +68,21 @@ def test_imbalance_small_images_and_far_domain_warnings():
     assert not recommend(measured(probe_accuracy=0.5)).warnings  # a poor probe on a close domain: no warning
 
 
+def test_small_text_sets_whose_features_separate_partly_are_fine_tuned():
+    """Issue 16's held-out sentiment set: 300 short texts, close domain, the probe 0.65 — the linear probe scored
+    below fine-tuning there. Topic-like text the frozen features already separate (BBC News) stays frozen."""
+    text = dict(modality="text", median_size=20, model_input=256, domain_measure="tokens per word",
+                domain_distance=1.2, classes=3, min_per_class=100, max_per_class=100)
+    sentiment = recommend(measured(samples=300, probe_accuracy=0.65, **text))
+    assert sentiment.strategy == "two-stage" and "only partly" in sentiment.reasons[0]
+    assert sentiment.options["lr"] == "3e-5" and "augment" not in sentiment.options
+    news = recommend(measured(samples=300, probe_accuracy=0.95, **text))
+    assert news.strategy == "linear-probe"
+    assert recommend(measured(samples=24, probe_accuracy=0.65, **text)).strategy == "linear-probe"  # tiny: frozen
+    images = recommend(measured(samples=300, min_per_class=30, max_per_class=30, probe_accuracy=0.65))
+    assert images.strategy == "linear-probe"  # images under 1,000 samples: the probe matched two-stage in compare
+
+
 def test_long_texts_are_reported():
     advice = recommend(measured(modality="text", median_size=700, model_input=512,
                                 domain_measure="tokens per word", domain_distance=1.3))
