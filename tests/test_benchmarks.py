@@ -180,3 +180,22 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     with pytest.raises(ValueError, match="not a transferkit command"):
         module.transferkit_argv("python train.py")
     sys.modules.pop("advise_vs_compare", None)
+
+
+@pytest.mark.slow
+def test_cheaper_accuracy_rows_are_resumable(tmp_path, monkeypatch):
+    """Real EfficientNet-Lite0 weights on 2 Fashion-MNIST images per class at 32 px: the defaults and the layer-wise
+    LR decay row, then the same call again, which reads the finished runs instead of training."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("cheaper_accuracy")
+    argv = ["--smoke", "--datasets", "fashion-mnist", "--variants", "lr-decay 0.5", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "cheaper.json")]
+    rows = module.main(argv)
+    assert [row["variant"] for row in rows] == ["defaults", "lr-decay 0.5"]  # its baseline comes along
+    assert all(0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0 for row in rows)
+    assert rows[1]["time_ratio"] == pytest.approx(rows[1]["seconds"] / rows[0]["seconds"])
+    saved = json.loads((tmp_path / "runs" / "fashion-mnist-lr-decay-0.5-0" / "benchmark.json").read_text())
+    assert saved["call"]["lr_decay"] == 0.5
+    monkeypatch.setattr(module.transferkit, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert module.main(argv) == rows
+    sys.modules.pop("cheaper_accuracy", None)
