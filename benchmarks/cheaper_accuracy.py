@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--ema-decay", type=float, default=0.99, help="the --ema value of the ema row")
     p.add_argument("--image-size", type=int, default=None, help="images: --image-size for every row [default: the "
                                                                  "weights']")
+    p.add_argument("--max-length", type=int, default=None, help="text: --max-length for every row [default: the "
+                                                                 "model's]")
     p.add_argument("--runs", type=Path, default=None, help="keep finished runs here and reuse them (resumable) "
                                                              "[default: a temporary folder]")
     p.add_argument("--variants", nargs="+", default=None, help="only these rows (labels as printed, e.g. 'defaults' "
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             text = model == "minilm-l6"
             smoke = {"per_class": 2, "epochs": 1, "head_epochs": 1, "test_per_class": 2,
                      **({} if text else {"image_size": 32})} if args.smoke else {}
-            size = {"image_size": args.image_size} if args.image_size and not text else {}
+            size = ({"max_length": args.max_length} if text and args.max_length else
+                    {"image_size": args.image_size} if args.image_size and not text else {})
             measured: dict[str, dict] = {}
             rows_here = variants(args.ema_decay, text)
             wanted = set(args.variants or rows_here) | {rows_here[v][1] for v in args.variants or () if v in rows_here}
