@@ -83,6 +83,36 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
+    """A text batch is a dict of token tensors: the per-sample cost divides by its texts (32), not by its keys (2);
+    and a first forward that pays a one-time cost (here 0.5 s) does not count."""
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from transferkit.training.budget import TRAIN_STEP_FORWARDS, estimate_epoch_seconds
+
+    class Encoder(torch.nn.Module):  # takes the token dict, as transferkit's text models do
+        calls = 0
+
+        def forward(self, inputs):
+            Encoder.calls += 1
+            time.sleep(0.5 if Encoder.calls == 1 else 0.01)
+            return torch.zeros(len(inputs["input_ids"]), 2)
+
+    def collate(rows):
+        ids = torch.zeros(len(rows), 8, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.zeros(len(rows), dtype=torch.long)
+
+    val = DataLoader(list(range(32)), batch_size=32, collate_fn=collate)
+    train = DataLoader(list(range(320)), batch_size=32, collate_fn=collate)
+    estimate = estimate_epoch_seconds(Encoder(), train, val, torch.device("cpu"))
+    # 0.01 s per 32 texts: (3 x 320 + 32) / 32 x 0.01 = 0.31 s; counting keys or the first call would give >= 5 s
+    per_batch = estimate / ((TRAIN_STEP_FORWARDS * 320 + 32) / 32)
+    assert 0.005 < per_batch < 0.1 and Encoder.calls == 2
+
+
 def test_a_run_stops_after_the_head_stage_when_fine_tuning_cannot_fit(class_folder, tiny_options, tmp_path,
                                                                       monkeypatch):
     """Two-stage with a budget of 10 minutes, but an estimate that says a fine-tuning epoch takes far longer (a
