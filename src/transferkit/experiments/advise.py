@@ -123,7 +123,8 @@ def recommend(m: Measurements) -> Advice:
     if imbalance >= 3:
         options["class_weights"] = "auto"
         reasons.append(f"classes are imbalanced ({m.min_per_class} to {m.max_per_class} per class): weight the loss")
-    if m.modality == "image" and m.median_size < m.model_input / 2 and strategy == "linear-probe":
+    small_images = m.modality == "image" and m.median_size < m.model_input / 2
+    if small_images and strategy == "linear-probe":
         # Issue 16 part 7 (10 per class, 2 seeds, test accuracy): Fashion-MNIST's probe scored 0.744 at 112 px and
         # 0.773 at 224 px (the defaults' two-stage 0.778); digits 0.759 at 64 px and 0.716 at 224 px (defaults 0.716),
         # font-digits 0.716 / 0.626 (defaults 0.626). The smaller input wins on some data and loses on other; the
@@ -132,7 +133,7 @@ def recommend(m: Measurements) -> Advice:
         reasons.append(f"images are small ({m.median_size:.0f} px), but the probe runs the backbone only once per "
                        f"image, so it keeps the model's {m.model_input} px input, the scale its features were trained "
                        "at (a smaller input was better on some data and worse on other, by 3-9 points)")
-    elif m.modality == "image" and m.median_size < m.model_input / 2:
+    elif small_images:
         size = int(min(m.model_input, max(64, 4 * m.median_size)))
         options["image_size"] = size
         reasons.append(f"images are small ({m.median_size:.0f} px) against the model's {m.model_input} px input: "
