@@ -15,7 +15,9 @@ Run mode (``--run``): the advice as a user takes it. For each built-in dataset a
 next to ``transferkit train`` with the defaults on the same seeds; both are timed from the command's start
 (process, data, model, caches, training, test). With ``--reports`` the best compare cell at that size is shown
 too. The advice *holds* when its mean test accuracy is not below the defaults' beyond the two seed spreads (half
-the range of each one's seeds).
+the range of each one's seeds). When the advised line resolves to the defaults' own configuration (``--strategy
+two-stage --lr 1e-4 --augment light`` on images is what ``train`` does without options), it is one command: it runs
+once and fills both columns (``same_recipe``).
 
     python benchmarks/advise_vs_compare.py --run --per-class 10,100 --seeds 2 --runs /tmp/avc \
         --reports benchmarks/results/compare/*/
@@ -41,6 +43,8 @@ from common import RESULTS, parser, report  # noqa: E402
 
 from transferkit.experiments.advise import Measurements, measure, recommend  # noqa: E402
 from transferkit.experiments.grid import CellResult, ranking  # noqa: E402
+from transferkit.options import TrainConfig  # noqa: E402
+from transferkit.strategies import DEFAULT_HEAD_LR, DEFAULT_LR, default_lr  # noqa: E402
 
 
 def check(report_dir: Path, cache: dict, remeasure: bool = False, measurer=measure) -> list[dict]:
@@ -78,9 +82,10 @@ DATASETS = {"builtin:fashion-mnist": "efficientnet_lite0", "builtin:digits": "ef
             "builtin:lfw-faces": "efficientnet_lite0", "builtin:fashion-mnist-m": "efficientnet_lite0",
             "builtin:font-digits": "efficientnet_lite0", "builtin:bbc-news": "minilm-l6"}
 """Every built-in classification dataset, with the model the README uses for it."""
+TEXT_MODELS = {"minilm-l6"}
 
 RUN_COLUMNS = ["data", "per_class", "seeds", "advised", "advised_acc", "advised_spread", "advised_s", "default_acc",
-               "default_spread", "default_s", "diff", "speedup", "holds", "best_cell", "command"]
+               "default_spread", "default_s", "diff", "speedup", "holds", "same_recipe", "best_cell", "command"]
 
 Runner = Callable[[list[str], Path], float]
 
@@ -116,6 +121,29 @@ def advised_command(data: str, model: str, per_class: int | None, folder: Path, 
         advice = json.loads(log.read_text(encoding="utf-8").strip().splitlines()[-1])
         saved.write_text(json.dumps(advice, indent=2))
     return json.loads(saved.read_text())
+
+
+def recipe(command: str, text: bool) -> dict:
+    """The configuration a printed ``transferkit train`` line resolves to, with the LRs it leaves to their defaults
+    filled in (so ``--lr 1e-4`` on images and no ``--lr`` compare equal)."""
+    argv, given = shlex.split(command)[2:], {}
+    while argv:
+        flag = argv.pop(0)
+        value = argv.pop(0) if argv and not argv[0].startswith("--") else True
+        given[flag.removeprefix("--").replace("-", "_")] = _number(value)
+    config = asdict(TrainConfig(**given).validate())
+    config["lr"] = config["lr"] or default_lr(config["strategy"], text) or DEFAULT_LR
+    config["head_lr"] = config["head_lr"] or DEFAULT_HEAD_LR
+    return config
+
+
+def _number(value: str | bool) -> str | bool | int | float:
+    for kind in (int, float):
+        try:
+            return kind(value) if isinstance(value, str) else value
+        except ValueError:
+            pass
+    return value
 
 
 def run_once(command: str, folder: Path, seed: int, test_per_class: int | None, runner: Runner) -> dict:
@@ -157,14 +185,17 @@ def check_commands(data: str, per_class: int | None, seeds: int, runs: Path, tes
     folder = runs / data.replace(":", "-") / f"n{per_class or 'full'}"
     advice = advised_command(data, model, per_class, folder, runner)
     defaults = f"transferkit train --data {data} --model {model}" + (f" --per-class {per_class}" if per_class else "")
+    # advice that resolves to the defaults' own configuration is one command: it runs once and fills both columns
+    same = recipe(advice["command"], model in TEXT_MODELS) == recipe(defaults, model in TEXT_MODELS)
     advised = [run_once(advice["command"], folder / f"advised-s{s}", s, test_per_class, runner) for s in range(seeds)]
-    default = [run_once(defaults, folder / f"defaults-s{s}", s, test_per_class, runner) for s in range(seeds)]
+    default = advised if same else [run_once(defaults, folder / f"defaults-s{s}", s, test_per_class, runner)
+                                    for s in range(seeds)]
     (a_acc, a_spread, a_s), (d_acc, d_spread, d_s) = _summary(advised), _summary(default)
     return {"data": data, "per_class": per_class or "full", "seeds": seeds, "advised": advice["strategy"],
             "advised_acc": a_acc, "advised_spread": a_spread, "advised_s": a_s, "default_acc": d_acc,
             "default_spread": d_spread, "default_s": d_s, "diff": a_acc - d_acc, "speedup": d_s / a_s,
             "holds": a_acc >= d_acc - (a_spread + d_spread), "best_cell": best_cell(reports, data, per_class),
-            "command": advice["command"], "reasons": advice["reasons"]}
+            "same_recipe": same, "command": advice["command"], "reasons": advice["reasons"]}
 
 
 def _summary(runs: list[dict]) -> tuple[float, float, float]:

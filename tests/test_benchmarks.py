@@ -139,7 +139,7 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = importlib.import_module("advise_vs_compare")
     printed = "transferkit train --data builtin:digits --model efficientnet_lite0 --per-class 10 --strategy " \
-              "two-stage --lr 1e-4 --augment 'light'"
+              "two-stage --lr 1e-4 --augment 'none'"
     accuracy = {("two-stage", 0): 0.80, ("two-stage", 1): 0.84, ("defaults", 0): 0.85, ("defaults", 1): 0.87}
     calls = []
 
@@ -164,7 +164,7 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     advised = [argv for argv in trains if "--strategy" in argv]
     assert [argv[3:17] for argv in advised] == [["train", "--data", "builtin:digits", "--model", "efficientnet_lite0",
                                                  "--per-class", "10", "--strategy", "two-stage", "--lr", "1e-4",
-                                                 "--augment", "light", "--seed"]] * 2
+                                                 "--augment", "none", "--seed"]] * 2
     assert advised[1][17:] == ["1", "--out", str(tmp_path / "builtin-digits/n10/advised-s1/run"), "--overwrite",
                                "--quiet", "--test-per-class", "50"]
     defaults = [argv for argv in trains if "--strategy" not in argv]
@@ -173,12 +173,47 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     assert row["advised_acc"] == pytest.approx(0.82) and row["advised_spread"] == pytest.approx(0.02)
     assert row["default_acc"] == pytest.approx(0.86) and row["default_spread"] == pytest.approx(0.01)
     assert row["speedup"] == pytest.approx(4.0) and row["diff"] == pytest.approx(-0.04)
-    assert row["holds"] is False  # 0.04 below the defaults, more than the spreads' 0.03
+    assert row["holds"] is False and row["same_recipe"] is False  # 0.04 below the defaults, beyond the spreads' 0.03
     accuracy[("two-stage", 0)] = 0.79  # reused, not rerun: the saved result stands
     again = module.check_commands("builtin:digits", 10, 2, tmp_path, 50, [], runner)
     assert len(calls) == 5 and again["advised_acc"] == row["advised_acc"]
     with pytest.raises(ValueError, match="not a transferkit command"):
         module.transferkit_argv("python train.py")
+    sys.modules.pop("advise_vs_compare", None)
+
+
+def test_advise_vs_compare_runs_advice_that_is_the_defaults_recipe_once(tmp_path, monkeypatch):
+    """`--strategy two-stage --lr 1e-4 --augment light` on images is what train does without options: one command,
+    run once per seed, filling both columns; a text model's own LR (3e-5) counts as its default too."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("advise_vs_compare")
+    base = "transferkit train --data builtin:fashion-mnist --model efficientnet_lite0 --per-class 100"
+    assert module.recipe(base + " --strategy two-stage --lr 1e-4 --augment light", text=False) == \
+        module.recipe(base, text=False)
+    for other in (" --augment none", " --lr 3e-5", " --strategy linear-probe", " --image-size 112", " --cpu"):
+        assert module.recipe(base + other, text=False) != module.recipe(base, text=False), other
+    text = "transferkit train --data builtin:bbc-news --model minilm-l6"
+    assert module.recipe(text + " --lr 3e-5", text=True) == module.recipe(text, text=True)
+    assert module.recipe(text + " --lr 1e-4", text=True) != module.recipe(text, text=True)
+    trains = []
+
+    def runner(argv, log):
+        if argv[3] == "advise":
+            log.write_text(json.dumps({"strategy": "two-stage", "command": base + " --strategy two-stage --lr 1e-4 "
+                                       "--augment light", "reasons": []}) + "\n")
+            return 1.0
+        trains.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.mkdir(parents=True)
+        seed = int(argv[argv.index("--seed") + 1])
+        (out / "transferkit.json").write_text(json.dumps({"strategy": "two-stage",
+                                                          "metrics": {"test": {"accuracy": 0.8 + seed / 100}}}))
+        return 30.0
+
+    row = module.check_commands("builtin:fashion-mnist", 100, 2, tmp_path, None, [], runner)
+    assert len(trains) == 2 and all("--strategy" in argv for argv in trains)
+    assert row["same_recipe"] is True and row["holds"] is True
+    assert row["advised_acc"] == row["default_acc"] == pytest.approx(0.805) and row["speedup"] == 1.0
     sys.modules.pop("advise_vs_compare", None)
 
 
