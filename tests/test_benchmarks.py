@@ -182,6 +182,17 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     sys.modules.pop("advise_vs_compare", None)
 
 
+def test_accuracy_per_second_budget_rows_at_smaller_image_sizes(tmp_path, monkeypatch):
+    """The budget row, and the same budget at each --budget-sizes value, on the chosen rows only."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("accuracy_per_second")
+    rows = module.main(["--smoke", "--datasets", "fashion-mnist", "--rows", "budget", "--budget", "600",
+                        "--budget-sizes", "32", "--out", str(tmp_path / "aps.json")])
+    assert [row["run"] for row in rows] == ["budget 600s", "budget 600s at 32 px"]
+    assert all(0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0 and row["met"] is False for row in rows)
+    sys.modules.pop("accuracy_per_second", None)
+
+
 def test_advise_vs_compare_runs_advice_that_is_the_defaults_recipe_once(tmp_path, monkeypatch):
     """`--strategy two-stage --lr 1e-4 --augment light` on images is what train does without options: one command,
     run once per seed, filling both columns; a text model's own LR (3e-5) counts as its default too."""
