@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--rows", nargs="+", default=["defaults", "auto", "budget"], choices=["defaults", "auto", "budget"],
                    help="which rows to run [all]")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="test examples per class [all]: the budget excludes the test evaluation, the wall time not")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,16 +55,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for label, options in variants.items():
                 out = f"{tmp}/{name}-{label.replace(' ', '-')}"
                 call = {"model": model, "per_class": per_class, "seed": args.seed, "out": out, "progress": False,
+                        "test_per_class": args.test_per_class,
                         **({"epochs": 1, "test_per_class": 2} if args.smoke else {}), **options}
                 wall, result = timed(lambda data=data, call=call: transferkit.train(data, **call))
                 accuracy = (result.test or {}).get("accuracy")
+                budget = result.model.info.get("budget") or {}
                 rows.append({"dataset": name, "run": label, "strategy": result.model.info.get("strategy"),
-                             "test_accuracy": accuracy, "seconds": wall, "target": target,
-                             "target_seconds": seconds,
+                             "test_accuracy": accuracy, "seconds": wall, "epochs_run": len(result.history),
+                             "best_epoch": result.best_epoch, "budget_stopped": budget.get("stopped_by_budget"),
+                             "target": target, "target_seconds": seconds,
                              "met": accuracy is not None and accuracy >= target
                              and (seconds is None or wall <= seconds)})
-    report("accuracy_per_second", rows, ["dataset", "run", "strategy", "test_accuracy", "seconds", "target",
-                                         "target_seconds", "met"], args.out,
+    report("accuracy_per_second", rows, ["dataset", "run", "strategy", "test_accuracy", "seconds", "epochs_run",
+                                         "best_epoch", "budget_stopped", "target", "target_seconds", "met"], args.out,
            notes="wall time of transferkit.train from its call (data, caches, training, test evaluation)")
     return rows
 
