@@ -279,15 +279,16 @@ class StrategyOptions:
     schedule: str = option("per-phase", "LR schedule: per-phase (each phase warms up over --warmup of its steps, then "
                                         "decays on a cosine to 0: progressive's LR restarts at every unfreezing) or "
                                         "single (one warm-up over --warmup of the run's steps, then one cosine across "
-                                        "every phase; --patience-after-lr reads that one curve). Measured later "
-                                        "(benchmarks/cheaper_accuracy.py).", choices=SCHEDULES)
+                                        "every phase; --patience-after-lr reads that one curve). No gain measured "
+                                        "(benchmarks/cheaper_accuracy.py, README).", choices=SCHEDULES)
     ema: float = option(0.0, "Exponential moving average of the weights, updated every optimizer step with this decay "
                              "(0: off), e.g. 0.99: validation, the best epoch and the saved weights are the average's; "
-                             "BatchNorm running statistics are averaged with the same decay. Measured later "
-                             "(benchmarks/cheaper_accuracy.py).", check=check_ema)
+                             "BatchNorm running statistics are averaged with the same decay. No gain measured "
+                             "(benchmarks/cheaper_accuracy.py, README).", check=check_ema)
     tta: str = option("none", "Test-time augmentation, image classification: none, or flip (average the softmax of "
                               "each image and its horizontal flip) for validation, test, `evaluate` and `predict`. "
-                              "Measured later (benchmarks/cheaper_accuracy.py).", choices=TTA_CHOICES)
+                              "+0.003 on Fashion-MNIST, inside the seed spread (benchmarks/cheaper_accuracy.py).",
+                      choices=TTA_CHOICES)
     keep: str = option("best", "Which weights the run ends with: best (the epoch with the best validation score "
                                "across every phase; a two-stage run can end with its head-only stage) or last (the "
                                "final epoch's, as a fixed schedule gives them: for domain adaptation, where the "
