@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import parser, report, timed  # noqa: E402
 
 import transferkit  # noqa: E402
+from transferkit.models.text import is_text_model  # noqa: E402
 
 DATASETS = {"fashion-mnist": ("builtin:fashion-mnist", "efficientnet_lite0", 100, 0.87, 60.0),
             "bbc-news": ("builtin:bbc-news", "minilm-l6", 20, 0.95, None)}
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         if label in args.rows}
             if args.budget and "budget" in args.rows:
                 variants[f"budget {args.budget:g}s"] = {"budget": args.budget}
-                for size in args.budget_sizes if not model.startswith("minilm") else ():
+                for size in () if is_text_model(model) else args.budget_sizes:
                     variants[f"budget {args.budget:g}s at {size} px"] = {"budget": args.budget, "image_size": size}
             for label, options in variants.items():
                 out = f"{tmp}/{name}-{label.replace(' ', '-')}"

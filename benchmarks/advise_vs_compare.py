@@ -39,10 +39,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import typer  # noqa: E402
 from common import RESULTS, parser, report  # noqa: E402
 
+from transferkit import cli  # noqa: E402
 from transferkit.experiments.advise import Measurements, measure, recommend  # noqa: E402
 from transferkit.experiments.grid import CellResult, ranking  # noqa: E402
+from transferkit.models.text import is_text_model  # noqa: E402
 from transferkit.options import TrainConfig  # noqa: E402
 from transferkit.strategies import DEFAULT_HEAD_LR, DEFAULT_LR, default_lr  # noqa: E402
 
@@ -82,7 +85,6 @@ DATASETS = {"builtin:fashion-mnist": "efficientnet_lite0", "builtin:digits": "ef
             "builtin:lfw-faces": "efficientnet_lite0", "builtin:fashion-mnist-m": "efficientnet_lite0",
             "builtin:font-digits": "efficientnet_lite0", "builtin:bbc-news": "minilm-l6"}
 """Every built-in classification dataset, with the model the README uses for it."""
-TEXT_MODELS = {"minilm-l6"}
 
 RUN_COLUMNS = ["data", "per_class", "seeds", "advised", "advised_acc", "advised_spread", "advised_s", "default_acc",
                "default_spread", "default_s", "diff", "speedup", "holds", "same_recipe", "best_cell", "command"]
@@ -123,27 +125,15 @@ def advised_command(data: str, model: str, per_class: int | None, folder: Path, 
     return json.loads(saved.read_text())
 
 
-def recipe(command: str, text: bool) -> dict:
-    """The configuration a printed ``transferkit train`` line resolves to, with the LRs it leaves to their defaults
-    filled in (so ``--lr 1e-4`` on images and no ``--lr`` compare equal)."""
-    argv, given = shlex.split(command)[2:], {}
-    while argv:
-        flag = argv.pop(0)
-        value = argv.pop(0) if argv and not argv[0].startswith("--") else True
-        given[flag.removeprefix("--").replace("-", "_")] = _number(value)
+def recipe(command: str) -> dict:
+    """The configuration a printed ``transferkit train`` line resolves to, parsed by the command line itself, with the
+    LRs it leaves to their defaults filled in (so ``--lr 1e-4`` on images and no ``--lr`` compare equal)."""
+    train = typer.main.get_command(cli.app).commands["train"]
+    given = cli._given(train.make_context("train", shlex.split(command)[2:]).params, TrainConfig)
     config = asdict(TrainConfig(**given).validate())
-    config["lr"] = config["lr"] or default_lr(config["strategy"], text) or DEFAULT_LR
+    config["lr"] = config["lr"] or default_lr(config["strategy"], is_text_model(config["model"])) or DEFAULT_LR
     config["head_lr"] = config["head_lr"] or DEFAULT_HEAD_LR
     return config
-
-
-def _number(value: str | bool) -> str | bool | int | float:
-    for kind in (int, float):
-        try:
-            return kind(value) if isinstance(value, str) else value
-        except ValueError:
-            pass
-    return value
 
 
 def run_once(command: str, folder: Path, seed: int, test_per_class: int | None, runner: Runner) -> dict:
@@ -186,7 +176,7 @@ def check_commands(data: str, per_class: int | None, seeds: int, runs: Path, tes
     advice = advised_command(data, model, per_class, folder, runner)
     defaults = f"transferkit train --data {data} --model {model}" + (f" --per-class {per_class}" if per_class else "")
     # advice that resolves to the defaults' own configuration is one command: it runs once and fills both columns
-    same = recipe(advice["command"], model in TEXT_MODELS) == recipe(defaults, model in TEXT_MODELS)
+    same = recipe(advice["command"]) == recipe(defaults)
     advised = [run_once(advice["command"], folder / f"advised-s{s}", s, test_per_class, runner) for s in range(seeds)]
     default = advised if same else [run_once(defaults, folder / f"defaults-s{s}", s, test_per_class, runner)
                                     for s in range(seeds)]

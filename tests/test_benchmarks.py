@@ -199,13 +199,13 @@ def test_advise_vs_compare_runs_advice_that_is_the_defaults_recipe_once(tmp_path
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = importlib.import_module("advise_vs_compare")
     base = "transferkit train --data builtin:fashion-mnist --model efficientnet_lite0 --per-class 100"
-    assert module.recipe(base + " --strategy two-stage --lr 1e-4 --augment light", text=False) == \
-        module.recipe(base, text=False)
+    assert module.recipe(base + " --strategy two-stage --lr 1e-4 --augment light") == \
+        module.recipe(base)
     for other in (" --augment none", " --lr 3e-5", " --strategy linear-probe", " --image-size 112", " --cpu"):
-        assert module.recipe(base + other, text=False) != module.recipe(base, text=False), other
+        assert module.recipe(base + other) != module.recipe(base), other
     text = "transferkit train --data builtin:bbc-news --model minilm-l6"
-    assert module.recipe(text + " --lr 3e-5", text=True) == module.recipe(text, text=True)
-    assert module.recipe(text + " --lr 1e-4", text=True) != module.recipe(text, text=True)
+    assert module.recipe(text + " --lr 3e-5") == module.recipe(text)
+    assert module.recipe(text + " --lr 1e-4") != module.recipe(text)
     trains = []
 
     def runner(argv, log):
