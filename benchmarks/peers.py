@@ -11,6 +11,8 @@ evaluation all count):
 - ``transferkit defaults``: ``transferkit.train(data, model=..., per_class=..., seed=...)``, as
   ``accuracy_per_second.py`` runs it; every ratio in the table is against this row.
 - ``transferkit linear-probe``: the same with ``strategy="linear-probe"``.
+- ``transferkit --strategy auto``: the same with ``strategy="auto"`` (the measurement, then the advised strategy and
+  options; the row's settings name the strategy it chose).
 - ``transferkit --budget 60``: the defaults with ``budget=60`` (``--budget 0`` leaves the row out).
 - ``sklearn logreg``: scikit-learn ``LogisticRegression`` (after ``StandardScaler``) on the backbone's pooled features
   of the same train and test samples (transferkit's feature extractor, evaluation transform, no augmentation).
@@ -27,7 +29,9 @@ Every runner gets its splits from transferkit's own loader (``prepare.load_data`
 per_class and seed) and its test samples from the same test split (``--test-per-class N``: the same N per class
 transferkit's ``test_per_class`` takes), so all rows score the same test samples; ``test_n`` shows it. The peers train
 on the training split; transferkit also uses its validation split (model selection, early stopping), and so does
-fastai (its ``valid`` set). Timed results mean something only on a quiet machine; the JSON keeps the machine.
+fastai (its ``valid`` set). Every runner runs with transferkit's ``--cpu-allocator`` settings (process-wide, applied
+before the first runner; a plain loop gets the same by preloading jemalloc or tcmalloc), so the rows differ by their
+recipes, not by malloc. Timed results mean something only on a quiet machine; the JSON keeps the machine.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from common import parser, report, timed  # noqa: E402
 
 import transferkit  # noqa: E402
 from transferkit import prepare  # noqa: E402
+from transferkit.allocator import keep_freed_memory  # noqa: E402
 from transferkit.data.splits import take_per_class  # noqa: E402
 from transferkit.options import TrainConfig  # noqa: E402
 
@@ -323,6 +328,7 @@ def runners(setup: Setup, args: Any) -> dict[str, Callable[[], tuple[float, int,
     found = {REFERENCE: lambda: run_transferkit(setup, "defaults", epochs),
              "transferkit linear-probe": lambda: run_transferkit(setup, "linear-probe", epochs,
                                                                  strategy="linear-probe"),
+             "transferkit --strategy auto": lambda: run_transferkit(setup, "auto", epochs, strategy="auto"),
              "sklearn logreg": lambda: run_logreg(setup, args.logreg_c, args.logreg_max_iter)}
     if args.budget:
         found[f"transferkit --budget {args.budget:g}"] = lambda: run_transferkit(setup, "budget", epochs,
@@ -381,6 +387,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.test_per_class = SMOKE["test_per_class"]
         args.timm_epochs = args.fastai_epochs = SMOKE["epochs"]
         args.hf_epochs = float(SMOKE["epochs"])
+    # transferkit's --cpu-allocator settings are process-wide and stay: applied before the first runner, every row
+    # runs with them (a plain loop gets the same by preloading jemalloc/tcmalloc), so rows differ by recipe only
+    allocator = keep_freed_memory("auto")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     missing = fastai_missing()
     threads = torch.get_num_threads()
@@ -389,7 +398,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = run_all(args, device, missing)
         notes = (f"acc_diff: test accuracy minus {REFERENCE!r}'s; time_ratio: wall seconds / {REFERENCE!r}'s (each "
                  f"runner timed from its call: data, model, caches, training, test evaluation); device "
-                 f"{device.type}, {torch.get_num_threads()} thread(s)")
+                 f"{device.type}, {torch.get_num_threads()} thread(s); every runner with transferkit's CPU "
+                 f"allocator settings: {'applied' if allocator else 'not available here'}")
     finally:
         torch.set_num_threads(threads)
     report("peers", rows, COLUMNS, args.out, notes=notes)

@@ -34,6 +34,15 @@ def _frozen_prefix(rows):
     assert all(row["cached_phases"] >= 1 and row["max_weight_diff"] < 1e-4 for row in rows)
 
 
+def _cpu_allocator(rows):
+    steps, runs = rows[:-1], rows[-1:]
+    _ratio("infer_speedup", "on_infer_img_s", "off_infer_img_s")(steps)
+    _ratio("train_speedup", "on_train_img_s", "off_train_img_s")(steps)
+    _ratio("run_speedup", "off_run_s", "on_run_s")(runs)
+    # only where memory comes from changes: the same training, so the same test accuracy
+    assert runs[0]["model"].startswith("train ") and runs[0]["same_test_accuracy"] is True
+
+
 def _gpu_bench(rows):
     modes = [(row["model"], row["mode"]) for row in rows]
     assert ("test_resnet", "transferkit fit (defaults)") in modes and ("bert-base seq128", "plain bf16") in modes
@@ -48,6 +57,7 @@ def _gpu_bench(rows):
     ("gpu_bench", _gpu_bench),
     ("channels_last", lambda rows: (_ratio("infer_speedup", "cl_infer_img_s", "nchw_infer_img_s")(rows),
                                     _ratio("train_speedup", "cl_train_img_s", "nchw_train_img_s")(rows))),
+    ("cpu_allocator", _cpu_allocator),
 ])
 def test_benchmark_smoke(name, check, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))

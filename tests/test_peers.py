@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-PEERS = {"fashion-mnist 2/class": {"transferkit defaults", "transferkit linear-probe", "transferkit --budget 60",
-                                   "sklearn logreg", "timm fine-tune", "fastai fine_tune"},
-         "bbc-news 2/class": {"transferkit defaults", "transferkit linear-probe", "transferkit --budget 60",
-                              "sklearn logreg", "HF Trainer"}}
+TRANSFERKIT = {"transferkit defaults", "transferkit linear-probe", "transferkit --strategy auto",
+               "transferkit --budget 60"}
+PEERS = {"fashion-mnist 2/class": TRANSFERKIT | {"sklearn logreg", "timm fine-tune", "fastai fine_tune"},
+         "bbc-news 2/class": TRANSFERKIT | {"sklearn logreg", "HF Trainer"}}
 
 
 @pytest.mark.slow

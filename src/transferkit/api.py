@@ -24,6 +24,7 @@ import numpy as np
 from accelerate.utils import set_seed
 
 from . import distributed, prepare
+from .allocator import keep_freed_memory
 from .cache import CacheUse, weights_fingerprint
 from .data.checks import check_normalization
 from .data.samples import SplitData
@@ -105,6 +106,7 @@ def train(data: str | Path | None = None, *, resume: str | Path | None = None, c
 def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, resumed: bool,
            callbacks: Sequence[Callback], progress: bool, given: set[str] | None = None) -> TrainResult:
     started = time.perf_counter()
+    allocator = keep_freed_memory(run_config.cpu_allocator)  # before the data and the model take their memory
     task = get_task(run_config.task)
     if not resumed:
         run_config.out = world.broadcast(run_config.out)  # the name rank 0 chose (its default carries the time)
@@ -162,6 +164,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         extra["auto"] = auto
     if not model.is_text and not task.dense:
         extra["device_augment"] = {"setting": run_config.device_augment, "used": on_device is not None}
+    extra["cpu_allocator"] = {"setting": run_config.cpu_allocator, "keeps_freed_memory": allocator}
     if result.budget is not None:
         extra["budget"] = {"seconds": run_config.budget, **result.budget}
     run.save_model(model)

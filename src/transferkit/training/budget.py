@@ -26,7 +26,8 @@ class PhasePosition(Protocol):
 logger = logging.getLogger("transferkit")
 
 # A training step (forward, backward, optimizer) costs about this many inference forwards of the same batch:
-# 3.6-4.1x for EfficientNet-Lite0, ResNet-18 and ResNet-50 on the CPU in benchmarks/channels_last.py; taken a little
+# 3.6-4.1x for EfficientNet-Lite0, ResNet-18 and ResNet-50 on the CPU in benchmarks/channels_last.py, 3.2-4.0x with
+# --cpu-allocator auto (benchmarks/cpu_allocator.py, which speeds inference up more than training); taken a little
 # low so that a phase is cut only when even an optimistic estimate does not fit.
 TRAIN_STEP_FORWARDS = 3.0
 
