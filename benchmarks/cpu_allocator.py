@@ -11,7 +11,8 @@ and the peak resident memory. Prints the ratios (allocator on / off) and the ker
 process, where the page faults of malloc as it is show up. Then whole ``transferkit train`` runs (Fashion-MNIST,
 30 images per class, 3 epochs: the feature cache, the head fit, fine-tuning, the test), off and on alternating
 ``--train-repeats`` times, each in its own process: the ratio of the median wall times, and whether the test
-accuracy is the same (it should be: only where memory comes from changes).
+accuracy is the same (it was in these short runs; longer ones can drift by float rounding, since kernels may take
+other code paths at other memory alignments).
 """
 
 from __future__ import annotations

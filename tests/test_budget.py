@@ -108,7 +108,7 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
     val = DataLoader(list(range(32)), batch_size=32, collate_fn=collate)
     train = DataLoader(list(range(320)), batch_size=32, collate_fn=collate)
     estimate = estimate_epoch_seconds(Encoder(), train, val, torch.device("cpu"))
-    # 0.01 s per 32 texts: (3 x 320 + 32) / 32 x 0.01 = 0.31 s; counting keys or the first call would give >= 5 s
+    # 0.01 s per 32 texts: (4 x 320 + 32) / 32 x 0.01 = 0.41 s; counting keys or the first call would give >= 5 s
     per_batch = estimate / ((TRAIN_STEP_FORWARDS * 320 + 32) / 32)
     assert 0.005 < per_batch < 0.1 and Encoder.calls == 2
 

@@ -25,11 +25,12 @@ class PhasePosition(Protocol):
 
 logger = logging.getLogger("transferkit")
 
-# A training step (forward, backward, optimizer) costs about this many inference forwards of the same batch:
-# 3.6-4.1x for EfficientNet-Lite0, ResNet-18 and ResNet-50 on the CPU in benchmarks/channels_last.py, 3.2-4.0x with
-# --cpu-allocator auto (benchmarks/cpu_allocator.py, which speeds inference up more than training); taken a little
-# low so that a phase is cut only when even an optimistic estimate does not fit.
-TRAIN_STEP_FORWARDS = 3.0
+# A training step (forward, backward, optimizer) costs about this many inference forwards of the same batch. With
+# --cpu-allocator auto (which speeds inference up more than training): 3.2-4.0x for EfficientNet-Lite0, ResNet-18
+# and ResNet-50 at 224 px (benchmarks/cpu_allocator.py) and 4.1x for MiniLM-L6 on 512 tokens (5.9x without it). At 3
+# (the value before), the peers run's --budget 60 on BBC News started a fine-tuning epoch with 47 s left that took
+# 67 s; at 4 that estimate no longer fits, and an image epoch is over- rather than under-estimated.
+TRAIN_STEP_FORWARDS = 4.0
 
 
 def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, epoch_seconds: float,
@@ -49,6 +50,9 @@ def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, e
             logger.info("Budget: %.0f s left; the next phase's first epoch would take about %.0f s", seconds_left,
                         estimate)
             return phases, True
+        if estimate is not None:
+            logger.info("Budget: %.0f s left; the next phase's first epoch should take about %.0f s", seconds_left,
+                        estimate)
         return phases, False
     fits = int(seconds_left // max(epoch_seconds, 1e-9))
     if fits == 0:
