@@ -55,29 +55,29 @@ def measure(name: str, setting: str, image_size: int, batch_size: int, repeats: 
     inference, training = rates(model, images, labels, repeats)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"applied": applied, "infer_img_s": inference, "train_img_s": training,
-            "peak_rss_mb": usage.ru_maxrss / 1024, "system_s": usage.ru_stime, "user_s": usage.ru_utime}
+            "peak_rss_mb": usage.ru_maxrss / 1024, "system_s": usage.ru_stime}
+
+
+def _child(argv: list[str], what: str) -> dict:
+    """This script run with ``argv`` in a fresh process; the JSON its last line prints."""
+    done = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"the measuring process failed ({what}):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _in_fresh_process(name: str, setting: str, args) -> dict:
-    command = [sys.executable, __file__, "--child", name, setting, "--image-size", str(args.image_size),
-               "--batch-size", str(args.batch_size), "--repeats", str(args.repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"the measuring process failed ({name}, {setting}):\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _child(["--child", name, setting, "--image-size", str(args.image_size), "--batch-size",
+                   str(args.batch_size), "--repeats", str(args.repeats)], f"{name}, {setting}")
 
 
 def train_run(setting: str, args, out: Path) -> dict:
     """``transferkit train`` end to end in a fresh process with ``--cpu-allocator setting``: its wall time (from
     transferkit.json), test accuracy, and that process's kernel CPU seconds and peak resident memory."""
-    command = [sys.executable, __file__, "--child-train", "--data", args.train_data, "--model", args.train_model,
-               "--per-class", str(args.train_per_class), "--test-per-class", str(args.train_per_class),
-               "--epochs", str(args.train_epochs), "--cpu-allocator", setting, "--out", str(out), "--quiet",
-               "--overwrite"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"transferkit train failed ({setting}):\n{done.stderr[-2000:]}")
-    usage = json.loads(done.stdout.strip().splitlines()[-1])
+    usage = _child(["--child-train", "--data", args.train_data, "--model", args.train_model, "--per-class",
+                    str(args.train_per_class), "--test-per-class", str(args.train_per_class), "--epochs",
+                    str(args.train_epochs), "--cpu-allocator", setting, "--out", str(out), "--quiet", "--overwrite"],
+                   f"transferkit train, {setting}")
     info = json.loads((out / "transferkit.json").read_text())
     return {"seconds": info["metrics"]["seconds"], "test_accuracy": info["metrics"]["test"]["accuracy"], **usage}
 

@@ -387,8 +387,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.test_per_class = SMOKE["test_per_class"]
         args.timm_epochs = args.fastai_epochs = SMOKE["epochs"]
         args.hf_epochs = float(SMOKE["epochs"])
-    # transferkit's --cpu-allocator settings are process-wide and stay: applied before the first runner, every row
-    # runs with them (a plain loop gets the same by preloading jemalloc/tcmalloc), so rows differ by recipe only
+    # process-wide and lasting: applied before the first runner, so every row runs with them (see the docstring)
     allocator = keep_freed_memory("auto")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     missing = fastai_missing()

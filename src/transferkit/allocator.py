@@ -47,12 +47,13 @@ def keep_freed_memory(setting: str = "auto") -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        mallopt = ctypes.CDLL(None).mallopt
-        gnu = ctypes.CDLL(None).gnu_get_libc_version  # glibc only (musl has a mallopt that does nothing)
+        libc = ctypes.CDLL(None)
+        version = libc.gnu_get_libc_version  # glibc only (musl has a mallopt that does nothing)
     except (OSError, AttributeError):
         return False
-    gnu.restype = ctypes.c_char_p
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    _applied = all(mallopt(param, value) == 1 for param, value in _SETTINGS)
-    logger.debug("CPU allocator: glibc %s mallopt settings %s", gnu().decode(), "applied" if _applied else "refused")
+    version.restype = ctypes.c_char_p
+    libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    _applied = all(libc.mallopt(param, value) == 1 for param, value in _SETTINGS)
+    logger.debug("CPU allocator: glibc %s mallopt settings %s", version().decode(),
+                 "applied" if _applied else "refused")
     return _applied

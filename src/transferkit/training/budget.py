@@ -46,14 +46,11 @@ def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, e
         return phases, True
     if phase_over:
         estimate = next_epoch() if next_epoch is not None else None
-        if estimate is not None and estimate > seconds_left:
-            logger.info("Budget: %.0f s left; the next phase's first epoch would take about %.0f s", seconds_left,
-                        estimate)
-            return phases, True
-        if estimate is not None:
-            logger.info("Budget: %.0f s left; the next phase's first epoch should take about %.0f s", seconds_left,
-                        estimate)
-        return phases, False
+        if estimate is None:
+            return phases, False
+        logger.info("Budget: %.0f s left; the next phase's first epoch should take about %.0f s", seconds_left,
+                    estimate)
+        return phases, estimate > seconds_left
     fits = int(seconds_left // max(epoch_seconds, 1e-9))
     if fits == 0:
         return phases, True
