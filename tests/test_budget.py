@@ -4,6 +4,7 @@ epoch's weights when it is spent."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -130,3 +131,16 @@ def test_a_run_stops_after_the_head_stage_when_fine_tuning_cannot_fit(class_fold
     full = transferkit.train(class_folder, strategy="two-stage", budget=600, out=str(tmp_path / "full"),
                              progress=False, **tiny_options)
     assert [row["phase"] for row in full.history] == ["head", "all", "all"]  # tiny_options: 2 epochs
+
+
+def test_the_phase_boundary_estimate_is_logged_whether_it_fits_or_not(caplog):
+    """The README promises the log says what the budget estimated: one line per estimate, fit or not."""
+    phases = [Phase("head", 1, runs_on="exact-fit"), Phase("all", 10)]
+    state = TrainState(epoch=1, phase_index=1, phase_epoch=0)
+    with caplog.at_level(logging.INFO, logger="transferkit"):
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 35.0)
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 15.0)
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Budget: 20 s left; the next phase's first epoch should take about 35 s",
+        "Budget: 20 s left; the next phase's first epoch should take about 15 s"]
