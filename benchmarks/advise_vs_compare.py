@@ -9,15 +9,16 @@ Measurements are cached in the results JSON (``measurements``), so after changin
 ``transferkit.experiments.advise.recommend`` a rerun re-applies them in seconds (``--remeasure`` to measure
 again). "full" rows give the advice for the whole dataset next to compare's largest size.
 
-Run mode (``--run``): the advice as a user takes it. For each built-in dataset and size, ``transferkit advise
---json`` is asked for its command, and that exact command line is run (only ``--seed``, ``--test-per-class``,
-``--out`` and ``--quiet`` are appended: they choose the seed, the test sample and the folder, not the recipe),
-next to ``transferkit train`` with the defaults on the same seeds; both are timed from the command's start
-(process, data, model, caches, training, test). With ``--reports`` the best compare cell at that size is shown
-too. The advice *holds* when its mean test accuracy is not below the defaults' beyond the two seed spreads (half
-the range of each one's seeds). When the advised line resolves to the defaults' own configuration (``--strategy
-two-stage --lr 1e-4 --augment light`` on images is what ``train`` does without options), it is one command: it runs
-once and fills both columns (``same_recipe``).
+Run mode (``--run``): the advice as a user takes it. For each built-in dataset and size, ``transferkit advise --json``
+is asked for its command, and that exact command line is run (only ``--seed``, ``--test-per-class``, ``--out`` and
+``--quiet`` are appended: they choose the seed, the test sample and the folder, not the recipe), next to ``transferkit
+train --strategy two-stage`` (the fixed recipe that was the default before ``--strategy auto``, which runs the advice
+itself, became it; "the defaults" below) on the same seeds; both are timed from the command's start (process, data,
+model, caches, training, test). With ``--reports`` the best compare cell at that size is shown too. The advice *holds*
+when its mean test accuracy is not below the defaults' beyond the two seed spreads (half the range of each one's
+seeds). When the advised line resolves to the defaults' own configuration (``--strategy two-stage --lr 1e-4 --augment
+light`` on images is what ``train --strategy two-stage`` does without other options), it is one command: it runs once
+and fills both columns (``same_recipe``).
 
     python benchmarks/advise_vs_compare.py --run --per-class 10,100 --seeds 2 --runs /tmp/avc \
         --reports benchmarks/results/compare/*/
@@ -174,7 +175,8 @@ def check_commands(data: str, per_class: int | None, seeds: int, runs: Path, tes
     model = DATASETS.get(data, "efficientnet_lite0")
     folder = runs / data.replace(":", "-") / f"n{per_class or 'full'}"
     advice = advised_command(data, model, per_class, folder, runner)
-    defaults = f"transferkit train --data {data} --model {model}" + (f" --per-class {per_class}" if per_class else "")
+    defaults = f"transferkit train --data {data} --model {model} --strategy two-stage" + (
+        f" --per-class {per_class}" if per_class else "")
     # advice that resolves to the defaults' own configuration is one command: it runs once and fills both columns
     same = recipe(advice["command"]) == recipe(defaults)
     advised = [run_once(advice["command"], folder / f"advised-s{s}", s, test_per_class, runner) for s in range(seeds)]

@@ -9,10 +9,10 @@ Runners per dataset (each timed from its call to its test accuracy: data, model,
 evaluation all count):
 
 - ``transferkit defaults``: ``transferkit.train(data, model=..., per_class=..., seed=...)``, as
-  ``accuracy_per_second.py`` runs it; every ratio in the table is against this row.
+  ``accuracy_per_second.py`` runs it: ``--strategy auto`` (the measurement, then the advised strategy and options; the
+  row's settings name the strategy it chose). Every ratio in the table is against this row.
 - ``transferkit linear-probe``: the same with ``strategy="linear-probe"``.
-- ``transferkit --strategy auto``: the same with ``strategy="auto"`` (the measurement, then the advised strategy and
-  options; the row's settings name the strategy it chose).
+- ``transferkit two-stage``: the same with ``strategy="two-stage"``, the fixed recipe that was the default before auto.
 - ``transferkit --budget 60``: the defaults with ``budget=60`` (``--budget 0`` leaves the row out).
 - ``sklearn logreg``: scikit-learn ``LogisticRegression`` (after ``StandardScaler``) on the backbone's pooled features
   of the same train and test samples (transferkit's feature extractor, evaluation transform, no augmentation).
@@ -328,7 +328,7 @@ def runners(setup: Setup, args: Any) -> dict[str, Callable[[], tuple[float, int,
     found = {REFERENCE: lambda: run_transferkit(setup, "defaults", epochs),
              "transferkit linear-probe": lambda: run_transferkit(setup, "linear-probe", epochs,
                                                                  strategy="linear-probe"),
-             "transferkit --strategy auto": lambda: run_transferkit(setup, "auto", epochs, strategy="auto"),
+             "transferkit two-stage": lambda: run_transferkit(setup, "two-stage", epochs, strategy="two-stage"),
              "sklearn logreg": lambda: run_logreg(setup, args.logreg_c, args.logreg_max_iter)}
     if args.budget:
         found[f"transferkit --budget {args.budget:g}"] = lambda: run_transferkit(setup, "budget", epochs,

@@ -77,8 +77,10 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_options(tiny_weights: Path) -> dict:
-    """Training options for a tiny, fast run (timm test model, 32 px, 1 worker-free loader)."""
-    return {"model": "timm:test_efficientnet", "weights": str(tiny_weights), "image_size": 32, "batch_size": 8,
+    """Training options for a tiny, fast run (timm test model, 32 px, 1 worker-free loader), two-stage (the default,
+    auto, would choose the linear probe for such tiny data: tests/test_auto.py covers it)."""
+    return {"strategy": "two-stage", "model": "timm:test_efficientnet", "weights": str(tiny_weights), "image_size": 32,
+            "batch_size": 8,
             "epochs": 2, "head_epochs": 1, "workers": 0, "augment": "none"}
 
 

@@ -178,7 +178,7 @@ def test_wise_ft_needs_a_fine_tuned_backbone(tmp_path: Path, tiny_options: dict)
     from transferkit.errors import TransferKitError
 
     with pytest.raises(TransferKitError, match="--wise-ft"):
-        transferkit.train(str(tmp_path), strategy="linear-probe", wise_ft=True, **tiny_options)
+        transferkit.train(str(tmp_path), wise_ft=True, **{**tiny_options, "strategy": "linear-probe"})
 
 
 # --- domain adaptation ------------------------------------------------------------------------------------
@@ -249,7 +249,7 @@ def test_target_labels_are_never_read(tmp_path: Path, tiny_options: dict, monkey
     source = make_class_folders(tmp_path / "source", per_class=6)
     target = _unlabelled_builtin(monkeypatch, make_class_folders(tmp_path / "target", per_class=3, start=700))
     result = transferkit.train(str(source), out=str(tmp_path / "run"), target_data=target, adapt="cdan",
-                               strategy="fine-tune", progress=False, **{**tiny_options, "epochs": 2})
+                               progress=False, **{**tiny_options, "strategy": "fine-tune", "epochs": 2})
     record = result.model.info["adaptation"]
     assert record["target_labels_read"] == "none" and record["selected_on"] == "the source validation split"
     epoch = result.history[-1]
@@ -363,7 +363,7 @@ def test_adaptation_plans_and_limits(class_folder: Path, tiny_options: dict) -> 
     from transferkit.errors import TransferKitError
     from transferkit.options import TrainConfig
 
-    options = {k: v for k, v in tiny_options.items() if k != "workers"}
+    options = {k: v for k, v in tiny_options.items() if k not in ("workers", "strategy")}
     plan = transferkit.plan(class_folder, strategy="linear-probe", hidden=8, target_data=str(class_folder),
                             adapt="dann", **options)
     assert [p.runs_on for p in plan.phases] == ["images"] and "Domain adaptation (dann)" in str(plan)

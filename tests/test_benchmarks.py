@@ -161,7 +161,7 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
                                                          "reasons": ["because"]}) + "\n")
             return 1.0
         out, seed = Path(argv[argv.index("--out") + 1]), int(argv[argv.index("--seed") + 1])
-        which = "two-stage" if "--strategy" in argv else "defaults"
+        which = "defaults" if out.parent.name.startswith("defaults-s") else "two-stage"
         out.mkdir(parents=True)
         (out / "transferkit.json").write_text(json.dumps({"strategy": "two-stage",
                                                           "metrics": {"test": {"accuracy": accuracy[which, seed]}}}))
@@ -171,15 +171,16 @@ def test_advise_vs_compare_runs_the_exact_printed_command_against_the_defaults(t
     advise, *trains = calls
     assert advise[3:] == ["advise", "--data", "builtin:digits", "--model", "efficientnet_lite0", "--per-class", "10",
                           "--json"]
-    advised = [argv for argv in trains if "--strategy" in argv]
+    advised = [argv for argv in trains if "/advised-s" in argv[argv.index("--out") + 1]]
     assert [argv[3:17] for argv in advised] == [["train", "--data", "builtin:digits", "--model", "efficientnet_lite0",
                                                  "--per-class", "10", "--strategy", "two-stage", "--lr", "1e-4",
                                                  "--augment", "none", "--seed"]] * 2
     assert advised[1][17:] == ["1", "--out", str(tmp_path / "builtin-digits/n10/advised-s1/run"), "--overwrite",
                                "--quiet", "--test-per-class", "50"]
-    defaults = [argv for argv in trains if "--strategy" not in argv]
-    assert defaults[0][3:10] == ["train", "--data", "builtin:digits", "--model", "efficientnet_lite0", "--per-class",
-                                 "10"]
+    defaults = [argv for argv in trains if "/defaults-s" in argv[argv.index("--out") + 1]]
+    assert len(defaults) == 2  # the fixed two-stage recipe (train's default, auto, is the advice itself)
+    assert defaults[0][3:12] == ["train", "--data", "builtin:digits", "--model", "efficientnet_lite0", "--strategy",
+                                 "two-stage", "--per-class", "10"]
     assert row["advised_acc"] == pytest.approx(0.82) and row["advised_spread"] == pytest.approx(0.02)
     assert row["default_acc"] == pytest.approx(0.86) and row["default_spread"] == pytest.approx(0.01)
     assert row["speedup"] == pytest.approx(4.0) and row["diff"] == pytest.approx(-0.04)
@@ -204,16 +205,17 @@ def test_accuracy_per_second_budget_rows_at_smaller_image_sizes(tmp_path, monkey
 
 
 def test_advise_vs_compare_runs_advice_that_is_the_defaults_recipe_once(tmp_path, monkeypatch):
-    """`--strategy two-stage --lr 1e-4 --augment light` on images is what train does without options: one command,
-    run once per seed, filling both columns; a text model's own LR (3e-5) counts as its default too."""
+    """`--strategy two-stage --lr 1e-4 --augment light` on images is what `train --strategy two-stage` does without
+    other options: one command, run once per seed, filling both columns; a text model's own LR (3e-5) counts as its
+    default too."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     module = importlib.import_module("advise_vs_compare")
     base = "transferkit train --data builtin:fashion-mnist --model efficientnet_lite0 --per-class 100"
-    assert module.recipe(base + " --strategy two-stage --lr 1e-4 --augment light") == \
-        module.recipe(base)
+    fixed = base + " --strategy two-stage"
+    assert module.recipe(base + " --strategy two-stage --lr 1e-4 --augment light") == module.recipe(fixed)
     for other in (" --augment none", " --lr 3e-5", " --strategy linear-probe", " --image-size 112", " --cpu"):
-        assert module.recipe(base + other) != module.recipe(base), other
-    text = "transferkit train --data builtin:bbc-news --model minilm-l6"
+        assert module.recipe(fixed + other) != module.recipe(fixed), other
+    text = "transferkit train --data builtin:bbc-news --model minilm-l6 --strategy two-stage"
     assert module.recipe(text + " --lr 3e-5") == module.recipe(text)
     assert module.recipe(text + " --lr 1e-4") != module.recipe(text)
     trains = []

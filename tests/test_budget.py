@@ -43,8 +43,8 @@ def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_o
     """A budget spent before the first epoch ends (10 ms: less than the setup alone takes, on any machine): that
     epoch is the last, its weights are saved and the run folder is finished (loadable, transferkit.json says why it
     stopped)."""
-    result = transferkit.train(class_folder, strategy="fine-tune", budget=0.01, out=str(tmp_path / "run"),
-                               progress=False, **{**tiny_options, "epochs": 20})
+    result = transferkit.train(class_folder, budget=0.01, out=str(tmp_path / "run"),
+                               progress=False, **{**tiny_options, "strategy": "fine-tune", "epochs": 20})
     assert len(result.history) == 1 and result.best_epoch == 1
     info = json.loads((tmp_path / "run" / "transferkit.json").read_text())
     assert info["budget"]["seconds"] == 0.01 and info["budget"]["stopped_by_budget"]
@@ -67,7 +67,7 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from transferkit.training.budget import TRAIN_STEP_FORWARDS, estimate_epoch_seconds
+    from transferkit.training.budget import estimate_epoch_seconds
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
@@ -77,30 +77,52 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     val = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long)), batch_size=4)
     small = DataLoader(TensorDataset(torch.randn(10, 3, 16, 16), torch.zeros(10, dtype=torch.long)), batch_size=4)
     large = DataLoader(TensorDataset(torch.randn(1000, 3, 16, 16), torch.zeros(1000, dtype=torch.long)), batch_size=4)
+    model[0].weight.requires_grad_(False)  # a frozen layer stays frozen; the estimate's gradients touch no .grad
+    rng = torch.get_rng_state()
     estimates = [estimate_epoch_seconds(model, loader, val, torch.device("cpu")) for loader in (small, large)]
     assert 0 < estimates[0] < estimates[1]
-    # the per-sample cost is the same forward's, give or take timing noise: 1000 + 8 vs 10 + 8 sample-costs
-    assert estimates[1] / estimates[0] > (TRAIN_STEP_FORWARDS * 1000 + 8) / (TRAIN_STEP_FORWARDS * 10 + 8) / 20
+    # a training sample costs at least an inference one, give or take timing noise: at least 1000 + 8 vs 10 + 8
+    assert estimates[1] / estimates[0] > (1000 + 8) / (10 + 8) / 20
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == [False, True, True, True, True, True]
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(rng, torch.get_rng_state())
 
 
 def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
-    """A text batch is a dict of token tensors: the per-sample cost divides by its texts (32), not by its keys (2);
-    and a first forward that pays a one-time cost (here 0.5 s) does not count."""
+    """A text batch is a dict of token tensors: the per-sample cost divides by its texts, not by its keys (2); a
+    first forward that pays a one-time cost (here 0.5 s) does not count; the training step is timed with a
+    backward through the trained parameters only, and costs what it costs (here 0.05 s against a 0.01 s forward)."""
     import time
 
     import torch
     from torch.utils.data import DataLoader
 
-    from transferkit.training.budget import TRAIN_STEP_FORWARDS, estimate_epoch_seconds
+    from transferkit.training.budget import ESTIMATE_SAMPLES, estimate_epoch_seconds
+
+    class Slow(torch.autograd.Function):  # a backward that takes 0.04 s
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            time.sleep(0.04)
+            return grad
 
     class Encoder(torch.nn.Module):  # takes the token dict, as transferkit's text models do
         calls = 0
+        seen = []
+
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Parameter(torch.ones(2), requires_grad=False)
+            self.trained = torch.nn.Parameter(torch.ones(2))
 
         def forward(self, inputs):
             Encoder.calls += 1
+            Encoder.seen.append(len(inputs["input_ids"]))
             time.sleep(0.5 if Encoder.calls == 1 else 0.01)
-            return torch.zeros(len(inputs["input_ids"]), 2)
+            return Slow.apply(torch.ones(len(inputs["input_ids"]), 2) * self.trained * self.frozen)
 
     def collate(rows):
         ids = torch.zeros(len(rows), 8, dtype=torch.long)
@@ -108,27 +130,31 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
 
     val = DataLoader(list(range(32)), batch_size=32, collate_fn=collate)
     train = DataLoader(list(range(320)), batch_size=32, collate_fn=collate)
-    estimate = estimate_epoch_seconds(Encoder(), train, val, torch.device("cpu"))
-    # 0.01 s per 32 texts: (4 x 320 + 32) / 32 x 0.01 = 0.41 s; counting keys or the first call would give >= 5 s
-    per_batch = estimate / ((TRAIN_STEP_FORWARDS * 320 + 32) / 32)
-    assert 0.005 < per_batch < 0.1 and Encoder.calls == 2
+    encoder = Encoder()
+    estimate = estimate_epoch_seconds(encoder, train, val, torch.device("cpu"), trains=lambda name: name == "trained")
+    # per ESTIMATE_SAMPLES texts: 0.01 s forward (32 validation texts), 0.05 s a training step (320 texts)
+    expected = (320 * 0.05 + 32 * 0.01) / ESTIMATE_SAMPLES
+    assert expected * 0.9 < estimate < expected * 2 and Encoder.calls == 3
+    assert Encoder.seen == [ESTIMATE_SAMPLES] * 3  # a slice of the batch, not its 32 texts
+    assert not encoder.frozen.requires_grad and encoder.trained.requires_grad and encoder.trained.grad is None
 
 
 def test_a_run_stops_after_the_head_stage_when_fine_tuning_cannot_fit(class_folder, tiny_options, tmp_path,
                                                                       monkeypatch):
     """Two-stage with a budget of 10 minutes, but an estimate that says a fine-tuning epoch takes far longer (a
-    training step made to cost 10^9 forwards): the run ends after the exact head fit, with its weights, saying
+    timed step made to look 10^9 times slower): the run ends after the exact head fit, with its weights, saying
     why; with the real estimate the same budget trains both phases."""
     from transferkit.training import budget
 
-    monkeypatch.setattr(budget, "TRAIN_STEP_FORWARDS", 1e9)
-    result = transferkit.train(class_folder, strategy="two-stage", budget=600, out=str(tmp_path / "cut"),
+    timed = budget._timed
+    monkeypatch.setattr(budget, "_timed", lambda run, device: timed(run, device) * 1e9)
+    result = transferkit.train(class_folder, budget=600, out=str(tmp_path / "cut"),
                                progress=False, **tiny_options)
     assert [row["phase"] for row in result.history] == ["head"]
     info = json.loads((tmp_path / "cut" / "transferkit.json").read_text())
     assert info["budget"]["stopped_by_budget"] and info["budget"]["epochs_run"] == 1
     monkeypatch.undo()
-    full = transferkit.train(class_folder, strategy="two-stage", budget=600, out=str(tmp_path / "full"),
+    full = transferkit.train(class_folder, budget=600, out=str(tmp_path / "full"),
                              progress=False, **tiny_options)
     assert [row["phase"] for row in full.history] == ["head", "all", "all"]  # tiny_options: 2 epochs
 

@@ -154,7 +154,7 @@ def test_tiny_real_compare_writes_the_report(image_tree, tiny_options, tmp_path)
     from transferkit.experiments import compare
     from transferkit.predict import load
 
-    options = {k: v for k, v in tiny_options.items() if k != "model"}
+    options = {k: v for k, v in tiny_options.items() if k not in ("model", "strategy")}
     report = compare(str(image_tree), model=tiny_options["model"], strategies=["scratch", "linear-probe"],
                      per_class=[2, 4], seeds=1, out=tmp_path / "report", tune="none", **options)
     out = tmp_path / "report"
@@ -224,7 +224,7 @@ def test_lr_search_never_reads_test_labels(image_tree, tiny_options, tmp_path, m
         return SplitData(data.classes, data.train, data.val, test, data.description)
 
     monkeypatch.setattr(prepare, "load_data", sealed)
-    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs")}
+    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs", "strategy")}
     classes = sealed(prepare.TrainConfig(data=str(image_tree), model=tiny_options["model"])).classes
     test = ImageSamples([], SealedLabels(), classes)
     runner = CellRunner(str(image_tree), tiny_options["model"], tmp_path / "grid", given, recipes="own", tune="lr",
@@ -259,7 +259,7 @@ def test_budget_passes_count_the_feature_cache_once(tiny_options, tmp_path):
     from transferkit.data.samples import ImageSamples
     from transferkit.experiments.compare import CellRunner
 
-    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs", "head_epochs")}
+    given = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs", "head_epochs", "strategy")}
     runner = CellRunner("unused", tiny_options["model"], tmp_path, given, recipes="own", tune="none",
                         test=ImageSamples([], [], ["a", "b"]), classes=["a", "b"])
     assert runner.budget_passes("linear-probe", 10) == 1  # the exact fit: one pass of the frozen backbone
@@ -275,7 +275,7 @@ def test_an_equal_budget_cell_that_trains_exactly_as_scratch_reuses_its_run(tiny
     from transferkit.data.samples import ImageSamples
     from transferkit.experiments.compare import CellRunner
 
-    given = {**{k: v for k, v in tiny_options.items() if k not in ("model", "head_epochs")}, "epochs": 1}
+    given = {**{k: v for k, v in tiny_options.items() if k not in ("model", "head_epochs", "strategy")}, "epochs": 1}
     test = ImageSamples([], [], ["a", "b"])
     runner = CellRunner("unused", tiny_options["model"], tmp_path, given, recipes="shared", tune="none", test=test,
                         classes=["a", "b"])
@@ -406,7 +406,7 @@ def test_a_grid_killed_mid_cell_continues_that_cell_from_its_checkpoint(image_tr
     run again, and ends exactly where an uninterrupted grid does."""
     from transferkit.experiments import compare
 
-    options = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs")}
+    options = {k: v for k, v in tiny_options.items() if k not in ("model", "epochs", "strategy")}
     grid_args = dict(model=tiny_options["model"], strategies=["scratch"], per_class=[4], seeds=1, tune="none",
                      epochs=3, patience=0, **options)
     with pytest.raises(_Killed):
@@ -452,7 +452,7 @@ def test_compare_adapt_scores_the_target_and_what_was_kept(image_tree, tiny_opti
     real = target.load_target
     monkeypatch.setattr(target, "load_target", lambda spec, **kw: target.TargetData(
         real(spec, **kw).items, "target", eval_split(str(image_tree), sorted(COLOURS)).samples))
-    options = {k: v for k, v in tiny_options.items() if k != "model"}
+    options = {k: v for k, v in tiny_options.items() if k not in ("model", "strategy")}
     with pytest.raises(TransferKitError, match="needs unlabelled target images"):
         compare(str(image_tree), model=tiny_options["model"], strategies=["two-stage"], adapt=["dann"],
                 out=tmp_path / "none", **options)

@@ -89,8 +89,9 @@ def test_the_loop_applies_the_relative_rule_per_phase(class_folder, tiny_options
     would stop at the first worse epoch), and the warm-up epochs (the first 2) do not count."""
     sequence = iter([0.5, 0.4, 0.6, 0.6, 0.6, 0.6])
     monkeypatch.setattr(loop_module, "evaluate_loss", lambda *a, **k: {"loss": 1.0, "accuracy": next(sequence)})
-    result = transferkit.train(class_folder, strategy="scratch", patience=1, patience_fraction=0.3, warmup=0.2,
-                               out=str(tmp_path / "run"), progress=False, **{**tiny_options, "epochs": 6})
+    result = transferkit.train(class_folder, patience=1, patience_fraction=0.3, warmup=0.2,
+                               out=str(tmp_path / "run"), progress=False,
+                               **{**tiny_options, "strategy": "scratch", "epochs": 6})
     # epoch 2 (worse, inside the warm-up) does not count; best at 3, then 2 flat epochs: stops at 5 of 6
     assert result.best_epoch == 3 and len(result.history) == 5
 
@@ -176,8 +177,8 @@ def test_the_loop_does_not_end_a_fine_tune_phase_in_its_high_lr_epochs(class_fol
         return train_metrics, {"loss": 0.5, "accuracy": 0.83}
 
     monkeypatch.setattr(loop_module, "exact_head_fit", probe_at)
-    result = transferkit.train(class_folder, strategy="two-stage", out=str(tmp_path / "run"), progress=False,
-                               **{**tiny_options, "epochs": 20, "image_size": 16})
+    result = transferkit.train(class_folder, out=str(tmp_path / "run"), progress=False,
+                               **{**tiny_options, "strategy": "two-stage", "epochs": 20, "image_size": 16})
     assert len(result.history) == 19 and result.best_epoch == 15  # probe + 18; best: the fine-tuned epoch 14
     assert result.history[-1]["phase"] == "all"
 
@@ -185,7 +186,8 @@ def test_the_loop_does_not_end_a_fine_tune_phase_in_its_high_lr_epochs(class_fol
 def test_a_real_tiny_run_is_not_stopped_while_the_lr_is_high(class_folder, tiny_options, tmp_path):
     """No scripted curve: a tiny fine-tune of 8 epochs with patience 1 is judged only from epoch 5 (its LR above half
     the peak until then), so at least 5 epochs run whatever the validation accuracy does."""
-    result = transferkit.train(class_folder, strategy="fine-tune", patience=1, out=str(tmp_path / "run"),
-                               progress=False, **{**tiny_options, "epochs": 8, "lr": 0.05, "image_size": 16})
+    result = transferkit.train(class_folder, patience=1, out=str(tmp_path / "run"),
+                               progress=False,
+                               **{**tiny_options, "strategy": "fine-tune", "epochs": 8, "lr": 0.05, "image_size": 16})
     assert len(result.history) >= held_epochs(8, 0.1, 0.5) + 2 == 6  # 4 held, then a patience of 2
     assert (tmp_path / "run" / "transferkit.json").is_file()

@@ -125,8 +125,9 @@ def test_training_reads_the_decoded_cache(class_folder, tiny_options, tmp_path, 
         return original(model, train_loader, *args, **kwargs)
 
     monkeypatch.setattr(transferkit.api, "fit", spy)
-    transferkit.train(class_folder, strategy="fine-tune", epochs=1, decoded_cache=setting, out=str(tmp_path / "r"),
-                      progress=False, **{k: v for k, v in tiny_options.items() if k != "epochs"})
+    transferkit.train(class_folder, epochs=1, decoded_cache=setting, out=str(tmp_path / "r"),
+                      progress=False,
+                      **{**{k: v for k, v in tiny_options.items() if k != "epochs"}, "strategy": "fine-tune"})
     assert seen == [expected]
 
 

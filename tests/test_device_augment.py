@@ -86,9 +86,10 @@ def test_tiny_training_run_with_device_augment(class_folder, tiny_options, tmp_p
         return original(model, train_loader, *args, **kwargs)
 
     monkeypatch.setattr(transferkit.api, "fit", spy)
-    result = transferkit.train(class_folder, strategy="fine-tune", epochs=2, device_augment="on",
+    result = transferkit.train(class_folder, epochs=2, device_augment="on",
                                out=str(tmp_path / "r"), progress=False,
-                               **{**{k: v for k, v in tiny_options.items() if k != "epochs"}, "augment": "light"})
+                               **{**{k: v for k, v in tiny_options.items() if k != "epochs"}, "augment": "light",
+                                  "strategy": "fine-tune"})
     assert seen == [("DeviceCrops", "DeviceAugment")]
     assert len(result.history) == 2 and all(r["train_loss"] == r["train_loss"] for r in result.history)
     config = (result.run_dir / "config.yaml").read_text()
@@ -103,6 +104,6 @@ def test_option_in_help_and_plan(capsys, class_folder, tiny_options, monkeypatch
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli(capsys, "train", "--help")
     assert code == 0 and "--device-augment" in out
-    plan = transferkit.plan(class_folder, strategy="fine-tune", device_augment="on",
-                            **{**tiny_options, "augment": "light"})
+    plan = transferkit.plan(class_folder, device_augment="on",
+                            **{**tiny_options, "strategy": "fine-tune", "augment": "light"})
     assert "Input pipeline: on-device augmentation on" in str(plan)

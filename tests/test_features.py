@@ -103,7 +103,7 @@ def test_cache_is_shared_across_runs_with_cache_dir(class_folder, tiny_options, 
 
 
 def test_two_stage_uses_the_exact_fit_then_trains_on_images(class_folder, tiny_options, tmp_path):
-    result = transferkit.train(class_folder, strategy="two-stage", head_epochs=3, epochs=1, out=str(tmp_path / "r"),
+    result = transferkit.train(class_folder, head_epochs=3, epochs=1, out=str(tmp_path / "r"),
                                progress=False, **{k: v for k, v in tiny_options.items() if k not in ("epochs",
                                                                                                       "head_epochs")})
     assert [h["inputs"] for h in result.history] == ["exact fit on cached features", "images"]

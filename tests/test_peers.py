@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
-TRANSFERKIT = {"transferkit defaults", "transferkit linear-probe", "transferkit --strategy auto",
+TRANSFERKIT = {"transferkit defaults", "transferkit linear-probe", "transferkit two-stage",
                "transferkit --budget 60"}
 PEERS = {"fashion-mnist 2/class": TRANSFERKIT | {"sklearn logreg", "timm fine-tune", "fastai fine_tune"},
          "bbc-news 2/class": TRANSFERKIT | {"sklearn logreg", "HF Trainer"}}

@@ -31,8 +31,9 @@ def test_epoch_streams_of_neighbouring_seeds_do_not_collide(class_folder, tiny_o
     monkeypatch.setattr(loop_module, "set_seed", record)
     for seed in (0, 1):
         current["seed"] = seed
-        transferkit.train(class_folder, strategy="fine-tune", epochs=3, seed=seed, patience=0, progress=False,
-                          out=str(tmp_path / f"s{seed}"), **{k: v for k, v in tiny_options.items() if k != "epochs"})
+        transferkit.train(class_folder, epochs=3, seed=seed, patience=0, progress=False,
+                          out=str(tmp_path / f"s{seed}"),
+                          **{**{k: v for k, v in tiny_options.items() if k != "epochs"}, "strategy": "fine-tune"})
     assert len(seen[0]) == len(seen[1]) == 3
     assert not set(seen[0]) & set(seen[1])
     streams = {derive_seed(s, "epoch", e) for s in range(20) for e in range(100)}

@@ -52,9 +52,9 @@ def train_on_a_fixed_val_sequence(class_folder, tiny_options, tmp_path, monkeypa
     monkeypatch.setattr(transferkit.api, "fit", fit_with_snapshots)
     # the fixed rule (no relative patience; only the warm-up epoch is exempt): the defaults would not judge the
     # first half of a 6-epoch schedule (tests/test_convergence.py)
-    result = transferkit.train(class_folder, strategy="fine-tune", patience=2, patience_fraction=0.0,
+    result = transferkit.train(class_folder, patience=2, patience_fraction=0.0,
                                patience_after_lr=1.0, out=str(tmp_path / "run"), progress=False,
-                               **{**tiny_options, "epochs": 6, **options})
+                               **{**tiny_options, "strategy": "fine-tune", "epochs": 6, **options})
     return result, snap["cb"].states
 
 
@@ -117,8 +117,8 @@ def test_interrupted_before_the_first_epoch_leaves_no_folder(class_folder, tiny_
 
 
 def test_run_folder_is_self_describing_and_loads_back(image_tree, tiny_options, tmp_path):
-    result = transferkit.train(image_tree, strategy="linear-probe", out=str(tmp_path / "run"), progress=False,
-                               head_fit="sgd", **tiny_options)
+    result = transferkit.train(image_tree, out=str(tmp_path / "run"), progress=False,
+                               head_fit="sgd", **{**tiny_options, "strategy": "linear-probe"})
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"model.safetensors", "transferkit.json", "metrics.jsonl",
                                                "config.yaml", "checkpoint"}
@@ -140,8 +140,8 @@ def test_run_folder_is_self_describing_and_loads_back(image_tree, tiny_options, 
 
 
 def test_load_reports_mismatched_weights(image_tree, tiny_options, tmp_path):
-    transferkit.train(image_tree, strategy="linear-probe", out=str(tmp_path / "run"), progress=False,
-                      **{**tiny_options, "epochs": 1})
+    transferkit.train(image_tree, out=str(tmp_path / "run"), progress=False,
+                      **{**tiny_options, "strategy": "linear-probe", "epochs": 1})
     info_path = tmp_path / "run" / "transferkit.json"
     info = json.loads(info_path.read_text())
     info["head"]["num_classes"], info["classes"] = 4, info["classes"] + ["extra"]

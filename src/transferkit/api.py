@@ -31,7 +31,7 @@ from .data.samples import SplitData
 from .data.splits import onto_classes, take_per_class
 from .errors import TransferKitError
 from .evaluate import compute_metrics
-from .options import TrainConfig, check_names, load_recipe, merge_options, train_option_names
+from .options import AUTO_UNMEASURED, TrainConfig, check_names, load_recipe, merge_options, train_option_names
 from .plan import Plan, make_plan
 from .predict import TrainedModel
 from .runfolder import RunFolder
@@ -123,7 +123,8 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         cache_dir = Path(run_config.cache_dir) if run_config.cache_dir else run.path / "feature-cache"
         if run_config.strategy == "auto":
             run_config, model, run_plan, auto = world.first_on_each_file_system(lambda: _choose_strategy(
-                run_config, split, model, given or set(), cache_dir, progress, cache_use, world))
+                run_config, split, model, given or set(), cache_dir, progress, cache_use, world.device, world.size))
+            logger.info("%s", run_plan)
             run.create(run_config, False)  # config.yaml: the resolved options (what --resume reads)
         features, (train_loader, val_loader) = world.first_on_each_file_system(lambda: (
             prepare.head_features(model, split, run_config, run_plan, start_phase, cache_dir, progress, cache_use,
@@ -217,7 +218,8 @@ def _validated(config: TrainConfig, run: RunFolder, world: distributed.World,
 
 
 def _choose_strategy(config: TrainConfig, split: SplitData, model: Any, given: set[str], cache_dir: Path,
-                     progress: bool, use: CacheUse, world: distributed.World) -> tuple[TrainConfig, Any, Plan, dict]:
+                     progress: bool, use: CacheUse | None, device: Any,
+                     processes: int) -> tuple[TrainConfig, Any, Plan, dict]:
     """``--strategy auto``: measure the data as ``advise`` does — on the full splits, through the feature cache, with
     the keys the head stage uses, so that stage reuses them — and apply the advice: its strategy, and its options
     except those the user set (``given``). Returns the resolved configuration, the model (reloaded when the advice
@@ -229,18 +231,15 @@ def _choose_strategy(config: TrainConfig, split: SplitData, model: Any, given: s
 
     from .experiments.advise import auto_options, measure_loaded, recommend
 
-    if get_task(config.task).dense:
-        raise TransferKitError(f"--strategy auto is for classification for now; --task {config.task} is not "
-                               "supported. Fix: run `transferkit advise` and pass the strategy it prints.")
     measurements = measure_loaded(model, split, split.train, split.val, cache_dir, seed=config.seed,
-                                  progress=progress, device=world.device, use=use)
+                                  progress=progress, device=device, use=use)
     advice = recommend(measurements)
     applied, kept = auto_options(advice, given, config)
     resolved = dataclasses.replace(config, strategy=advice.strategy, **applied)
     resolved.validate()
     if resolved.image_size != config.image_size:
         model = prepare.load_run_model(resolved, len(split.classes))
-    run_plan = make_plan(model, resolved, processes=world.size)
+    run_plan = make_plan(model, resolved, processes=processes)
     lines = [f"Strategy auto chose {advice.strategy}"
              + (f" with {', '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in applied.items())}"
                 if applied else "")
@@ -248,7 +247,6 @@ def _choose_strategy(config: TrainConfig, split: SplitData, model: Any, given: s
              + ", because:", *(f"  - {reason}" for reason in advice.reasons),
              *(f"  ! {warning}" for warning in advice.warnings)]
     run_plan = dataclasses.replace(run_plan, notes=(*lines, *run_plan.notes))
-    logger.info("%s", run_plan)
     record = {"strategy": advice.strategy, "options": applied, "kept": kept, "reasons": advice.reasons,
               "warnings": advice.warnings, "measurements": advice.measurements}
     return resolved, model, run_plan, record
@@ -311,28 +309,56 @@ def _processes_report(world: distributed.World, run_plan: Plan, model: Any, use:
 
 def plan(data: str | Path | None = None, *, num_classes: int | None = None, config: str | Path | None = None,
          processes: int | None = None, **options: Any) -> Plan:
-    """What :func:`train` would do with these options, without training or downloading anything.
+    """What :func:`train` would do with these options, without training.
+
+    With ``--strategy auto`` (the default) and ``data``, the data is measured as ``train`` would (the pre-trained
+    backbone runs once over it; a temporary feature cache) and the plan is the chosen strategy's, with the reasons
+    in its notes. Without ``data`` nothing is measured: the plan is two-stage's (what auto runs when fine-tuning
+    pays), and a note says so. Otherwise nothing is downloaded.
 
     Args:
-        data: training data, used only to count the classes (optional).
+        data: training data: counts the classes, and what ``--strategy auto`` measures (optional).
         num_classes: the number of classes when ``data`` is not given (default 10).
         config: a recipe file (YAML or TOML); ``options`` override it.
         processes: plan for this many processes (default: this launch's, 1 outside ``torchrun``).
         **options: any :class:`TrainConfig` field.
     """
+    import dataclasses
+    import tempfile
+
     check_names(options, TrainConfig)
-    merged = merge_options(load_recipe(config) if config else {},
-                           {**options, "data": None if data is None else str(data)})
+    recipe = load_recipe(config) if config else {}
+    merged = merge_options(recipe, {**options, "data": None if data is None else str(data)})
     merged.setdefault("data", "")
     run_config = TrainConfig(**merged).validate()
+    processes = processes or distributed.launched_processes()
+    distributed.World(size=processes).check_batch_size(run_config.batch_size)
+    why_unmeasured = "no data given"
+    if run_config.strategy == "auto" and run_config.data:
+        split = prepare.load_data(run_config)
+        try:
+            model = prepare.load_run_model(run_config, len(split.classes))
+        except TransferKitError as exc:  # the plan must not fail where training would have the weights
+            why_unmeasured = f"the pre-trained weights could not be loaded: {exc}"
+        else:
+            with tempfile.TemporaryDirectory() as cache:
+                return _choose_strategy(run_config, split, model, set(options) | set(recipe), Path(cache), False,
+                                        None, None, processes)[2]
+    unmeasured = run_config.strategy == "auto"
+    if unmeasured:
+        run_config = dataclasses.replace(run_config, strategy=AUTO_UNMEASURED)
     if run_config.data:
         num_classes = len(prepare.load_data(run_config).classes)
     model = prepare.load_run_model(run_config, num_classes or 10, pretrained=False)
     scratch = not uses_pretrained_weights(run_config.strategy)
     model.spec.weights = "random" if scratch else (run_config.weights or "pre-trained")  # what training would load
-    processes = processes or distributed.launched_processes()
-    distributed.World(size=processes).check_batch_size(run_config.batch_size)
-    return make_plan(model, run_config, processes=processes)
+    run_plan = make_plan(model, run_config, processes=processes)
+    if unmeasured:
+        note = (f"Strategy auto (the default) is chosen when train measures the data, and here it cannot "
+                f"({why_unmeasured}): this is the plan of {AUTO_UNMEASURED}, its choice when fine-tuning pays. "
+                "`transferkit advise DATA` shows the choice for your data and its reasons.")
+        run_plan = dataclasses.replace(run_plan, notes=(note, *run_plan.notes))
+    return run_plan
 
 
 # --- helpers ---------------------------------------------------------------------------------------

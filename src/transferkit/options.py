@@ -140,17 +140,34 @@ HELP_DATA = ("Training data: a folder with train/ (val/, test/) class sub-folder
              "builtin:lfw-faces, builtin:digits, builtin:fashion-mnist-m, builtin:font-digits, builtin:bbc-news. "
              "Segmentation: a folder with images/ and masks/ (split sub-folders optional), a CSV manifest with "
              "image,mask\\[,split] columns, or builtin:fashion-scenes.")
-HELP_STRATEGY = ("linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
+HELP_STRATEGY = ("auto (the default: measure the data as `advise` does, on the features the head stage caches "
+                 "anyway, then run the advised strategy and options; the reasons go in the plan and transferkit.json; "
+                 "options you set yourself are kept; segmentation, detection, --adapt and --wise-ft: two-stage), "
+                 "linear-probe (frozen backbone, head only), fine-tune (all layers, small LR), two-stage (head "
                  "first, then all layers), progressive (head first, then one more group every --unfreeze-every "
                  "epochs, top down), scratch (random weights: the baseline), lora (language models: low-rank "
-                 "adapters and the head), auto (measure the data as `advise` does, on the features the head stage "
-                 "caches anyway, then run the advised strategy and options; the reasons go in the plan and "
-                 "transferkit.json; options you set yourself are kept).")
+                 "adapters and the head).")
 
 
 def check_strategy_option(name: str, value: Any) -> str:
     """A strategy, or ``auto`` (resolved by ``train`` before the plan: :func:`transferkit.api.train`)."""
     return value if value == "auto" else check_strategy(name, value)
+
+
+# What ``--strategy auto`` runs without measuring: advise's rules are measured on classification, and --adapt and
+# --wise-ft need a backbone that fine-tunes (the linear probe, a rule's frequent choice, would be refused).
+AUTO_UNMEASURED = "two-stage"
+
+
+def auto_needs_no_measuring(task: str | None, adapt: str, wise_ft: bool) -> str | None:
+    """Why ``--strategy auto`` is :data:`AUTO_UNMEASURED` without measuring the data, or ``None`` when it measures."""
+    if task not in (None, "classification"):
+        return f"--task {task}: advise's rules are for classification"
+    if adapt != "none":
+        return f"--adapt {adapt} adapts the backbone, so it must fine-tune"
+    if wise_ft:
+        return "--wise-ft interpolates fine-tuned backbone weights, so the backbone must fine-tune"
+    return None
 
 
 @dataclass
@@ -227,7 +244,7 @@ class StrategyOptions:
 
     PANEL: ClassVar[str] = "Strategy and optimisation"
 
-    strategy: str = option("two-stage", HELP_STRATEGY, check=check_strategy_option)
+    strategy: str = option("auto", HELP_STRATEGY, check=check_strategy_option)
     epochs: int | None = option(None, "Epochs of the main phase (two-stage/progressive: once all their groups "
                                       "train).", default_text="10 for images, 4 for text", check=positive_or_none)
     head_epochs: int = option(3, "two-stage/progressive: epochs of the head-only stage (2-5 is typical).",
@@ -411,7 +428,8 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
         """Defaults that depend on the data and the modality: the task (segmentation when the data has masks);
         images 10 epochs, head dropout 0.2; text (the BERT recipe) 4 epochs, dropout 0.1; class weights: inverse
         pixel frequency for segmentation, none otherwise; detection and segmentation two-stage: layer-wise LR
-        decay 0.5 from the head's LR unless an LR option is given."""
+        decay 0.5 from the head's LR unless an LR option is given; ``--strategy auto`` where it does not measure
+        (:func:`auto_needs_no_measuring`): two-stage."""
         if self.task is None:
             self.task = infer_task(self.data)[0]
         text = is_text_model(self.model)
@@ -423,6 +441,8 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             # Segmentation's pixels are mostly background (fashion-scenes: 86%, each item class 1-2%): unweighted,
             # the decoder learns background / foreground and leaves the item classes at IoU 0 (see the README).
             self.class_weights = "auto" if self.task == "segmentation" else "none"
+        if self.strategy == "auto" and auto_needs_no_measuring(self.task, self.adapt, self.wise_ft):
+            self.strategy = AUTO_UNMEASURED
         if self.lr_decay is None and decays_by_default(self.task, self.strategy, self.lr, self.lrs):
             self.lr_decay = DENSE_LR_DECAY
 

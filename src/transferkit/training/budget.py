@@ -25,12 +25,9 @@ class PhasePosition(Protocol):
 
 logger = logging.getLogger("transferkit")
 
-# A training step (forward, backward, optimizer) costs about this many inference forwards of the same batch. With
-# --cpu-allocator auto (which speeds inference up more than training): 3.2-4.0x for EfficientNet-Lite0, ResNet-18
-# and ResNet-50 at 224 px (benchmarks/cpu_allocator.py) and 4.1x for MiniLM-L6 on 512 tokens (5.9x without it). At 3
-# (the value before), the peers run's --budget 60 on BBC News started a fine-tuning epoch with 47 s left that took
-# 67 s; at 4 that estimate no longer fits, and an image epoch is over- rather than under-estimated.
-TRAIN_STEP_FORWARDS = 4.0
+# Samples of the first validation batch the estimate times: a small slice keeps the estimate cheap (a MiniLM batch of 32
+# texts at 512 tokens takes ~4 s forward on 2 CPU cores) while still filling the cores.
+ESTIMATE_SAMPLES = 8
 
 
 def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, epoch_seconds: float,
@@ -66,29 +63,71 @@ def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, e
     return phases, False
 
 
-@torch.no_grad()
 def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                           device: torch.device) -> float:
-    """Seconds of one epoch of the whole network on its inputs, from timed inference forwards of the first
-    validation batch (eval mode, no gradients: no weight, statistic or random state changes): training samples
-    cost :data:`TRAIN_STEP_FORWARDS` forwards each, validation samples one. The batch runs twice and the faster
-    forward counts (a first forward pays one-time costs, kernel selection and caches, that no epoch repeats), and
-    a text batch (a dict of token tensors) counts its texts, not its keys: before, MiniLM's estimate was about 5x
-    an epoch's real time (issue 16: 495 s predicted, ~100 s run)."""
-    inputs, targets = next(iter(val_loader))  # the targets count the batch, whatever form the inputs take
-    inputs = send_to_device(inputs, device)
+                           device: torch.device, trains: Callable[[str], bool] | None = None) -> float:
+    """Seconds of one epoch of the network on its inputs, timed on the first :data:`ESTIMATE_SAMPLES` samples of the
+    first validation batch: an inference forward (what a validation sample costs) and a training step, forward and
+    backward through the parameters the phase trains (``trains(name)``; all of them when ``None``), what a training
+    sample costs. Nothing changes: eval mode (no BatchNorm statistic, no dropout draw), gradients returned by
+    ``torch.autograd.grad`` instead of written to ``.grad``, ``requires_grad`` restored, the global RNG untouched.
+    The inference forward runs twice and the faster counts (the first pays one-time costs, kernel selection and
+    caches, that no epoch repeats), and a text batch (a dict of token tensors) counts its texts, not its keys.
+
+    History (issue 16): an inference forward times 3, then 4, stood in for the training step; measured ratios vary
+    by network and input (3.2-4.0 for image networks, 4.1-5.9 for MiniLM at 512 tokens), and on BBC News a fine-tuning
+    epoch estimated at 41 s took 66 s. Before that, a text batch counted its keys, and MiniLM's estimate was 5x its
+    epoch."""
+    with torch.random.fork_rng(devices=[]):  # starting the loader draws its base seed: the global RNG is left as it was
+        inputs, targets = next(iter(val_loader))  # the targets count the batch, whatever form the inputs take
+    count = min(ESTIMATE_SAMPLES, max(1, len(targets)))
+    inputs = send_to_device(_first(inputs, count), device)
+    named = list(model.named_parameters())
+    flags = [p.requires_grad for _, p in named]
+    params = [p for name, p in named if trains is None or trains(name)]
     was_training = model.training
     model.eval()
     try:
-        seconds = []
-        for _ in range(2):
-            start = time.perf_counter()
-            model(inputs)
-            seconds.append(time.perf_counter() - start)
-        per_sample = min(seconds) / max(1, len(targets))
+        with torch.no_grad():
+            forward = min(_timed(lambda: model(inputs), device) for _ in range(2))
+        for _, p in named:
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        step = _timed(lambda: torch.autograd.grad(_scalar(model(inputs)), params, allow_unused=True), device) \
+            if params else forward
     finally:
+        for (_, p), flag in zip(named, flags, strict=True):
+            p.requires_grad_(flag)
         model.train(was_training)
-    return per_sample * (TRAIN_STEP_FORWARDS * _samples(train_loader) + _samples(val_loader))
+    return (step * _samples(train_loader) + forward * _samples(val_loader)) / count
+
+
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _first(inputs: object, count: int) -> object:
+    """The first ``count`` samples of a batch: a tensor, or a dict / list / tuple of them (a text batch)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:count]
+    if isinstance(inputs, dict):
+        return {k: _first(v, count) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_first(v, count) for v in inputs)
+    return inputs
+
+
+def _scalar(outputs: object) -> torch.Tensor:
+    """One number that depends on every output, to differentiate (the loss's place; its value does not matter)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().mean()
+    values = outputs.values() if isinstance(outputs, dict) else outputs
+    return sum((_scalar(v) for v in values if isinstance(v, (torch.Tensor, dict, list, tuple))),
+               torch.zeros(()))
 
 
 def _samples(loader: DataLoader) -> int:

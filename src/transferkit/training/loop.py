@@ -232,8 +232,8 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
                 phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
                     fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
                                   config.deadline - time.perf_counter(), next_epoch=functools.partial(
-                                      _next_epoch_seconds, model, phases, state, train_loader, val_loader,
-                                      accelerator)) if world.is_main else None)
+                                      _next_epoch_seconds, model, groups, phases, state, train_loader,
+                                      val_loader, accelerator)) if world.is_main else None)
                 if budget_stop:
                     logger.info("Budget spent after epoch %d: stopping with the best epoch's weights (epoch %d)",
                                 state.epoch, stopper.best_epoch)
@@ -260,15 +260,17 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     return FitResult(state.history, kept_epoch, kept_score, time.perf_counter() - clock, objective.monitor, budget)
 
 
-def _next_epoch_seconds(model: TransferModel, phases: list[Phase], state: TrainState, train_loader: DataLoader,
-                        val_loader: DataLoader, accelerator: Accelerator) -> float | None:
+def _next_epoch_seconds(model: TransferModel, groups: list[LayerGroup], phases: list[Phase], state: TrainState,
+                        train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator) -> float | None:
     """``--budget`` at a phase boundary: the estimated seconds of the next phase's first epoch when it trains the
     network on images (the costly kind; ``None`` for phases on cached features or activations, which are cheap or
-    shorter than this estimate)."""
+    shorter than this estimate), timed with the parameters that phase trains."""
     if state.phase_index >= len(phases) or phases[state.phase_index].runs_on != "images":
         return None
+    phase = phases[state.phase_index]
+    trained = {name for g in groups if g.name in phase.lrs for name in g.param_names}
     return estimate_epoch_seconds(accelerator.unwrap_model(model, keep_fp32_wrapper=False), train_loader, val_loader,
-                                  accelerator.device)
+                                  accelerator.device, trains=trained.__contains__)
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
