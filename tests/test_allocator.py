@@ -80,3 +80,24 @@ def test_bad_setting_is_refused_with_the_choices(class_folder, tiny_options, tmp
         transferkit.train(class_folder, out=str(tmp_path / "r"), progress=False, cpu_allocator="jemalloc",
                           **tiny_options)
     assert not (tmp_path / "r").exists()
+
+
+def test_loading_a_run_keeps_freed_memory_as_the_run_trained(vision_run, tmp_path, monkeypatch):
+    """predict / evaluate / serve load runs with ``transferkit.load``: the process gets the run's own setting (a run
+    from before the option existed: auto), before the model takes its memory."""
+    import shutil
+
+    import transferkit.predict
+
+    seen = []
+    monkeypatch.setattr(transferkit.predict, "keep_freed_memory", seen.append)
+    transferkit.load(vision_run)
+    off = tmp_path / "off-run"
+    shutil.copytree(vision_run, off)
+    info = json.loads((off / "transferkit.json").read_text())
+    (off / "transferkit.json").write_text(json.dumps({**info, "cpu_allocator": {"setting": "off"}}))
+    transferkit.load(off)
+    del info["cpu_allocator"]
+    (off / "transferkit.json").write_text(json.dumps(info))
+    transferkit.load(off)
+    assert seen == ["auto", "off", "auto"]

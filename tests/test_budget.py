@@ -71,7 +71,8 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
-                                torch.nn.LazyLinear(2)).train()
+                                torch.nn.Dropout(0.5), torch.nn.LazyLinear(2)).train()
+    model[1].eval()  # a frozen BatchNorm stays in eval mode; the step is timed in train mode (dropout draws)
     model(torch.randn(2, 3, 16, 16))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     val = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.zeros(8, dtype=torch.long)), batch_size=4)
@@ -83,7 +84,8 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     assert 0 < estimates[0] < estimates[1]
     # a training sample costs at least an inference one, give or take timing noise: at least 1000 + 8 vs 10 + 8
     assert estimates[1] / estimates[0] > (1000 + 8) / (10 + 8) / 20
-    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.training and not model[1].training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == [False, True, True, True, True, True]
     assert all(p.grad is None for p in model.parameters()) and torch.equal(rng, torch.get_rng_state())
 

@@ -335,6 +335,7 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, conf
     distributed.World(size=processes).check_batch_size(run_config.batch_size)
     why_unmeasured = "no data given"
     if run_config.strategy == "auto" and run_config.data:
+        keep_freed_memory(run_config.cpu_allocator)  # measuring runs the backbone over the data, as train would
         split = prepare.load_data(run_config)
         try:
             model = prepare.load_run_model(run_config, len(split.classes))

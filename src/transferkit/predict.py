@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .allocator import keep_freed_memory
 from .data.images import IMAGE_EXTENSIONS, build_transforms, open_image
 from .data.samples import EvalData, Samples
 from .data.sources import eval_split
@@ -187,7 +188,9 @@ def check_tta(tta: str, is_text: bool, task: str) -> str:
 
 
 def load(run_dir: str | Path, merge: bool = True, tta: str | None = None) -> TrainedModel:
-    """Load a finished run folder; checks that the weights fit the saved architecture and labels.
+    """Load a finished run folder; checks that the weights fit the saved architecture and labels. The process then
+    keeps freed memory as the run trained (its ``--cpu-allocator``, process-wide: :mod:`transferkit.allocator`), so
+    inference on the CPU does not page-fault its activations in on every batch.
 
     Args:
         run_dir: the run folder.
@@ -196,6 +199,7 @@ def load(run_dir: str | Path, merge: bool = True, tta: str | None = None) -> Tra
     """
     run_dir = Path(run_dir)
     info = RunFolder(run_dir).read_info()
+    keep_freed_memory(info.get("cpu_allocator", {}).get("setting", "auto"))  # before the model takes its memory
     classes = info["classes"]
     if len(classes) != info["head"]["num_classes"]:
         raise TransferKitError(f"{run_dir}: {len(classes)} class names but a head for {info['head']['num_classes']} "

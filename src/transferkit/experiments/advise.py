@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..allocator import keep_freed_memory
 from ..errors import TransferKitError
 from .domain import DomainShift, feature_statistics_shift, tokens_per_word
 
@@ -215,6 +216,7 @@ def measure(data: str, model: str, *, weights: str | None = None, per_class: int
 
     config = TrainConfig(data=data, model=model, weights=weights, per_class=per_class, seed=seed, **data_options)
     config.validate()
+    keep_freed_memory(config.cpu_allocator)  # the backbone runs over the data, as in train
     full = load_data(config)
     train, _ = take_per_class(full.train, max_per_class, seed)
     val, _ = take_per_class(full.val, max(10, max_per_class // 4), seed)

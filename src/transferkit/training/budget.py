@@ -68,8 +68,9 @@ def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loade
     """Seconds of one epoch of the network on its inputs, timed on the first :data:`ESTIMATE_SAMPLES` samples of the
     first validation batch: an inference forward (what a validation sample costs) and a training step, forward and
     backward through the parameters the phase trains (``trains(name)``; all of them when ``None``), what a training
-    sample costs. Nothing changes: eval mode (no BatchNorm statistic, no dropout draw), gradients returned by
-    ``torch.autograd.grad`` instead of written to ``.grad``, ``requires_grad`` restored, the global RNG untouched.
+    sample costs, in train mode (dropout included). Nothing changes: buffers (BatchNorm statistics) and every
+    module's mode are restored, gradients returned by ``torch.autograd.grad`` instead of written to ``.grad``,
+    ``requires_grad`` restored, the random generators untouched.
     The inference forward runs twice and the faster counts (the first pays one-time costs, kernel selection and
     caches, that no epoch repeats), and a text batch (a dict of token tensors) counts its texts, not its keys.
 
@@ -84,21 +85,28 @@ def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loade
     named = list(model.named_parameters())
     flags = [p.requires_grad for _, p in named]
     params = [p for name, p in named if trains is None or trains(name)]
-    was_training = model.training
-    model.eval()
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]  # BatchNorm statistics a train-mode step updates
     try:
+        model.eval()
         with torch.no_grad():
             forward = min(_timed(lambda: model(inputs), device) for _ in range(2))
         for _, p in named:
             p.requires_grad_(False)
         for p in params:
             p.requires_grad_(True)
-        step = _timed(lambda: torch.autograd.grad(_scalar(model(inputs)), params, allow_unused=True), device) \
-            if params else forward
+        model.train()  # dropout costs: MiniLM's attention dropout makes a train-mode step 2x an eval-mode one
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            step = _timed(lambda: torch.autograd.grad(_scalar(model(inputs)), params, allow_unused=True), device) \
+                if params else forward
     finally:
         for (_, p), flag in zip(named, flags, strict=True):
             p.requires_grad_(flag)
-        model.train(was_training)
+        for module, mode in modes:
+            module.training = mode
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return (step * _samples(train_loader) + forward * _samples(val_loader)) / count
 
 
