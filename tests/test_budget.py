@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 import transferkit
 from transferkit.strategies import Phase
@@ -53,14 +54,32 @@ def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_o
     assert transferkit.load(tmp_path / "run").predict([str(next(class_folder.rglob("*.png")))])
 
 
-def test_at_a_phase_boundary_the_next_phases_first_epoch_must_fit():
-    """The head stage is over: when the estimate of the fine-tuning phase's first epoch exceeds what is left, the
-    run stops there rather than overrunning the budget by that epoch; without an estimate it goes on."""
-    phases = [Phase("head", 1, runs_on="exact-fit"), Phase("all", 10)]
+LRS = {"stem": 1e-4, "blocks.0": 1e-4, "blocks.1": 1e-4, "head": 1e-3}
+
+
+def test_at_a_phase_boundary_the_next_phase_is_fitted_to_its_estimate():
+    """The head stage is over. The fine-tuning phase gets the epochs its estimated first epoch fits (its cosine
+    ends within the budget); when not one fits, only its top groups train, as many as fit (the head and at least
+    one below it); when none fits, the run stops there rather than overrun by an epoch; without an estimate it goes
+    on unchanged."""
+    phases = [Phase("head", 1, runs_on="exact-fit"), Phase("all", 10, LRS)]
     state = TrainState(epoch=1, phase_index=1, phase_epoch=0)
-    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 35.0) == (phases, True)
-    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 15.0) == (phases, False)
-    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: None) == (phases, False)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: 35.0) == (phases, True)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: None) == (phases, False)
+    assert fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: 1.5) == (phases, False)  # 10 fit
+    fitted, stop = fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: 6.0)
+    assert not stop and fitted[1] == Phase("all", 3, LRS)  # 3 epochs of 6 s fit in 20
+    asked = []
+
+    def per_group(groups):  # 10 s an epoch per group that trains: all 4 take 40 s, the top 2 20 s
+        asked.append(groups)
+        return 10.0 * len(groups)
+
+    fitted, stop = fit_to_budget(phases, state, True, 1.0, 25.0, next_epoch=per_group)
+    assert not stop and fitted[1] == Phase("blocks.1..head", 1, {"blocks.1": 1e-4, "head": 1e-3})
+    assert asked[0] == ("stem", "blocks.0", "blocks.1", "head") and all(g[-1] == "head" for g in asked)
+    assert len(asked) <= 3 and fitted[0] is phases[0]
+    assert fit_to_budget(phases, state, True, 1.0, 15.0, next_epoch=per_group) == (phases, True)  # even 2 groups: 20 s
 
 
 def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
@@ -166,9 +185,39 @@ def test_the_phase_boundary_estimate_is_logged_whether_it_fits_or_not(caplog):
     phases = [Phase("head", 1, runs_on="exact-fit"), Phase("all", 10)]
     state = TrainState(epoch=1, phase_index=1, phase_epoch=0)
     with caplog.at_level(logging.INFO, logger="transferkit"):
-        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 35.0)
-        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: 15.0)
-        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda: None)
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: 35.0)
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: 15.0)
+        fit_to_budget(phases, state, True, 1.0, 20.0, next_epoch=lambda groups: None)
     assert [r.getMessage() for r in caplog.records] == [
         "Budget: 20 s left; the next phase's first epoch should take about 35 s",
-        "Budget: 20 s left; the next phase's first epoch should take about 15 s"]
+        "Budget: 20 s left; the next phase's first epoch should take about 15 s",
+        "Budget: 1 epoch(s) of all instead of 10 (its LR schedule ends with them)"]
+
+
+def test_when_fine_tuning_all_groups_cannot_fit_the_top_groups_train(class_folder, tiny_options, tmp_path,
+                                                                       monkeypatch):
+    """A budget where an epoch of every group does not fit but one of the top two does (the estimate made to
+    explode above 2 groups): the phase trains the head and the group below it, the rest keeps its weights."""
+    from safetensors.torch import load_file
+
+    from transferkit.training import loop
+
+    real = loop._next_epoch_seconds
+
+    def estimate(*args):
+        seconds = real(*args)
+        return seconds if seconds is None or len(args[-1]) <= 2 else seconds * 1e9
+
+    monkeypatch.setattr(loop, "_next_epoch_seconds", estimate)
+    result = transferkit.train(class_folder, budget=600, out=str(tmp_path / "top"), progress=False,
+                               **{**tiny_options, "strategy": "two-stage"})
+    phases = [row["phase"] for row in result.history]
+    top = phases[-1]
+    assert phases[0] == "head" and top.endswith("..head") and top != "all" and len(phases) == 3
+    assert set(result.history[-1]["lrs"]) == {top.split("..")[0], "head"}
+    info = json.loads((tmp_path / "top" / "transferkit.json").read_text())
+    assert info["budget"]["phases"] == {"head": 1, top: 2} and not info["budget"]["stopped_by_budget"]
+    trained = load_file(str(tmp_path / "top" / "model.safetensors"))
+    original = load_file(tiny_options["weights"])
+    stem = [k for k in original if k.startswith("conv_stem")]
+    assert stem and all(torch.equal(trained[f"backbone.{k}"], original[k]) for k in stem)

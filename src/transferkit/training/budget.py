@@ -31,23 +31,16 @@ ESTIMATE_SAMPLES = 8
 
 
 def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, epoch_seconds: float,
-                  seconds_left: float, next_epoch: Callable[[], float | None] | None = None
+                  seconds_left: float, next_epoch: Callable[[tuple[str, ...]], float | None] | None = None
                   ) -> tuple[list[Phase], bool]:
     """After an epoch that took ``epoch_seconds``, with ``seconds_left``, shorten the current phase so the epochs
     that still fit end its schedule (its cosine completes, leaving one epoch for each later phase), or say the run
-    must stop now (no epoch fits: the best epoch's weights are kept). At a phase boundary ``next_epoch`` estimates
-    the next phase's first epoch (:func:`estimate_epoch_seconds`; ``None``: no estimate, the phase measures itself
-    with its first epoch): when even that does not fit, the run stops there instead of overrunning by a whole epoch.
-    Returns (phases, stop)."""
+    must stop now (no epoch fits: the best epoch's weights are kept). At a phase boundary the next phase is fitted
+    from an estimate of its first epoch instead (:func:`fit_next_phase`). Returns (phases, stop)."""
     if seconds_left <= 0:
         return phases, True
     if phase_over:
-        estimate = next_epoch() if next_epoch is not None else None
-        if estimate is None:
-            return phases, False
-        logger.info("Budget: %.0f s left; the next phase's first epoch should take about %.0f s", seconds_left,
-                    estimate)
-        return phases, estimate > seconds_left
+        return fit_next_phase(phases, state.phase_index, seconds_left, next_epoch)
     fits = int(seconds_left // max(epoch_seconds, 1e-9))
     if fits == 0:
         return phases, True
@@ -61,6 +54,54 @@ def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, e
         phases = [*phases[:state.phase_index], replace(current, epochs=state.phase_epoch + keep),
                   *phases[state.phase_index + 1:]]
     return phases, False
+
+
+def fit_next_phase(phases: list[Phase], index: int, seconds_left: float,
+                   next_epoch: Callable[[tuple[str, ...]], float | None] | None) -> tuple[list[Phase], bool]:
+    """At a phase boundary, with ``seconds_left``: ``next_epoch(groups)`` estimates the first epoch of phase
+    ``index`` when those of its groups train (:func:`estimate_epoch_seconds`; ``None``: no estimate, the phase
+    measures itself with its first epoch). The phase gets the epochs the estimate fits (leaving one for each later
+    phase), so its LR schedule ends within the budget. When not one epoch of it fits, only its top groups train —
+    as many as fit, the head and at least one group below it: the backward then stops early, and the frozen layers
+    keep their pre-trained weights — and when none fits, the run stops there rather than overrun by an epoch.
+    Returns (phases, stop)."""
+    if next_epoch is None or index >= len(phases):
+        return phases, False
+    phase = phases[index]
+    names = tuple(phase.lrs)  # input to output, the head last (build_phases' order)
+    estimate = next_epoch(names)
+    if estimate is None:
+        return phases, False
+    logger.info("Budget: %.0f s left; the next phase's first epoch should take about %.0f s", seconds_left, estimate)
+    if estimate > seconds_left:
+        found = _top_groups_that_fit(names, seconds_left, next_epoch)
+        if found is None:
+            return phases, True
+        top, estimate = found
+        logger.info("Budget: %s trains only its top %d of %d groups (%s..%s), about %.0f s an epoch", phase.name,
+                    len(top), len(names), top[0], top[-1], estimate)
+        phase = replace(phase, name=f"{top[0]}..{top[-1]}", lrs={name: phase.lrs[name] for name in top})
+    later = sum(p.runs_on != "exact-fit" for p in phases[index + 1:])
+    epochs = min(phase.epochs, max(1, int(seconds_left // max(estimate, 1e-9)) - later))
+    if epochs < phase.epochs:
+        logger.info("Budget: %d epoch(s) of %s instead of %d (its LR schedule ends with them)", epochs, phase.name,
+                    phase.epochs)
+    return [*phases[:index], replace(phase, epochs=epochs), *phases[index + 1:]], False
+
+
+def _top_groups_that_fit(names: tuple[str, ...], seconds_left: float,
+                         next_epoch: Callable[[tuple[str, ...]], float | None]) -> tuple[tuple[str, ...], float] | None:
+    """The most top groups (at least the head and one below it, fewer than all) whose epoch fits, and its estimate;
+    a binary search, since an epoch costs more the more groups train (3 estimates for 9 groups)."""
+    low, high, found = 2, len(names) - 1, None
+    while low <= high:
+        count = (low + high) // 2
+        estimate = next_epoch(names[-count:])
+        if estimate is not None and estimate <= seconds_left:
+            found, low = (names[-count:], estimate), count + 1
+        else:
+            high = count - 1
+    return found
 
 
 def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,

@@ -261,14 +261,14 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
 
 
 def _next_epoch_seconds(model: TransferModel, groups: list[LayerGroup], phases: list[Phase], state: TrainState,
-                        train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator) -> float | None:
+                        train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator,
+                        trained_groups: tuple[str, ...]) -> float | None:
     """``--budget`` at a phase boundary: the estimated seconds of the next phase's first epoch when it trains the
     network on images (the costly kind; ``None`` for phases on cached features or activations, which are cheap or
-    shorter than this estimate), timed with the parameters that phase trains."""
+    shorter than this estimate), timed with the parameters of ``trained_groups``."""
     if state.phase_index >= len(phases) or phases[state.phase_index].runs_on != "images":
         return None
-    phase = phases[state.phase_index]
-    trained = {name for g in groups if g.name in phase.lrs for name in g.param_names}
+    trained = {name for g in groups if g.name in trained_groups for name in g.param_names}
     return estimate_epoch_seconds(accelerator.unwrap_model(model, keep_fp32_wrapper=False), train_loader, val_loader,
                                   accelerator.device, trains=trained.__contains__)
 
