@@ -150,7 +150,8 @@ def job(data, bert, references, killed) -> dict:
     tmp.mkdir()
     shutil.copytree(references["cut"], tmp / "cut")
     image = flags({**IMAGE, "weights": data["weights"]})
-    runs = {name: tmp / name for name in ("two-stage", "progressive", "text", "lora", "scratch", "bad")}
+    runs = {name: tmp / name for name in ("two-stage", "progressive", "text", "lora", "scratch", "auto", "bad")}
+    default = flags({k: v for k, v in {**IMAGE, "weights": data["weights"]}.items() if k != "strategy"})
     commands = [
         ["train", "--data", data["images"], *image, "--out", runs["two-stage"]],  # logs at INFO: the plan
         ["train", "--data", data["images"], *image, "--strategy", "progressive", "--groups", 3, "--head-fit", "sgd",
@@ -164,6 +165,7 @@ def job(data, bert, references, killed) -> dict:
          "--per-class", 4, "--out", tmp / "compare"],
         ["train", "--data", data["images"], *image, "--strategy", "scratch", "--bn", "train", "--epochs", 1,
          "--out", runs["scratch"], "-q"],  # BatchNorm statistics per process (no SyncBatchNorm on CPUs)
+        ["train", "--data", data["images"], *default, "--out", runs["auto"], "-q"],  # the default: --strategy auto
         ["train", "--resume", tmp / "cut", "-q"],  # started by 1 process, resumed by 2
         ["train", "--resume", killed["run"], "-q"],  # started by 2 processes (killed), resumed by 2
         ["train", "--data", data["images"], *image, "--epochs", 3, "--out", runs["bad"], "-q"],  # fails (TK_FAULT)
@@ -232,6 +234,9 @@ def test_every_strategy_and_compare_run_in_two_processes(job):
         fingerprints = {p["weights_sha256"] for p in saved["distributed"]["per_process"]}
         assert len(fingerprints) == 1, name  # BatchNorm running statistics included (scratch, --bn train)
     assert (job["runs"]["lora"] / "adapter").is_dir()
+    auto = info(job["runs"]["auto"])  # every process measured the same features and so made the same choice
+    assert auto["auto"]["strategy"] == auto["strategy"] and len(auto["distributed"]["per_process"]) == 2
+    assert len({p["weights_sha256"] for p in auto["distributed"]["per_process"]}) == 1
     assert info(job["runs"]["scratch"])["distributed"]["batchnorm_statistics"].startswith("per process: over its 4")
     results = json.loads((job["compare"] / "results.json").read_text())
     assert [c["strategy"] for c in results["cells"]] == ["linear-probe"]

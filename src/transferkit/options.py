@@ -368,10 +368,12 @@ class RuntimeOptions:
                                           "CPU path): auto (on with CUDA and the decoded cache, --augment none or "
                                           "light), on (also on the CPU), off.", choices=DEVICE_AUGMENTS)
     budget: float | None = option(None, "Wall-time budget in seconds, from the start of the run (data, caches and "
-                                        "training; the test evaluation after it is not counted): after each epoch "
-                                        "the phase is shortened to the epochs that still fit (its LR schedule ends "
-                                        "with them), and the run stops with the best epoch's weights when no epoch "
-                                        "fits. transferkit.json records it.", default_text="none",
+                                        "training; the test evaluation after it is not counted): each phase gets "
+                                        "the epochs that still fit (its LR schedule ends with them; a fine-tuning "
+                                        "phase is first estimated from a timed training step, and trains only its "
+                                        "top groups when an epoch of all of them does not fit), and the run stops "
+                                        "with the best epoch's weights when no epoch fits. transferkit.json records "
+                                        "it.", default_text="none",
                                   check=lambda n, v: v is None or check_range(n, v, 0, 1e9, low_open=True,
                                                                               allowed="a positive number of seconds",
                                                                               example=60))
