@@ -257,3 +257,18 @@ def test_cheaper_accuracy_rows_are_resumable(tmp_path, monkeypatch):
     monkeypatch.setattr(module.transferkit, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     assert module.main(argv) == rows
     sys.modules.pop("cheaper_accuracy", None)
+
+
+def test_cpu_allocator_times_a_loaded_run_against_off(vision_run, tmp_path, monkeypatch):
+    """--predict-runs: load + predict in fresh processes, the run as saved (auto) against a copy set to off."""
+    import platform
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    module = importlib.import_module("cpu_allocator")
+    rows = module.main(["--models", "--no-train", "--predict-runs", str(vision_run), "--predict-n", "4",
+                        "--repeats", "1", "--out", str(tmp_path / "a.json")])
+    [row] = rows
+    assert row["model"] == f"predict {vision_run.name} (auto), 4 inputs"
+    assert row["applied"] is (platform.libc_ver()[0] == "glibc")
+    assert row["off_run_s"] > 0 and row["on_run_s"] > 0 and row["predict_speedup"] > 0
+    sys.modules.pop("cpu_allocator", None)
