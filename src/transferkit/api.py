@@ -334,9 +334,11 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, conf
     processes = processes or distributed.launched_processes()
     distributed.World(size=processes).check_batch_size(run_config.batch_size)
     why_unmeasured = "no data given"
-    if run_config.strategy == "auto" and run_config.data:
+    measuring = run_config.strategy == "auto" and bool(run_config.data)
+    if measuring:
         keep_freed_memory(run_config.cpu_allocator)  # measuring runs the backbone over the data, as train would
-        split = prepare.load_data(run_config)
+    split = prepare.load_data(run_config) if run_config.data else None
+    if measuring:
         try:
             model = prepare.load_run_model(run_config, len(split.classes))
         except TransferKitError as exc:  # the plan must not fail where training would have the weights
@@ -348,8 +350,8 @@ def plan(data: str | Path | None = None, *, num_classes: int | None = None, conf
     unmeasured = run_config.strategy == "auto"
     if unmeasured:
         run_config = dataclasses.replace(run_config, strategy=AUTO_UNMEASURED)
-    if run_config.data:
-        num_classes = len(prepare.load_data(run_config).classes)
+    if split is not None:
+        num_classes = len(split.classes)
     model = prepare.load_run_model(run_config, num_classes or 10, pretrained=False)
     scratch = not uses_pretrained_weights(run_config.strategy)
     model.spec.weights = "random" if scratch else (run_config.weights or "pre-trained")  # what training would load

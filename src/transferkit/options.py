@@ -159,15 +159,9 @@ def check_strategy_option(name: str, value: Any) -> str:
 AUTO_UNMEASURED = "two-stage"
 
 
-def auto_needs_no_measuring(task: str | None, adapt: str, wise_ft: bool) -> str | None:
-    """Why ``--strategy auto`` is :data:`AUTO_UNMEASURED` without measuring the data, or ``None`` when it measures."""
-    if task not in (None, "classification"):
-        return f"--task {task}: advise's rules are for classification"
-    if adapt != "none":
-        return f"--adapt {adapt} adapts the backbone, so it must fine-tune"
-    if wise_ft:
-        return "--wise-ft interpolates fine-tuned backbone weights, so the backbone must fine-tune"
-    return None
+def auto_measures(task: str | None, adapt: str, wise_ft: bool) -> bool:
+    """Whether ``--strategy auto`` measures the data; otherwise it is :data:`AUTO_UNMEASURED` (see above)."""
+    return task in (None, "classification") and adapt == "none" and not wise_ft
 
 
 @dataclass
@@ -431,7 +425,7 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
         images 10 epochs, head dropout 0.2; text (the BERT recipe) 4 epochs, dropout 0.1; class weights: inverse
         pixel frequency for segmentation, none otherwise; detection and segmentation two-stage: layer-wise LR
         decay 0.5 from the head's LR unless an LR option is given; ``--strategy auto`` where it does not measure
-        (:func:`auto_needs_no_measuring`): two-stage."""
+        (:func:`auto_measures`): two-stage."""
         if self.task is None:
             self.task = infer_task(self.data)[0]
         text = is_text_model(self.model)
@@ -443,7 +437,7 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
             # Segmentation's pixels are mostly background (fashion-scenes: 86%, each item class 1-2%): unweighted,
             # the decoder learns background / foreground and leaves the item classes at IoU 0 (see the README).
             self.class_weights = "auto" if self.task == "segmentation" else "none"
-        if self.strategy == "auto" and auto_needs_no_measuring(self.task, self.adapt, self.wise_ft):
+        if self.strategy == "auto" and not auto_measures(self.task, self.adapt, self.wise_ft):
             self.strategy = AUTO_UNMEASURED
         if self.lr_decay is None and decays_by_default(self.task, self.strategy, self.lr, self.lrs):
             self.lr_decay = DENSE_LR_DECAY
