@@ -118,7 +118,7 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
     import torch
     from torch.utils.data import DataLoader
 
-    from transferkit.training.budget import ESTIMATE_SAMPLES, estimate_epoch_seconds
+    from transferkit.training.budget import ESTIMATE_SAMPLES, EpochEstimate, estimate_epoch_seconds
 
     class Slow(torch.autograd.Function):  # a backward that takes 0.04 s
         @staticmethod
@@ -158,6 +158,10 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
     assert expected * 0.9 < estimate < expected * 2 and Encoder.calls == 3
     assert Encoder.seen == [ESTIMATE_SAMPLES] * 3  # a slice of the batch, not its 32 texts
     assert not encoder.frozen.requires_grad and encoder.trained.requires_grad and encoder.trained.grad is None
+    # one phase boundary's estimates (the top groups' search) share the slice and its timed forward: 1 call each
+    shared = EpochEstimate(encoder, train, val, torch.device("cpu"))
+    [shared(lambda name: name == "trained") for _ in range(3)]
+    assert Encoder.calls == 3 + 2 + 3
 
 
 def test_a_run_stops_after_the_head_stage_when_fine_tuning_cannot_fit(class_folder, tiny_options, tmp_path,
@@ -202,13 +206,18 @@ def test_when_fine_tuning_all_groups_cannot_fit_the_top_groups_train(class_folde
 
     from transferkit.training import loop
 
-    real = loop._next_epoch_seconds
+    real = loop._next_epoch_estimate
 
     def estimate(*args):
         seconds = real(*args)
-        return seconds if seconds is None or len(args[-1]) <= 2 else seconds * 1e9
 
-    monkeypatch.setattr(loop, "_next_epoch_seconds", estimate)
+        def inflated(groups):
+            found = seconds(groups)
+            return found if found is None or len(groups) <= 2 else found * 1e9
+
+        return inflated
+
+    monkeypatch.setattr(loop, "_next_epoch_estimate", estimate)
     result = transferkit.train(class_folder, budget=600, out=str(tmp_path / "top"), progress=False,
                                **{**tiny_options, "strategy": "two-stage"})
     phases = [row["phase"] for row in result.history]

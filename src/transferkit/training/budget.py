@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Protocol
 
@@ -104,51 +105,82 @@ def _top_groups_that_fit(names: tuple[str, ...], seconds_left: float,
     return found
 
 
-def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                           device: torch.device, trains: Callable[[str], bool] | None = None) -> float:
-    """Seconds of one epoch of the network on its inputs, timed on the first :data:`ESTIMATE_SAMPLES` samples of the
-    first validation batch: an inference forward (what a validation sample costs) and a training step, forward and
-    backward through the parameters the phase trains (``trains(name)``; all of them when ``None``), what a training
-    sample costs, in train mode (dropout included). Nothing changes: buffers (BatchNorm statistics) and every
-    module's mode are restored, gradients returned by ``torch.autograd.grad`` instead of written to ``.grad``,
-    ``requires_grad`` restored, the random generators untouched.
-    The inference forward runs twice and the faster counts (the first pays one-time costs, kernel selection and
-    caches, that no epoch repeats), and a text batch (a dict of token tensors) counts its texts, not its keys.
+class EpochEstimate:
+    """Estimates of one epoch of the network on its inputs, timed on the first :data:`ESTIMATE_SAMPLES` samples of
+    the first validation batch: an inference forward (what a validation sample costs) and a training step, forward
+    and backward through the parameters a phase trains (what a training sample costs), in train mode (dropout
+    included). The slice is drawn and its forward timed once, at the first call; each call times a training step
+    for its own ``trains(name)`` (all parameters when ``None``), so the estimates of one phase boundary (the top
+    groups' search) share them.
+
+    Nothing changes: buffers (BatchNorm statistics), every module's mode and ``requires_grad`` are restored,
+    gradients are returned by ``torch.autograd.grad`` instead of written to ``.grad``, and the random generators are
+    untouched. The inference forward runs twice and the faster counts (the first pays one-time costs, kernel
+    selection and caches, that no epoch repeats), and a text batch (a dict of token tensors) counts its texts, not
+    its keys.
 
     History (issue 16): an inference forward times 3, then 4, stood in for the training step; measured ratios vary
-    by network and input (3.2-4.0 for image networks, 4.1-5.9 for MiniLM at 512 tokens), and on BBC News a fine-tuning
-    epoch estimated at 41 s took 66 s. Before that, a text batch counted its keys, and MiniLM's estimate was 5x its
-    epoch."""
-    with torch.random.fork_rng(devices=[]):  # starting the loader draws its base seed: the global RNG is left as it was
-        inputs, targets = next(iter(val_loader))  # the targets count the batch, whatever form the inputs take
-    count = min(ESTIMATE_SAMPLES, max(1, len(targets)))
-    inputs = send_to_device(_first(inputs, count), device)
-    named = list(model.named_parameters())
-    flags = [p.requires_grad for _, p in named]
-    params = [p for name, p in named if trains is None or trains(name)]
+    by network and input (3.2-4.0 for image networks, 4.1-5.9 for MiniLM at 512 tokens), and on BBC News a
+    fine-tuning epoch estimated at 41 s took 66 s. Before that, a text batch counted its keys, and MiniLM's estimate
+    was 5x its epoch."""
+
+    def __init__(self, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, device: torch.device):
+        self.model, self.train_loader, self.val_loader, self.device = model, train_loader, val_loader, device
+        self._inputs: object = None
+        self._count, self._forward = 0, 0.0
+
+    def __call__(self, trains: Callable[[str], bool] | None = None) -> float:
+        if self._inputs is None:
+            self._time_forward()
+        step = self._time_step(trains)
+        return (step * _samples(self.train_loader) + self._forward * _samples(self.val_loader)) / self._count
+
+    def _time_forward(self) -> None:
+        with torch.random.fork_rng(devices=[]):  # starting the loader draws its base seed: the global RNG stays
+            inputs, targets = next(iter(self.val_loader))  # the targets count the batch, whatever form the inputs take
+        self._count = min(ESTIMATE_SAMPLES, max(1, len(targets)))
+        self._inputs = send_to_device(_first(inputs, self._count), self.device)
+        with _untouched(self.model):
+            self.model.eval()
+            with torch.no_grad():
+                self._forward = min(_timed(lambda: self.model(self._inputs), self.device) for _ in range(2))
+
+    def _time_step(self, trains: Callable[[str], bool] | None) -> float:
+        params = [p for name, p in self.model.named_parameters() if trains is None or trains(name)]
+        if not params:
+            return self._forward
+        with _untouched(self.model), torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            for p in params:
+                p.requires_grad_(True)
+            self.model.train()  # dropout costs: MiniLM's attention dropout makes a train-mode step 2x an eval-mode one
+            return _timed(lambda: torch.autograd.grad(_scalar(self.model(self._inputs)), params, allow_unused=True),
+                          self.device)
+
+
+def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+                           device: torch.device, trains: Callable[[str], bool] | None = None) -> float:
+    """One :class:`EpochEstimate`: seconds of an epoch that trains the parameters ``trains`` selects."""
+    return EpochEstimate(model, train_loader, val_loader, device)(trains)
+
+
+@contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Restores what timing a model may change: ``requires_grad``, every module's mode, the buffers."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]  # BatchNorm statistics a train-mode step updates
     try:
-        model.eval()
-        with torch.no_grad():
-            forward = min(_timed(lambda: model(inputs), device) for _ in range(2))
-        for _, p in named:
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        model.train()  # dropout costs: MiniLM's attention dropout makes a train-mode step 2x an eval-mode one
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            step = _timed(lambda: torch.autograd.grad(_scalar(model(inputs)), params, allow_unused=True), device) \
-                if params else forward
+        yield
     finally:
-        for (_, p), flag in zip(named, flags, strict=True):
+        for p, flag in flags:
             p.requires_grad_(flag)
         for module, mode in modes:
             module.training = mode
         with torch.no_grad():
             for buffer, saved in buffers:
                 buffer.copy_(saved)
-    return (step * _samples(train_loader) + forward * _samples(val_loader)) / count
 
 
 def _timed(run: Callable[[], object], device: torch.device) -> float:

@@ -14,7 +14,6 @@ so a resumed run needs only (phase, step) to continue. The loss and the figures 
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import time
@@ -41,7 +40,7 @@ from ..seeding import derive_seed
 from ..strategies import Phase, apply_phase, param_groups, schedule_span, set_phase_lrs, set_train_mode, warmup_cosine
 from ..tasks.base import Objective
 from ..tasks.classification import ClassificationObjective
-from .budget import estimate_epoch_seconds, fit_to_budget
+from .budget import EpochEstimate, fit_to_budget
 from .callbacks import Callback, EarlyStopping
 from .checkpoint import Checkpoint, cpu_state_dict
 from .ema import WeightAverage
@@ -231,9 +230,9 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
             if config.deadline is not None:
                 phases, budget_stop = world.broadcast(  # rank 0's clock decides for every process
                     fit_to_budget(phases, state, phase_over, time.perf_counter() - epoch_started,
-                                  config.deadline - time.perf_counter(), next_epoch=functools.partial(
-                                      _next_epoch_seconds, model, groups, phases, state, train_loader,
-                                      val_loader, accelerator)) if world.is_main else None)
+                                  config.deadline - time.perf_counter(), next_epoch=_next_epoch_estimate(
+                                      model, groups, phases, state, train_loader, val_loader, accelerator))
+                    if world.is_main else None)
                 if budget_stop:
                     logger.info("Budget spent after epoch %d: stopping with the best epoch's weights (epoch %d)",
                                 state.epoch, stopper.best_epoch)
@@ -260,17 +259,23 @@ def fit(model: TransferModel, train_loader: DataLoader, val_loader: DataLoader, 
     return FitResult(state.history, kept_epoch, kept_score, time.perf_counter() - clock, objective.monitor, budget)
 
 
-def _next_epoch_seconds(model: TransferModel, groups: list[LayerGroup], phases: list[Phase], state: TrainState,
-                        train_loader: DataLoader, val_loader: DataLoader, accelerator: Accelerator,
-                        trained_groups: tuple[str, ...]) -> float | None:
-    """``--budget`` at a phase boundary: the estimated seconds of the next phase's first epoch when it trains the
-    network on images (the costly kind; ``None`` for phases on cached features or activations, which are cheap or
-    shorter than this estimate), timed with the parameters of ``trained_groups``."""
+def _next_epoch_estimate(model: TransferModel, groups: list[LayerGroup], phases: list[Phase], state: TrainState,
+                         train_loader: DataLoader, val_loader: DataLoader,
+                         accelerator: Accelerator) -> Callable[[tuple[str, ...]], float | None]:
+    """``--budget`` at a phase boundary: the estimated seconds of the next phase's first epoch when the given layer
+    groups train, for a phase that trains the network on images (the costly kind; ``None`` for phases on cached
+    features or activations, which are cheap or shorter than this estimate). One :class:`EpochEstimate` serves every
+    estimate of the boundary: its batch and inference forward are timed once. Nothing runs until it is called."""
     if state.phase_index >= len(phases) or phases[state.phase_index].runs_on != "images":
-        return None
-    trained = {name for g in groups if g.name in trained_groups for name in g.param_names}
-    return estimate_epoch_seconds(accelerator.unwrap_model(model, keep_fp32_wrapper=False), train_loader, val_loader,
-                                  accelerator.device, trains=trained.__contains__)
+        return lambda trained_groups: None
+    estimate = EpochEstimate(accelerator.unwrap_model(model, keep_fp32_wrapper=False), train_loader, val_loader,
+                             accelerator.device)
+
+    def seconds(trained_groups: tuple[str, ...]) -> float:
+        trained = {name for g in groups if g.name in trained_groups for name in g.param_names}
+        return estimate(trained.__contains__)
+
+    return seconds
 
 
 # --- phase helpers ---------------------------------------------------------------------------------
