@@ -43,6 +43,14 @@ def _cpu_allocator(rows):
     assert runs[0]["model"].startswith("train ") and isinstance(runs[0]["same_test_accuracy"], bool)
 
 
+def _budget_estimate(rows):
+    assert [row["dataset"] for row in rows] == ["fashion-mnist", "bbc-news"]
+    # the estimate was logged at the boundary and sits next to both fine-tuning epochs as they ran
+    assert all(row["estimate_s"] is not None and row["first_epoch_s"] > 0 and row["second_epoch_s"] > 0
+               for row in rows)
+    assert all(row["estimate_vs_first"] == pytest.approx(row["estimate_s"] / row["first_epoch_s"]) for row in rows)
+
+
 def _gpu_bench(rows):
     modes = [(row["model"], row["mode"]) for row in rows]
     assert ("test_resnet", "transferkit fit (defaults)") in modes and ("bert-base seq128", "plain bf16") in modes
@@ -58,6 +66,7 @@ def _gpu_bench(rows):
     ("channels_last", lambda rows: (_ratio("infer_speedup", "cl_infer_img_s", "nchw_infer_img_s")(rows),
                                     _ratio("train_speedup", "cl_train_img_s", "nchw_train_img_s")(rows))),
     ("cpu_allocator", _cpu_allocator),
+    ("budget_estimate", _budget_estimate),
 ])
 def test_benchmark_smoke(name, check, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
