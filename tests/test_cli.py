@@ -149,3 +149,18 @@ def test_unknown_model_and_missing_data_name_the_language_side_too(capsys, tmp_p
     assert code == 2 and "minilm-l6, hf:<id>" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, "advise", "--data", tmp_path / "missing")
     assert code == 2 and "Data not found" in err and "builtin:bbc-news" in err
+
+
+def test_train_dry_run_with_the_default_strategy_measures_and_writes_nothing(capsys, class_folder, tiny_weights,
+                                                                             tmp_path):
+    """`train --dry-run` with the defaults (--strategy auto): the plan of what auto chose, with its reasons; no run
+    folder. Without data, `plan` prints two-stage's plan and says why it could not measure."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", class_folder, "--out", run, "--dry-run",
+                             *tiny_flags(tiny_weights))
+    assert code == 0, err
+    assert "Strategy auto chose linear-probe, because:" in out and "one exact fit on cached features" in out
+    assert not run.exists()
+    code, out, err = run_cli(capsys, "plan", "--model", "timm:test_efficientnet")
+    assert code == 0, err
+    assert "here it cannot (no data given): this is the plan of two-stage" in out
