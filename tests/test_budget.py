@@ -38,6 +38,15 @@ def test_the_budget_option_and_its_check():
     assert transferkit.TrainConfig(data="x", budget=60).validate().budget == 60
     with pytest.raises(transferkit.TransferKitError, match="budget"):
         transferkit.TrainConfig(data="x", budget=0).validate()
+    # a duration with units, as on the command line or in a recipe file: seconds once validated
+    for given, seconds in [("90", 90), ("90s", 90), ("2m", 120), ("1.5h", 5400), ("1h30m", 5400), ("2 min", 120),
+                           (" 45 sec ", 45)]:
+        assert transferkit.TrainConfig(data="x", budget=given).validate().budget == seconds, given
+    for bad in ["60x", "h", "1h 30", "-5s", ""]:
+        with pytest.raises(transferkit.TransferKitError, match="90s, 2m or 1h30m"):
+            transferkit.TrainConfig(data="x", budget=bad).validate()
+    with pytest.raises(transferkit.TransferKitError, match="positive number of seconds"):
+        transferkit.TrainConfig(data="x", budget="0m").validate()
 
 
 def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_options, tmp_path):

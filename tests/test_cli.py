@@ -98,6 +98,8 @@ def bad_inputs(tmp_path, class_folder):
         (["--data", class_folder, "--batch-size", "0"], "'batch_size' parameter must be a positive integer"),
         (["--data", class_folder, "--augment", "max"], "'augment' parameter must be one of none, light, heavy"),
         (["--data", class_folder, "--val-fraction", "1.5"], "'val_fraction' parameter must be a float in (0, 1)"),
+        (["--data", class_folder, "--budget", "60x"], "'budget' parameter must be seconds or a duration with units"),
+        (["--data", class_folder, "--budget", "0s"], "'budget' parameter must be a positive number of seconds"),
         (["--data", class_folder, "--weights", tmp_path / "nope.safetensors"], "Weights file not found"),
         ([], "Missing --data"),
     ]
@@ -111,6 +113,16 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, class_folder):
         assert message in err and err.startswith("error:") and err.count("\n") == 1, (args, err)
         assert "Traceback" not in err
         assert not out_dir.exists(), "nothing half-written"
+
+
+def test_budget_takes_seconds_or_a_duration(capsys, class_folder, tiny_weights, tmp_path):
+    """`--budget 1m` is 60 seconds: the run records it in seconds (the issue's own spelling was `--budget 60s`)."""
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", class_folder, "--strategy", "linear-probe", "--budget", "1m",
+                           "--out", run, *tiny_flags(tiny_weights))
+    assert code == 0, err
+    info = json.loads((run / "transferkit.json").read_text())
+    assert info["config"]["budget"] == 60.0 and info["budget"]["seconds"] == 60.0
 
 
 def test_bad_option_type_exits_2(capsys, class_folder):

@@ -79,7 +79,7 @@ def _add_parameters(parameters: dict[str, inspect.Parameter], section: type, exc
 
 
 def _parameter(f: dataclasses.Field, spec: schema.Spec, hint: Any, panel: str) -> inspect.Parameter:
-    base = _without_none(hint)
+    base = spec.cli_type or _without_none(hint)
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     help_text = spec.help if required else f"{spec.help} \\[default: {_default_text(f, spec)}]"
     if spec.argument:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -52,6 +53,8 @@ class Spec:
         flags: the command-line spelling when it is not ``--name-with-dashes`` (e.g. ``("--quiet", "-q")``).
         argument: a positional command-line argument instead of an option.
         cli: ``False`` keeps the option out of the command line (Python and recipes only).
+        cli_type: the type the command line reads when it is not the field's (the field's check and
+            ``TrainConfig.validate`` turn it into the field's type), e.g. ``str`` for ``--budget 90s``.
     """
 
     help: str
@@ -60,17 +63,18 @@ class Spec:
     flags: tuple[str, ...] = ()
     argument: bool = False
     cli: bool = True
+    cli_type: type | None = None
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, check: Callable[[str, Any], Any] | None = None,
            choices: Iterable[str] = (), default_text: str | None = None, flags: tuple[str, ...] = (),
-           argument: bool = False, cli: bool = True) -> Any:
+           argument: bool = False, cli: bool = True, cli_type: type | None = None) -> Any:
     """A dataclass field carrying its :class:`Spec`; ``choices`` adds a membership check."""
     choices = tuple(choices)
     if choices and check is None:
         def check(name: str, value: Any, choices: tuple[str, ...] = choices) -> Any:
             return check_choice(name, value, choices)
-    spec = Spec(help, check, default_text, flags, argument, cli)
+    spec = Spec(help, check, default_text, flags, argument, cli, cli_type)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -116,6 +120,32 @@ def parse_lrs(value: str | Iterable[float] | None) -> tuple[float, ...] | None:
     except (TypeError, ValueError) as exc:
         raise bad_value("lrs", value, "comma-separated learning rates, early layers first",
                         "Pass e.g. --lrs 1e-5,1e-4,1e-3.") from exc
+
+
+DURATION_UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
+                  "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]+)\s*", re.IGNORECASE)
+
+
+def parse_duration(name: str, value: Any) -> Any:
+    """A duration in seconds: a number is seconds already; a string is seconds (``"90"``) or numbers with units,
+    s / m / h and their longer spellings, added up (``"90s"``, ``"2m"``, ``"1.5h"``, ``"1h30m"``, ``"2 min"``). Any
+    other value is returned as it is, for the option's own check to judge."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    seconds, pos = 0.0, 0
+    while pos < len(value) or pos == 0:
+        part = _DURATION_PART.match(value, pos)
+        if part is None or part.group(2).lower() not in DURATION_UNITS:
+            raise bad_value(name, value, "seconds or a duration with units",
+                            f"Pass e.g. --{name.replace('_', '-')} 60 (seconds), 90s, 2m or 1h30m.")
+        seconds += float(part.group(1)) * DURATION_UNITS[part.group(2).lower()]
+        pos = part.end()
+    return seconds
 
 
 def _lrs(name: str, value: Any) -> None:
@@ -361,16 +391,17 @@ class RuntimeOptions:
                                           "normalise the training batches there (the same crops and flips as the "
                                           "CPU path): auto (on with CUDA and the decoded cache, --augment none or "
                                           "light), on (also on the CPU), off.", choices=DEVICE_AUGMENTS)
-    budget: float | None = option(None, "Wall-time budget in seconds, from the start of the run (data, caches and "
-                                        "training; the test evaluation after it is not counted): each phase gets "
-                                        "the epochs that still fit (its LR schedule ends with them; a fine-tuning "
-                                        "phase is first estimated from a timed training step, and trains only its "
-                                        "top groups when an epoch of all of them does not fit), and the run stops "
-                                        "with the best epoch's weights when no epoch fits. transferkit.json records "
-                                        "it.", default_text="none",
-                                  check=lambda n, v: v is None or check_range(n, v, 0, 1e9, low_open=True,
-                                                                              allowed="a positive number of seconds",
-                                                                              example=60))
+    budget: float | None = option(None, "Wall-time budget, from the start of the run (data, caches and training; "
+                                        "the test evaluation after it is not counted): seconds (60) or a duration "
+                                        "(90s, 2m, 1h30m). Each phase gets the epochs that still fit (its LR "
+                                        "schedule ends with them; a fine-tuning phase is first estimated from a "
+                                        "timed training step, and trains only its top groups when an epoch of all "
+                                        "of them does not fit), and the run stops with the best epoch's weights "
+                                        "when no epoch fits. transferkit.json records it in seconds.",
+                                  default_text="none", cli_type=str,
+                                  check=lambda n, v: v is None or check_range(
+                                      n, parse_duration(n, v), 0, 1e9, low_open=True,
+                                      allowed="a positive number of seconds", example=60))
 
 
 @dataclass
@@ -445,6 +476,7 @@ class TrainConfig(OutputOptions, ShiftOptions, RuntimeOptions, CacheOptions, Str
     def validate(self) -> TrainConfig:
         """Check every field (its schema check) and the rules between fields; returns ``self``."""
         self.resolve_defaults()
+        self.budget = parse_duration("budget", self.budget)  # "90s", "2m" (the command line, recipes) as seconds
         if isinstance(self.lrs, (list, tuple)):
             self.lrs = ",".join(str(v) for v in self.lrs)
         for f in fields(self):
