@@ -49,15 +49,19 @@ def test_the_budget_option_and_its_check():
         transferkit.TrainConfig(data="x", budget="0m").validate()
 
 
-def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_options, tmp_path):
+def test_a_spent_budget_stops_cleanly_with_the_best_weights(class_folder, tiny_options, tmp_path, caplog):
     """A budget spent before the first epoch ends (10 ms: less than the setup alone takes, on any machine): that
     epoch is the last, its weights are saved and the run folder is finished (loadable, transferkit.json says why it
-    stopped)."""
-    result = transferkit.train(class_folder, budget=0.01, out=str(tmp_path / "run"),
-                               progress=False, **{**tiny_options, "strategy": "fine-tune", "epochs": 20})
+    stopped), and the log says the setup alone took longer than the budget and what to pass instead."""
+    with caplog.at_level("WARNING", logger="transferkit"):
+        result = transferkit.train(class_folder, budget=0.01, out=str(tmp_path / "run"),
+                                   progress=False, **{**tiny_options, "strategy": "fine-tune", "epochs": 20})
     assert len(result.history) == 1 and result.best_epoch == 1
     info = json.loads((tmp_path / "run" / "transferkit.json").read_text())
     assert info["budget"]["seconds"] == 0.01 and info["budget"]["stopped_by_budget"]
+    assert info["budget"]["setup_seconds"] >= 0.01
+    said = [r.getMessage() for r in caplog.records if "spent before training started" in r.getMessage()]
+    assert len(said) == 1 and "Fix: pass a budget above" in said[0]
     assert info["budget"]["epochs_planned"] == 20 and info["budget"]["epochs_run"] == 1
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert transferkit.load(tmp_path / "run").predict([str(next(class_folder.rglob("*.png")))])

@@ -148,6 +148,12 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         on_device = prepare.batch_transform(train_loader)
         fit_settings = prepare.fit_config(model, split, run_config, run_plan, progress)
         fit_settings.deadline = started + run_config.budget if run_config.budget else None
+        if run_config.budget and setup_seconds >= run_config.budget and world.is_main:
+            logger.warning("Budget: the %g s were spent before training started: the data, the model, the "
+                           "caches%s took %.0f s. The first epoch runs anyway, then the run stops with it. Fix: pass "
+                           "a budget above %.0f s to leave time for training (with --cache-dir DIR later runs reuse "
+                           "the caches and start sooner).", run_config.budget,
+                           " and auto's measurement" if auto is not None else "", setup_seconds, setup_seconds)
         result = fit(model, train_loader, val_loader, run_plan.phases, fit_settings, run=run,
                      resume=resumed, callbacks=[_MetricsWriter(run, task.label(task.monitor)), keeper, *callbacks],
                      features=features, world=world, objective=task.objective(run_config, split),
@@ -167,7 +173,7 @@ def _train(run_config: TrainConfig, run: RunFolder, world: distributed.World, re
         extra["device_augment"] = {"setting": run_config.device_augment, "used": on_device is not None}
     extra["cpu_allocator"] = {"setting": run_config.cpu_allocator, "keeps_freed_memory": allocator}
     if result.budget is not None:
-        extra["budget"] = {"seconds": run_config.budget, **result.budget}
+        extra["budget"] = {"seconds": run_config.budget, "setup_seconds": round(setup_seconds, 2), **result.budget}
     run.save_model(model)
     trained = TrainedModel(model, split.classes, tta=run_config.tta)
     test = _test_metrics(trained, split, run_config, world) if run_config.evaluate_test else None
