@@ -243,3 +243,15 @@ def test_when_fine_tuning_all_groups_cannot_fit_the_top_groups_train(class_folde
     original = load_file(tiny_options["weights"])
     stem = [k for k in original if k.startswith("conv_stem")]
     assert stem and all(torch.equal(trained[f"backbone.{k}"], original[k]) for k in stem)
+
+
+def test_the_plan_says_what_the_budget_will_do(tiny_options):
+    """`plan` / `train --dry-run` with --budget: a line that the epochs shown are the most and how they are fitted,
+    naming the phase that is estimated first; none without a budget."""
+    options = {k: v for k, v in tiny_options.items() if k != "workers"}
+    notes = transferkit.plan(num_classes=3, budget="90s", **options).notes
+    said = [note for note in notes if note.startswith("Budget")]
+    assert len(said) == 1 and "--budget 90 s" in said[0] and "before phase(s) all" in said[0]
+    probe = transferkit.plan(num_classes=3, budget=30, **{**options, "strategy": "linear-probe"}).notes
+    assert [note for note in probe if note.startswith("Budget")] and "timed training step" not in " ".join(probe)
+    assert not [note for note in transferkit.plan(num_classes=3, **options).notes if note.startswith("Budget")]

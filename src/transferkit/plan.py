@@ -170,7 +170,7 @@ def make_plan(model: TransferModel, config: TrainConfig, processes: int = 1) -> 
     sync_bn = bn == "train" and processes > 1 and torch.cuda.is_available() and not config.cpu
     inferred, reason = infer_task(config.data)
     reason = reason if inferred == task.name else "chosen with --task"
-    notes += cheaper_accuracy_notes(config, phases)
+    notes += cheaper_accuracy_notes(config, phases) + budget_notes(config, phases)
     return Plan.build(model, groups, phases, bn, config.bn == "auto", config.warmup, notes + task.plan_notes(config),
                       task.name, reason, batch_size=config.batch_size, processes=processes, sync_bn=sync_bn,
                       schedule=config.schedule)
@@ -190,6 +190,19 @@ def cheaper_accuracy_notes(config: TrainConfig, phases: list[Phase]) -> tuple[st
                      + (f"; phase(s) {', '.join(cached)} validate on their cached un-flipped inputs." if cached
                         else "."))
     return tuple(notes)
+
+
+def budget_notes(config: TrainConfig, phases: list[Phase]) -> tuple[str, ...]:
+    """The plan's line about ``--budget`` (nothing without one): the epochs above are the most, fitted at run time."""
+    if not config.budget:
+        return ()
+    costly = [p.name for p in phases if p.runs_on == "images"]
+    return (f"Budget (--budget {config.budget:g} s, from the start of the run; the test evaluation after it is not "
+            "counted): the epochs above are the most. After each epoch the rest of its phase is fitted to the time "
+            "left, so its LR schedule still ends"
+            + (f"; before phase(s) {', '.join(costly)} an epoch is estimated from a timed training step, and only the "
+               "top groups train when an epoch of all of them does not fit" if costly else "")
+            + ". When no epoch fits, the run stops with the best epoch's weights.",)
 
 
 def device_augment_note(config: TrainConfig, phases: list[Phase], model: TransferModel) -> str:
