@@ -115,7 +115,7 @@ def test_bad_inputs_give_one_line_and_exit_2(capsys, tmp_path, class_folder):
         assert not out_dir.exists(), "nothing half-written"
 
 
-def test_budget_takes_seconds_or_a_duration(capsys, class_folder, tiny_weights, tmp_path):
+def test_budget_takes_seconds_or_a_duration(capsys, monkeypatch, class_folder, tiny_weights, tmp_path):
     """`--budget 1m` is 60 seconds: the run records it in seconds (the issue's own spelling was `--budget 60s`)."""
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "--data", class_folder, "--strategy", "linear-probe", "--budget", "1m",
@@ -123,6 +123,9 @@ def test_budget_takes_seconds_or_a_duration(capsys, class_folder, tiny_weights, 
     assert code == 0, err
     info = json.loads((run / "transferkit.json").read_text())
     assert info["config"]["budget"] == 60.0 and info["budget"]["seconds"] == 60.0
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    code, out, _ = run_cli(capsys, "train", "--help")
+    assert code == 0 and re.search(r"--budget\s+<duration>", out)  # not "<str>": the help names what it takes
 
 
 def test_bad_option_type_exits_2(capsys, class_folder):

@@ -85,7 +85,8 @@ def _parameter(f: dataclasses.Field, spec: schema.Spec, hint: Any, panel: str) -
     if spec.argument:
         info: Any = typer.Argument(help=help_text, show_default=False)
     else:
-        info = typer.Option(*spec.flags, help=help_text, show_default=False, rich_help_panel=panel)
+        info = typer.Option(*spec.flags, help=help_text, show_default=False, rich_help_panel=panel,
+                            metavar=spec.metavar)
     annotation = Annotated[base if spec.argument and required else base | None, info]
     default = inspect.Parameter.empty if spec.argument and required else None
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)

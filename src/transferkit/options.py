@@ -55,6 +55,7 @@ class Spec:
         cli: ``False`` keeps the option out of the command line (Python and recipes only).
         cli_type: the type the command line reads when it is not the field's (the field's check and
             ``TrainConfig.validate`` turn it into the field's type), e.g. ``str`` for ``--budget 90s``.
+        metavar: how ``--help`` names the value when the type's name would mislead (``<duration>``).
     """
 
     help: str
@@ -64,17 +65,18 @@ class Spec:
     argument: bool = False
     cli: bool = True
     cli_type: type | None = None
+    metavar: str | None = None
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, check: Callable[[str, Any], Any] | None = None,
            choices: Iterable[str] = (), default_text: str | None = None, flags: tuple[str, ...] = (),
-           argument: bool = False, cli: bool = True, cli_type: type | None = None) -> Any:
+           argument: bool = False, cli: bool = True, cli_type: type | None = None, metavar: str | None = None) -> Any:
     """A dataclass field carrying its :class:`Spec`; ``choices`` adds a membership check."""
     choices = tuple(choices)
     if choices and check is None:
         def check(name: str, value: Any, choices: tuple[str, ...] = choices) -> Any:
             return check_choice(name, value, choices)
-    spec = Spec(help, check, default_text, flags, argument, cli, cli_type)
+    spec = Spec(help, check, default_text, flags, argument, cli, cli_type, metavar)
     return field(default=default, metadata={"spec": spec})
 
 
@@ -398,7 +400,7 @@ class RuntimeOptions:
                                         "timed training step, and trains only its top groups when an epoch of all "
                                         "of them does not fit), and the run stops with the best epoch's weights "
                                         "when no epoch fits. transferkit.json records it in seconds.",
-                                  default_text="none", cli_type=str,
+                                  default_text="none", cli_type=str, metavar="<duration>",
                                   check=lambda n, v: v is None or check_range(
                                       n, parse_duration(n, v), 0, 1e9, low_open=True,
                                       allowed="a positive number of seconds", example=60))
