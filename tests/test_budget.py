@@ -99,7 +99,7 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from transferkit.training.budget import estimate_epoch_seconds
+    from transferkit.training.budget import EpochEstimate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
@@ -112,7 +112,7 @@ def test_the_epoch_estimate_changes_nothing_and_grows_with_the_training_set():
     large = DataLoader(TensorDataset(torch.randn(1000, 3, 16, 16), torch.zeros(1000, dtype=torch.long)), batch_size=4)
     model[0].weight.requires_grad_(False)  # a frozen layer stays frozen; the estimate's gradients touch no .grad
     rng = torch.get_rng_state()
-    estimates = [estimate_epoch_seconds(model, loader, val, torch.device("cpu")) for loader in (small, large)]
+    estimates = [EpochEstimate(model, loader, val, torch.device("cpu"))() for loader in (small, large)]
     assert 0 < estimates[0] < estimates[1]
     # a training sample costs at least an inference one, give or take timing noise: at least 1000 + 8 vs 10 + 8
     assert estimates[1] / estimates[0] > (1000 + 8) / (10 + 8) / 20
@@ -131,7 +131,7 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
     import torch
     from torch.utils.data import DataLoader
 
-    from transferkit.training.budget import ESTIMATE_SAMPLES, EpochEstimate, estimate_epoch_seconds
+    from transferkit.training.budget import ESTIMATE_SAMPLES, EpochEstimate
 
     class Slow(torch.autograd.Function):  # a backward that takes 0.04 s
         @staticmethod
@@ -165,7 +165,7 @@ def test_the_epoch_estimate_counts_texts_not_keys_and_skips_the_first_forward():
     val = DataLoader(list(range(32)), batch_size=32, collate_fn=collate)
     train = DataLoader(list(range(320)), batch_size=32, collate_fn=collate)
     encoder = Encoder()
-    estimate = estimate_epoch_seconds(encoder, train, val, torch.device("cpu"), trains=lambda name: name == "trained")
+    estimate = EpochEstimate(encoder, train, val, torch.device("cpu"))(lambda name: name == "trained")
     # per ESTIMATE_SAMPLES texts: 0.01 s forward (32 validation texts), 0.05 s a training step (320 texts)
     expected = (320 * 0.05 + 32 * 0.01) / ESTIMATE_SAMPLES
     assert expected * 0.9 < estimate < expected * 2 and Encoder.calls == 3

@@ -60,7 +60,7 @@ def fit_to_budget(phases: list[Phase], state: PhasePosition, phase_over: bool, e
 def fit_next_phase(phases: list[Phase], index: int, seconds_left: float,
                    next_epoch: Callable[[tuple[str, ...]], float | None] | None) -> tuple[list[Phase], bool]:
     """At a phase boundary, with ``seconds_left``: ``next_epoch(groups)`` estimates the first epoch of phase
-    ``index`` when those of its groups train (:func:`estimate_epoch_seconds`; ``None``: no estimate, the phase
+    ``index`` when those of its groups train (an :class:`EpochEstimate`; ``None``: no estimate, the phase
     measures itself with its first epoch). The phase gets the epochs the estimate fits (leaving one for each later
     phase), so its LR schedule ends within the budget. When not one epoch of it fits, only its top groups train —
     as many as fit, the head and at least one group below it: the backward then stops early, and the frozen layers
@@ -157,12 +157,6 @@ class EpochEstimate:
             self.model.train()  # dropout costs: MiniLM's attention dropout makes a train-mode step 2x an eval-mode one
             return _timed(lambda: torch.autograd.grad(_scalar(self.model(self._inputs)), params, allow_unused=True),
                           self.device)
-
-
-def estimate_epoch_seconds(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-                           device: torch.device, trains: Callable[[str], bool] | None = None) -> float:
-    """One :class:`EpochEstimate`: seconds of an epoch that trains the parameters ``trains`` selects."""
-    return EpochEstimate(model, train_loader, val_loader, device)(trains)
 
 
 @contextmanager
