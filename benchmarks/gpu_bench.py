@@ -25,6 +25,7 @@ others still run; the rows so far are written after each one.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -122,22 +123,19 @@ def pipeline_rates(device: torch.device, images: int, batch_size: int, workers: 
         plain = ImageFolder(str(Path(tmp) / "photos"), transform=build_transforms(prep, "light")[0])
         common = {"batch_size": batch_size, "shuffle": True, "num_workers": workers, "persistent_workers": workers > 0}
         samples = ImageSamples([Path(p) for p, _ in plain.samples], [y for _, y in plain.samples], plain.classes)
-        pipelines = {
-            "plain ImageFolder + DataLoader (CPU decode + augment)":
-                lambda: (DataLoader(plain, pin_memory=device.type == "cuda", **common), None),
-            "transferkit --device-augment on (decoded cache on the device)":
-                lambda: _device_pipeline(samples, prep, Path(tmp) / "cache", common)}
-        step = None
+        pipelines = {  # each built once, at its first row: the fed row reuses the loader (and its workers)
+            "plain ImageFolder + DataLoader (CPU decode + augment)": functools.cache(
+                lambda: (DataLoader(plain, pin_memory=device.type == "cuda", **common), None)),
+            "transferkit --device-augment on (decoded cache on the device)": functools.cache(
+                lambda: _device_pipeline(samples, prep, Path(tmp) / "cache", common))}
+        step = functools.cache(lambda: train_step(  # one model for both pipelines, made at the first fed row
+            timm.create_model(model_name, pretrained=False, num_classes=len(plain.classes)), device, bf16=True,
+            channels_last=True, compile_model=False))
         for mode, build in pipelines.items():
             yield "input pipeline", mode, lambda build=build: _epoch_rate(*build(), device, None)
             if model_name is not None:
-                def fed(build=build):
-                    nonlocal step
-                    if step is None:
-                        model = timm.create_model(model_name, pretrained=False, num_classes=len(plain.classes))
-                        step = train_step(model, device, bf16=True, channels_last=True, compile_model=False)
-                    return _epoch_rate(*build(), device, step)
-                yield f"{model_name} bf16 fine-tune", f"fed by: {mode}", fed
+                yield (f"{model_name} bf16 fine-tune", f"fed by: {mode}",
+                       lambda build=build: _epoch_rate(*build(), device, step()))
 
 
 def _device_pipeline(samples, prep, cache: Path, common: dict) -> tuple[DataLoader, Callable]:
